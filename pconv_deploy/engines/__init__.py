@@ -1,0 +1,1 @@
+"""TensorRT engine building and the engine sidecar metadata."""

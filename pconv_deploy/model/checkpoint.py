@@ -1,0 +1,82 @@
+"""Checkpoints as safetensors with the architecture in the header: a file alone rebuilds its model.
+
+safetensors holds tensors and string metadata only, so loading an untrusted checkpoint
+never runs code (no pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from pconv_deploy.errors import PConvError
+from pconv_deploy.model.unet import PConvConfig, PConvUNet
+
+FORMAT = "pconv-deploy.checkpoint/1"
+
+
+class CheckpointError(PConvError, ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+def save_checkpoint(model: PConvUNet, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+    """Write weights and BatchNorm statistics plus the config; written to a temp file, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), **(extra or {})}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({e})") from None
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise CheckpointError(f"{path}: not a pconv-deploy checkpoint (no '{FORMAT}' header)")
+    return metadata
+
+
+def read_config(path: str | Path) -> PConvConfig:
+    metadata = read_metadata(path)
+    try:
+        return PConvConfig(**json.loads(metadata["config"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid model config in header ({e})") from None
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> PConvUNet:
+    """Rebuild the model from the header and load its tensors; returned in eval mode."""
+    config = read_config(path)
+    model = PConvUNet(**config.to_dict())
+    state = {}
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        for key in f.keys():
+            state[key] = f.get_tensor(key)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else "mismatch"
+        raise CheckpointError(f"{path}: tensors do not match the config in its header ({first})") from None
+    return model.to(device).eval()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""Inference without torch: backends, batching, the folder pipeline."""

@@ -1,0 +1,1 @@
+"""Training and evaluation: data, masks, losses, the loop, metrics."""

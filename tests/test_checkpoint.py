@@ -1,0 +1,75 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pconv_deploy.model import PConvUNet, load_checkpoint, save_checkpoint
+from pconv_deploy.model.checkpoint import CheckpointError
+
+LOAD_AND_RUN = """
+import sys, torch
+from pconv_deploy.model import load_checkpoint
+model = load_checkpoint(sys.argv[1])
+inputs = torch.load(sys.argv[2], weights_only=True)
+with torch.no_grad():
+    torch.save(model(inputs["image"], inputs["mask"]), sys.argv[3])
+"""
+
+
+def _trained_looking_model():
+    torch.manual_seed(3)
+    model = PConvUNet(layers=7, width=0.125, input_norm="minus_one_one")
+    model.train()
+    with torch.no_grad():  # move BatchNorm statistics away from their defaults
+        model(torch.rand(4, 3, 128, 128), (torch.rand(4, 1, 128, 128) > 0.4).float())
+    return model.eval()
+
+
+def test_round_trip_in_fresh_process(tmp_path):
+    model = _trained_looking_model()
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    image, mask = torch.rand(2, 3, 128, 256), (torch.rand(2, 1, 128, 256) > 0.5).float()
+    torch.save({"image": image, "mask": mask}, tmp_path / "in.pt")
+    subprocess.run(
+        [sys.executable, "-c", LOAD_AND_RUN, str(path), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")], check=True
+    )
+    with torch.no_grad():
+        expected = model(image, mask)
+    assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True), expected)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_config_comes_from_the_header(tmp_path):
+    model = _trained_looking_model()
+    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "m.safetensors"))
+    assert loaded.config == model.config
+    assert not loaded.training
+
+
+def test_bad_checkpoints_fail_with_the_file_name(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="junk.safetensors: not a safetensors checkpoint"):
+        load_checkpoint(junk)
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not a pconv-deploy checkpoint"):
+        load_checkpoint(foreign)
+    # header says 8 layers, tensors are from a 7-layer model
+    model = _trained_looking_model()
+    path = tmp_path / "mismatch.safetensors"
+    save_checkpoint(model, path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["config"] = meta["config"].replace('"layers": 7', '"layers": 8')
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="do not match the config"):
+        load_checkpoint(path)
