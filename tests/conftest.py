@@ -1,4 +1,34 @@
+"""Shared fixtures: one small checkpoint and its ONNX export per test session (exports take ~10-20 s)."""
+
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+SMALL = {"layers": 5, "width": 0.125, "input_norm": "imagenet"}  # H, W multiples of 32
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """A small model with non-trivial BatchNorm statistics, saved as a checkpoint."""
+    import torch
+
+    from pconv_deploy.model import PConvUNet, save_checkpoint
+
+    torch.manual_seed(0)
+    model = PConvUNet(**SMALL).train()
+    with torch.no_grad():  # move BatchNorm statistics away from their defaults
+        for _ in range(3):
+            model(torch.rand(4, 3, 64, 64), (torch.rand(4, 1, 64, 64) > 0.4).float())
+    return save_checkpoint(model.eval(), tmp_path_factory.mktemp("ckpt") / "small.safetensors")
+
+
+@pytest.fixture(scope="session")
+def small_onnx(small_checkpoint, tmp_path_factory) -> Path:
+    """The small checkpoint exported to FP32 ONNX."""
+    from pconv_deploy.export.onnx_export import export_onnx
+    from pconv_deploy.model import load_checkpoint
+
+    return export_onnx(load_checkpoint(small_checkpoint), tmp_path_factory.mktemp("onnx") / "small.onnx")

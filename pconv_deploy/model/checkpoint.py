@@ -24,6 +24,14 @@ class CheckpointError(PConvError, ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
 
 
+def default_checkpoint() -> Path:
+    """The checkpoint bundled with the package (used when no --checkpoint is given)."""
+    path = Path(__file__).resolve().parent.parent / "assets" / "pconv-demo.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no bundled model in this installation; pass --checkpoint")
+    return path
+
+
 def save_checkpoint(model: PConvUNet, path: str | Path, extra: dict[str, str] | None = None) -> Path:
     """Write weights and BatchNorm statistics plus the config; written to a temp file, then renamed."""
     path = Path(path)
