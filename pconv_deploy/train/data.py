@@ -1,0 +1,120 @@
+"""Training images: a folder of photos or the built-in corpus, as seeded random crops with flips.
+
+A batch is a pure function of (seed, rank, step): resuming a run or adding a process needs no
+data-loader state, and every rank of a distributed run sees different crops and masks.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from pconv_deploy.errors import PConvError
+from pconv_deploy.train.masks import training_mask
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+# Colour photos bundled inside scikit-image's wheel (no pooch download needed); checked
+# against scikit-image 0.26. Greyscale and synthetic images of that folder are left out.
+BUILTIN_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+)
+
+
+def builtin_paths() -> list[Path]:
+    """The built-in corpus: photos shipped in scikit-image's package data."""
+    import importlib.resources
+
+    try:
+        folder = importlib.resources.files("skimage.data")
+    except ModuleNotFoundError:
+        raise PConvError(
+            "the builtin corpus needs scikit-image: pip install 'pconv-deploy[train]', or pass --data DIR"
+        ) from None
+    paths = [Path(str(folder / name)) for name in BUILTIN_PHOTOS]
+    present = [p for p in paths if p.is_file()]
+    if not present:
+        raise PConvError(f"{folder}: none of scikit-image's bundled photos were found; pass --data DIR")
+    return present
+
+
+def image_paths(source: str | Path) -> list[Path]:
+    """``"builtin"`` or a folder (searched recursively) -> sorted image files."""
+    if str(source) == "builtin":
+        return builtin_paths()
+    folder = Path(source)
+    if not folder.is_dir():
+        raise PConvError(f"{folder}: no such directory (use --data DIR or --data builtin)")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise PConvError(f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
+
+
+@functools.lru_cache(maxsize=64)
+def load_rgb(path: Path) -> np.ndarray:
+    """Decode once (cached) to uint8 [H, W, 3]."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as e:
+        raise PConvError(f"{path}: cannot read image ({e})") from None
+
+
+def fit_short_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Upscale (bicubic) so both sides are at least ``size``; larger images are left alone."""
+    h, w = image.shape[:2]
+    if min(h, w) >= size:
+        return image
+    from PIL import Image
+
+    f = size / min(h, w)
+    new = (max(size, round(w * f)), max(size, round(h * f)))
+    return np.asarray(Image.fromarray(image).resize(new, Image.BICUBIC))
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``size`` x ``size`` crop at a random position, mirrored left-right half of the time."""
+    image = fit_short_side(image, size)
+    h, w = image.shape[:2]
+    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    crop = image[y : y + size, x : x + size]
+    return crop[:, ::-1] if rng.random() < 0.5 else crop
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    image = fit_short_side(image, size)
+    h, w = image.shape[:2]
+    y, x = (h - size) // 2, (w - size) // 2
+    return image[y : y + size, x : x + size]
+
+
+class CropDataset:
+    """Random crops and masks from a list of images; ``batch(step, rank)`` is deterministic."""
+
+    def __init__(self, paths: list[Path], size: int, seed: int = 0) -> None:
+        self.paths, self.size, self.seed = list(paths), size, seed
+
+    def batch(self, step: int, batch_size: int, rank: int = 0, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """float32 images [B, 3, S, S] in [0, 1] and masks [B, 1, S, S] (1 = known).
+
+        ``stream`` separates independent uses of the same seed (0 = training, 1 = sample grids).
+        """
+        rng = np.random.default_rng([self.seed, stream, rank, step])
+        images, masks = [], []
+        for _ in range(batch_size):
+            image = load_rgb(self.paths[int(rng.integers(len(self.paths)))])
+            images.append(random_crop(image, self.size, rng).transpose(2, 0, 1))
+            masks.append(training_mask(self.size, self.size, rng)[None])
+        return np.stack(images).astype(np.float32) / 255.0, np.stack(masks).astype(np.float32)
