@@ -87,8 +87,19 @@ def sample_grid(
     return _save(Image.fromarray(grid), path)
 
 
-def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], path: str | Path, title: str = "") -> Path:
-    """Grouped bars: one group per x label, one bar per series (e.g. model and Telea per hole bin)."""
+def bar_charts(groups: Sequence[str], panels: dict[str, dict[str, Sequence[float]]], path: str | Path) -> Path:
+    """One grouped bar chart per panel (title -> series), stacked vertically in one PNG."""
+    from PIL import Image
+
+    charts = [bar_chart(groups, series, title) for title, series in panels.items()]
+    sheet = Image.new("RGB", (charts[0].width, sum(c.height for c in charts)), "white")
+    for i, chart in enumerate(charts):
+        sheet.paste(chart, (0, i * charts[0].height))
+    return _save(sheet, path)
+
+
+def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], title: str = ""):
+    """Grouped bars as a Pillow image: one group per x label, one bar per series (e.g. model, Telea)."""
     from PIL import Image, ImageDraw
 
     w, h, left, right, top, bottom = 800, 400, 60, 20, 40, 50
@@ -115,4 +126,4 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], path: s
     for s, name in enumerate(series):
         draw.rectangle([w - right - 150, top + 16 * s, w - right - 140, top + 16 * s + 10], fill=PALETTE[s])
         draw.text((w - right - 135, top + 16 * s - 2), name, fill="black", font=font)
-    return _save(img, path)
+    return img

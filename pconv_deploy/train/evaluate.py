@@ -1,0 +1,204 @@
+"""Evaluation as in the paper: L1 (%), PSNR and SSIM per hole-ratio bin on composited outputs.
+
+Every method is a *predictor*: ``predict(images, holes) -> outputs`` on uint8 HxWx3 RGB images
+and bool HxW hole masks (True = hole), returning uint8 images. That is what a user gets from any
+of them, so all are scored the same way, on whole images:
+
+- a checkpoint, run in PyTorch (composited, clamped, rounded to uint8);
+- a deployed model (``.onnx``, TensorRT engine) through ``pconv_deploy.runtime.Inpainter``,
+  so the numbers describe what is served;
+- OpenCV's ``cv2.inpaint`` (Telea), the classical baseline, in the same table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pconv_deploy.errors import PConvError
+from pconv_deploy.train.masks import HOLE_BINS, bin_label, random_mask
+
+Predict = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], list[np.ndarray]]
+METRICS = ("l1_percent", "psnr", "ssim")
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: np.ndarray  # uint8 HxWx3, the ground truth
+    hole: np.ndarray  # bool HxW, True = hole
+    bin_index: int
+
+
+@dataclass(frozen=True)
+class BinScore:
+    method: str
+    bin_index: int
+    count: int
+    l1_percent: float
+    psnr: float
+    ssim: float
+
+
+def l1_percent(output: np.ndarray, truth: np.ndarray) -> float:
+    """Mean absolute error over all pixels and channels, in percent of the 0-255 range."""
+    return float(np.abs(output.astype(np.float64) - truth.astype(np.float64)).mean() / 255.0 * 100.0)
+
+
+def psnr(output: np.ndarray, truth: np.ndarray) -> float:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    return float(peak_signal_noise_ratio(truth, output, data_range=255))
+
+
+def ssim(output: np.ndarray, truth: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(truth, output, channel_axis=2, data_range=255))
+
+
+def make_samples(images: Sequence[np.ndarray], masks_per_bin: int, seed: int = 0) -> list[Sample]:
+    """``masks_per_bin`` seeded masks per image and bin; the same seed gives the same test set."""
+    samples = []
+    for i, image in enumerate(images):
+        h, w = image.shape[:2]
+        for b, hole_bin in enumerate(HOLE_BINS):
+            for k in range(masks_per_bin):
+                known = random_mask(h, w, np.random.default_rng([seed, i, b, k]), hole_bin)
+                samples.append(Sample(image, known == 0, b))
+    return samples
+
+
+def score(method: str, predict: Predict, samples: Sequence[Sample], batch_size: int = 8) -> list[BinScore]:
+    """Run ``predict`` over the samples in batches and average each metric per bin."""
+    per_bin: dict[int, list[tuple[float, float, float]]] = {}
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        outputs = predict([s.image for s in chunk], [s.hole for s in chunk])
+        for s, out in zip(chunk, outputs):
+            values = (l1_percent(out, s.image), psnr(out, s.image), ssim(out, s.image))
+            per_bin.setdefault(s.bin_index, []).append(values)
+    scores = []
+    for b in sorted(per_bin):
+        values = np.array(per_bin[b], dtype=np.float64)
+        scores.append(BinScore(method, b, len(values), *(float(v) for v in values.mean(axis=0))))
+    return scores
+
+
+def telea_predictor(radius: int = 3) -> Predict:
+    """OpenCV's Telea inpainting (fast marching); known pixels are kept by construction."""
+    import cv2
+
+    def predict(images: Sequence[np.ndarray], holes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [cv2.inpaint(img, hole.astype(np.uint8), radius, cv2.INPAINT_TELEA) for img, hole in zip(images, holes)]
+
+    return predict
+
+
+def checkpoint_predictor(checkpoint: str | Path, device: str = "cpu") -> tuple[Predict, int]:
+    """A checkpoint in PyTorch: composite(image, mask, raw), clamped and rounded to uint8. -> (predict, multiple)."""
+    import torch
+
+    from pconv_deploy.model.checkpoint import load_checkpoint
+    from pconv_deploy.model.unet import composite
+
+    model = load_checkpoint(checkpoint, device=device).eval()
+
+    def predict(images: Sequence[np.ndarray], holes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        image = torch.from_numpy(np.stack(images).astype(np.float32) / 255.0).permute(0, 3, 1, 2).to(device)
+        mask = torch.from_numpy(~np.stack(holes)[:, None]).float().to(device)
+        with torch.no_grad():
+            out = composite(image, mask, model(image, mask)).clamp(0, 1)
+        out = (out.permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+        return list(out)
+
+    return predict, model.config.multiple
+
+
+def runtime_predictor(model_path: str | Path, backend: str = "auto") -> Predict:
+    """A deployed model through the runtime, whole image at native size (the runtime pads)."""
+    from pconv_deploy.runtime import Inpainter  # numpy + onnxruntime: no torch
+
+    inpainter = Inpainter.from_path(model_path, backend=backend, strategy="full")
+
+    def predict(images: Sequence[np.ndarray], holes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return inpainter.inpaint(list(images), list(holes))
+
+    return predict
+
+
+def markdown_table(scores: Sequence[BinScore]) -> str:
+    """One row per bin, one column group per method: L1 (%) lower is better, PSNR and SSIM higher."""
+    methods = list(dict.fromkeys(s.method for s in scores))
+    by_key = {(s.method, s.bin_index): s for s in scores}
+    header = ["hole ratio", "n"] + [f"{m} {label}" for m in methods for label in ("L1 (%)", "PSNR (dB)", "SSIM")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for b in sorted({s.bin_index for s in scores}):
+        row = [bin_label(HOLE_BINS[b]), str(by_key[(methods[0], b)].count)]
+        for m in methods:
+            s = by_key.get((m, b))
+            row += [f"{s.l1_percent:.2f}", f"{s.psnr:.2f}", f"{s.ssim:.3f}"] if s else ["", "", ""]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def crop_images(paths: Sequence[Path], size: int) -> list[np.ndarray]:
+    """The centre ``size`` x ``size`` crop of each image (upscaled first if smaller)."""
+    from pconv_deploy.train.data import center_crop, load_rgb
+
+    return [np.ascontiguousarray(center_crop(load_rgb(p), size)) for p in paths]
+
+
+@dataclass
+class EvalReport:
+    scores: list[BinScore]
+    table: str
+    table_path: Path
+    chart_path: Path
+
+
+def evaluate(
+    data: str,
+    output: Path,
+    checkpoint: Path | None = None,
+    model: Path | None = None,
+    masks_per_bin: int = 4,
+    seed: int = 0,
+    size: int = 256,
+    max_images: int | None = None,
+    batch_size: int = 8,
+) -> EvalReport:
+    """Score a checkpoint (PyTorch) or a deployed model (runtime) against Telea; write table and chart."""
+    from pconv_deploy.train import plots
+    from pconv_deploy.train.data import image_paths
+
+    if (checkpoint is None) == (model is None):
+        raise PConvError("give exactly one of --checkpoint (PyTorch) or --model (ONNX / engine, via the runtime)")
+    if checkpoint is not None:
+        predict, multiple = checkpoint_predictor(checkpoint)
+        if size % multiple:
+            raise PConvError(f"--size {size} must be a multiple of {multiple} for {checkpoint} (2^layers)")
+        name = "PConv"
+    else:
+        predict, name = runtime_predictor(model), "PConv (runtime)"
+    paths = image_paths(data)[:max_images]
+    samples = make_samples(crop_images(paths, size), masks_per_bin, seed)
+    scores = score(name, predict, samples, batch_size) + score("Telea", telea_predictor(), samples, batch_size)
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    source = checkpoint or model
+    table = markdown_table(scores)
+    crops = f"{len(paths)} images, {size}x{size} centre crops, {masks_per_bin} masks/bin, seed {seed}"
+    note = f"{source} on {data}: {crops}"
+    table_path = output / "evaluation.md"
+    table_path.write_text(f"# Evaluation\n\n{note}\n\n{table}")
+    labels = [bin_label(HOLE_BINS[b]) for b in sorted({s.bin_index for s in scores})]
+    panels = {
+        title: {m: [s.__dict__[key] for s in scores if s.method == m] for m in (name, "Telea")}
+        for key, title in (("l1_percent", "L1 (%) - lower is better"), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"))
+    }
+    chart_path = plots.bar_charts(labels, panels, output / "evaluation.png")
+    return EvalReport(scores, table, table_path, chart_path)
