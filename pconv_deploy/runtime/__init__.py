@@ -1,1 +1,13 @@
-"""Inference without torch: backends, batching, the folder pipeline."""
+"""Inference without torch: backends, batching, the folder pipeline.
+
+Embedding in a service needs numpy + onnxruntime only::
+
+    from pconv_deploy.runtime import Inpainter
+    inpainter = Inpainter.from_path("model.onnx")           # or an engine, or a checkpoint (torch)
+    results = inpainter.inpaint([rgb_uint8], [hole_mask])   # hole_mask: True / nonzero = HOLE
+"""
+
+from pconv_deploy.runtime.backends import Backend, OnnxRuntimeBackend, load_backend
+from pconv_deploy.runtime.inpainter import STRATEGIES, Inpainter
+
+__all__ = ["STRATEGIES", "Backend", "Inpainter", "OnnxRuntimeBackend", "load_backend"]
