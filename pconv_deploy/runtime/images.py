@@ -51,16 +51,22 @@ class Picture:
         return np.concatenate([base, self.alpha[..., None]], axis=2)
 
 
+def precheck(path: Path, what: str = "image") -> None:
+    """The checks that need no decoding: exists, image extension, not empty."""
+    if not path.is_file():
+        raise InputError(f"{what} not found" if not path.exists() else f"{what} is not a regular file")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        kind = path.suffix or "no extension"
+        raise InputError(f"not an image file ({kind}): expected PNG, JPEG, WebP, BMP or TIFF")
+    if path.stat().st_size == 0:
+        raise InputError(f"{what} is empty (0 bytes)")
+
+
 def open_checked(path: Path, max_pixels: int, what: str):
     """Open ``path`` with Pillow (header only) after the checks that need no decoding."""
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
-        raise InputError(f"{what} not found" if not path.exists() else f"{what} is not a regular file")
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise InputError(f"not an image file ({path.suffix or 'no extension'}): expected PNG, JPEG, WebP, BMP or TIFF")
-    if path.stat().st_size == 0:
-        raise InputError(f"{what} is empty (0 bytes)")
+    precheck(path, what)
     try:
         im = Image.open(path)
     except Image.DecompressionBombError:

@@ -31,6 +31,7 @@ from pconv_deploy.runtime.images import (
     InputError,
     Picture,
     clean_stale_temps,
+    precheck,
     read_image,
     read_mask,
     write_png,
@@ -69,7 +70,8 @@ class Report:
         self.totals = {s: self.count(s) for s in ("ok", "skipped", "failed", "pending")}
         self.totals["total"] = len(self.files)
         data = asdict(self)
-        return {"format": REPORT_FORMAT, **data}
+        files = data.pop("files")
+        return {"format": REPORT_FORMAT, **data, "files": files}
 
 
 def pair_files(images: Path, masks: Path, output: Path, overwrite: bool) -> list[FileResult]:
@@ -101,6 +103,11 @@ def pair_files(images: Path, masks: Path, output: Path, overwrite: bool) -> list
             r.status, r.error = "failed", f"file name {f.name!r} cannot name an output inside {output}"
             continue
         r.output = str(out)
+        try:
+            precheck(f)
+        except InputError as e:
+            r.status, r.error = "failed", str(e)
+            continue
         if len(stems[f.stem]) > 1:
             others = ", ".join(p.name for p in stems[f.stem] if p != f)
             r.status, r.error = "failed", f"same stem as {others}: both would write {out.name}"
