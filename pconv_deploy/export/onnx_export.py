@@ -1,51 +1,180 @@
-"""PyTorch model -> one self-contained ONNX file honouring the model contract (DESIGN.md section 2).
+"""PyTorch model -> one self-contained, checked ONNX file honouring the model contract (DESIGN.md section 2).
 
 Contract: inputs ``image`` [N,3,H,W] float32 RGB in [0,1] and ``mask`` [N,1,H,W] float32
 (1 = known); output ``inpainted`` [N,3,H,W] float32, composited and clamped. N, H, W are
-dynamic; H and W are multiples of 2^layers.
+dynamic; H and W are multiples of 2^layers. ``fp16=True`` exports the same contract with a
+float16 feature path (DESIGN.md section 6).
+
+Order of work: export the export-time network (:mod:`.graph`) with the dynamo exporter,
+add the metadata, run the graph checks (:mod:`.checks`), then write to a temp file in the
+target directory and rename, so a failed export never leaves a file behind.
+:func:`export_checkpoint` adds the Polygraphy parity check (:mod:`.parity`) before the rename.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import torch
-from torch import nn
 
-from pconv_deploy.model.unet import PConvUNet, composite
+from pconv_deploy import __version__
+from pconv_deploy.export.checks import ExportError, GraphReport, check_finite, check_graph
+from pconv_deploy.export.graph import ExportNet
+from pconv_deploy.model.unet import PConvConfig, PConvUNet
 
-
-class DeployModel(nn.Module):
-    """The exported graph: prediction, compositing of known pixels, clamp to [0, 1]."""
-
-    def __init__(self, model: PConvUNet) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(composite(image, mask, self.model(image, mask)), 0.0, 1.0)
+FORMAT_VERSION = "1"
+MASK_CONVENTION = "1=known,0=hole"
 
 
-def export_onnx(model: PConvUNet, path: str | Path, opset: int = 20) -> Path:
-    """Export with dynamic batch and size; one file, no external data."""
+@dataclass
+class ExportResult:
+    path: Path
+    graph: GraphReport
+    seconds: float  # torch export + graph checks
+    parity: object | None = None  # a parity.ParityReport when checked
+
+
+def build_metadata(config: PConvConfig, fp16: bool, checkpoint_sha256: str | None) -> dict[str, str]:
+    """The ``metadata_props`` every pconv-deploy ONNX file carries (the runtime and sidecar read these keys)."""
+    return {
+        "pconv.format": FORMAT_VERSION,
+        "pconv.layers": str(config.layers),
+        "pconv.width": str(config.width),
+        "pconv.multiple": str(config.multiple),
+        "pconv.input_norm": config.input_norm,
+        "pconv.mask_convention": MASK_CONVENTION,
+        "pconv.precision": "fp16" if fp16 else "fp32",
+        "pconv.checkpoint_sha256": checkpoint_sha256 or "none",
+        "pconv.producer": f"pconv-deploy {__version__}",
+    }
+
+
+def mask_overhead_limit(width: float) -> float:
+    """1% at the paper's widths (>= 0.5). Feature MACs shrink with width^2 while the one-channel
+    mask count does not (1.4% at width 0.125), so narrow test models get (0.5/width)^2 times that;
+    a naive C_out x C_in mask convolution (+100%) still fails."""
+    return 0.01 * max(1.0, (0.5 / width) ** 2)
+
+
+def build_onnx(
+    model: PConvUNet, opset: int = 20, *, fp16: bool = False, checkpoint_sha256: str | None = None
+) -> tuple[onnx.ModelProto, GraphReport]:
+    """Export in memory and run the graph checks; raises ExportError. Nothing is written."""
     from torch.export import Dim
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    net = ExportNet(model.eval(), torch.float16 if fp16 else torch.float32)
     mult = model.config.multiple
     # Example sizes of 2 and 3 multiples: a factor of 1 would be specialised by torch.export.
     example = (torch.rand(2, 3, 2 * mult, 3 * mult), (torch.rand(2, 1, 2 * mult, 3 * mult) > 0.5).float())
     batch, h, w = Dim("batch", min=1, max=4096), Dim("h", min=1, max=256), Dim("w", min=1, max=256)
     dims = {0: batch, 2: mult * h, 3: mult * w}
-    torch.onnx.export(
-        DeployModel(model.eval()),
-        example,
-        str(path),
-        input_names=["image", "mask"],
-        output_names=["inpainted"],
-        dynamic_shapes={"image": dims, "mask": dims},
-        opset_version=opset,
-        external_data=False,
-        verbose=False,
-    )
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                net,
+                example,
+                None,
+                input_names=["image", "mask"],
+                output_names=["inpainted"],
+                dynamic_shapes={"image": dims, "mask": dims},
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as e:  # the exporter raises many types; report one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+        raise ExportError(f"torch.onnx.export failed: {first}") from e
+    proto = program.model_proto
+    proto.doc_string = "pconv-deploy partial-convolution inpainting; contract: see metadata_props and README"
+    del proto.metadata_props[:]
+    for key, value in build_metadata(model.config, fp16, checkpoint_sha256).items():
+        proto.metadata_props.add(key=key, value=value)
+    report = check_graph(proto, max_mask_overhead=mask_overhead_limit(model.config.width))
+    check_finite(proto)
+    return proto, report
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter's warnings (torchvision absent, axis renames) are noise for our users."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def write_atomic(proto: onnx.ModelProto, path: str | Path) -> Path:
+    """Write one self-contained file via a temp file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def export_onnx(
+    model: PConvUNet,
+    path: str | Path,
+    opset: int = 20,
+    *,
+    fp16: bool = False,
+    checkpoint_sha256: str | None = None,
+) -> Path:
+    """Export with dynamic batch and size to one checked file (no external data); returns the path."""
+    proto, _ = build_onnx(model, opset, fp16=fp16, checkpoint_sha256=checkpoint_sha256)
+    return write_atomic(proto, path)
+
+
+def export_checkpoint(
+    checkpoint_path: str | Path,
+    output: str | Path,
+    fp16: bool = False,
+    opset: int = 20,
+    check: bool = True,
+    parity_dir: str | Path | None = None,
+) -> ExportResult:
+    """Export a checkpoint; with ``check`` the Polygraphy parity check must pass before the file appears.
+
+    On a parity failure the model is kept as ``<output stem>.failed.onnx`` (for ``polygraphy run``)
+    and ParityError is raised; ``output`` itself is never written.
+    """
+    from pconv_deploy.model.checkpoint import file_sha256, load_checkpoint
+
+    output = Path(output)
+    model = load_checkpoint(checkpoint_path)
+    start = time.perf_counter()
+    proto, graph = build_onnx(model, opset, fp16=fp16, checkpoint_sha256=file_sha256(checkpoint_path))
+    seconds = time.perf_counter() - start
+    if not check:
+        return ExportResult(write_atomic(proto, output), graph, seconds)
+
+    from pconv_deploy.export.parity import ParityError, default_parity_dir, run_parity
+
+    staged = write_atomic(proto, output.with_name(f".{output.stem}.unchecked.onnx"))
+    try:
+        report = run_parity(staged, model, save_dir=parity_dir or default_parity_dir(output), model_label=output)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    if not report.passed:
+        failed = staged.replace(output.with_name(f"{output.stem}.failed.onnx"))
+        raise ParityError(f"{failed}: parity check failed ({report.summary()}); {output} not written")
+    staged.replace(output)
+    return ExportResult(output, graph, seconds, report)

@@ -1,0 +1,197 @@
+"""Checks every exported graph must pass before it is written (DESIGN.md section 5).
+
+- ``onnx.checker`` full check and strict shape inference (type errors fail, not warn);
+- the model contract: input/output names, dtypes and ranks, the metadata keys, no external data;
+- op types: only ops that TensorRT's ONNX parser supports (``TENSORRT_OPS``);
+- conv MACs at a concrete size, split into feature and mask convolutions: the mask path
+  must be the grouped one-channel count, not a C_out x C_in convolution that doubles the cost;
+- no Inf/NaN under ONNX Runtime for all-hole, no-hole and sparse masks (the epsilon trap
+  of DESIGN.md section 3 shows up exactly here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from pconv_deploy.errors import PConvError
+
+# Op types of the exported graphs (FP32 and FP16) plus close relatives a future exporter
+# version may emit instead. All are in onnx-tensorrt's supported-operator list (operators.md).
+TENSORRT_OPS = frozenset(
+    {
+        "Add", "Cast", "Clip", "Concat", "Constant", "Conv", "Div", "Expand", "Gather", "Identity",
+        "LeakyRelu", "Max", "Min", "Mul", "Reciprocal", "Relu", "Reshape", "Resize", "Shape", "Slice",
+        "Split", "Sub", "Unsqueeze", "Squeeze",
+    }
+)  # fmt: skip
+
+METADATA_KEYS = (
+    "pconv.format",
+    "pconv.layers",
+    "pconv.width",
+    "pconv.multiple",
+    "pconv.input_norm",
+    "pconv.mask_convention",
+    "pconv.precision",
+    "pconv.checkpoint_sha256",
+    "pconv.producer",
+)
+
+# (name, channels) of the contract's inputs and output; all float32 [N, C, H, W].
+CONTRACT_INPUTS = (("image", 3), ("mask", 1))
+CONTRACT_OUTPUTS = (("inpainted", 3),)
+
+
+class ExportError(PConvError):
+    """An export or an exported graph that breaks the contract; the message names the check."""
+
+
+@dataclass(frozen=True)
+class ConvMacs:
+    """Multiply-accumulates of the graph's Conv nodes at one size, batch 1."""
+
+    feature: int
+    mask: int
+
+    @property
+    def total(self) -> int:
+        return self.feature + self.mask
+
+    @property
+    def mask_overhead(self) -> float:
+        """What the mask path adds, as a fraction of the feature convolutions."""
+        return self.mask / self.feature if self.feature else float("inf")
+
+
+@dataclass(frozen=True)
+class GraphReport:
+    op_types: dict[str, int]
+    macs: ConvMacs
+    mac_size: tuple[int, int]
+
+
+def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def check_graph(model: onnx.ModelProto, *, max_mask_overhead: float | None = 0.01) -> GraphReport:
+    """Run the static checks; raise ExportError naming the first failure."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"onnx checker: {_first_line(e)}") from None
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except onnx.shape_inference.InferenceError as e:
+        raise ExportError(f"strict shape inference: {_first_line(e)}") from None
+    check_contract(model)
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    unsupported = sorted(set(ops) - TENSORRT_OPS)
+    if unsupported:
+        raise ExportError(f"op types outside the TensorRT allowlist: {', '.join(unsupported)}")
+    multiple = int(metadata(model)["pconv.multiple"])
+    size = (2 * multiple, 2 * multiple)
+    macs = conv_macs(model, *size)
+    if max_mask_overhead is not None and macs.mask_overhead > max_mask_overhead:
+        raise ExportError(
+            f"the mask path adds {macs.mask_overhead:.2%} to the feature convolutions' MACs "
+            f"(limit {max_mask_overhead:.0%}): mask counts must be grouped one-channel convolutions"
+        )
+    return GraphReport(ops, macs, size)
+
+
+def check_contract(model: onnx.ModelProto) -> None:
+    """Names, dtypes and ranks of the I/O, metadata keys, and all weights inside the file."""
+    for kind, values, expected in (
+        ("input", model.graph.input, CONTRACT_INPUTS),
+        ("output", model.graph.output, CONTRACT_OUTPUTS),
+    ):
+        got = [v.name for v in values]
+        if got != [name for name, _ in expected]:
+            raise ExportError(f"{kind}s are {got}, the contract says {[name for name, _ in expected]}")
+        for value, (name, channels) in zip(values, expected):
+            t = value.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+            if t.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4 or dims[1] != channels:
+                raise ExportError(f"{kind} '{name}' must be float32 [N, {channels}, H, W], got {dims}")
+            if any(isinstance(d, int) for i, d in enumerate(dims) if i != 1):
+                raise ExportError(f"{kind} '{name}' must have dynamic N, H, W, got {dims}")
+    missing = [k for k in METADATA_KEYS if k not in metadata(model)]
+    if missing:
+        raise ExportError(f"metadata_props lack {', '.join(missing)}")
+    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise ExportError(f"{len(external)} initialisers use external data (e.g. {external[0]}): export one file")
+
+
+def conv_macs(model: onnx.ModelProto, height: int, width: int) -> ConvMacs:
+    """Conv MACs at batch 1, HxW, from shapes inferred on a copy with concrete input sizes.
+
+    A Conv with one output channel is a mask count (feature convolutions always have 3 or
+    more); anything else counts as a feature convolution.
+    """
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in [*fixed.graph.input, *fixed.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        for i, v in zip((0, 2, 3), (1, height, width)):
+            dims[i].Clear()
+            dims[i].dim_value = v
+    fixed = onnx.shape_inference.infer_shapes(fixed, strict_mode=True)
+    shapes = {t.name: list(t.dims) for t in fixed.graph.initializer}
+    for v in [*fixed.graph.value_info, *fixed.graph.input, *fixed.graph.output]:
+        shapes[v.name] = [d.dim_value for d in v.type.tensor_type.shape.dim]
+    feature = mask = 0
+    for node in fixed.graph.node:
+        if node.op_type != "Conv":
+            continue
+        c_out, c_in_per_group, kh, kw = shapes[node.input[1]]
+        _, _, out_h, out_w = shapes[node.output[0]]
+        if not out_h or not out_w:
+            raise ExportError(f"Conv '{node.name}': output size not inferred at {height}x{width}")
+        macs = c_out * c_in_per_group * kh * kw * out_h * out_w
+        if c_out == 1:
+            mask += macs
+        else:
+            feature += macs
+    return ConvMacs(feature, mask)
+
+
+def adversarial_feeds(multiple: int) -> dict[str, np.ndarray]:
+    """One batch of all-hole, no-hole and sparse masks (windows holding a single known pixel)."""
+    size = multiple
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 3, size, 2 * size), dtype=np.float32)
+    mask = np.zeros((3, 1, size, 2 * size), np.float32)
+    mask[1] = 1.0
+    mask[2, 0, 3::7, 2::7] = 1.0
+    return {"image": image, "mask": mask}
+
+
+def check_finite(model: onnx.ModelProto | str | Path) -> None:
+    """Run ONNX Runtime (CPU) on adversarial masks; raise ExportError on any Inf/NaN."""
+    import onnxruntime as ort
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    feeds = adversarial_feeds(int(metadata(model)["pconv.multiple"]))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(["inpainted"], feeds)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        names = [name for i, name in enumerate(("all-hole", "no-hole", "sparse")) if bad[i].any()]
+        raise ExportError(
+            f"non-finite outputs ({int(bad.sum())} values) for {', '.join(names)} masks: "
+            "is an epsilon in the mask ratio (count + eps) folded away?"
+        )
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__

@@ -1,0 +1,100 @@
+"""The export-time network: the same function as ``PConvUNet`` + compositing, in fewer, cheaper ops.
+
+``ExportNet(model)`` copies a trained :class:`~pconv_deploy.model.unet.PConvUNet` and rewrites it
+for deployment (DESIGN.md sections 3, 4 and 6). Every rewrite keeps the outputs exact; the parity
+check (:mod:`pconv_deploy.export.parity`) compares against the original model, never against this one.
+
+1. BatchNorm is folded into the partial conv's weights and bias. In valid pixels
+   ``BN((conv(X) * ratio + b) * 1) = conv_{W*s}(X) * ratio + (b*s + t)`` with ``s, t`` the BN
+   scale and shift (BN is per channel, the ratio per pixel, so they commute).
+2. The mask multiplies move from the consumers to the producer. The original multiplies
+   ``* valid`` before BN and then every consumer multiplies its input by its mask
+   (``X * M``; an encoder output has two consumers: the next level and a decoder skip,
+   and a decoder input needs a per-group Split/Expand/Concat of the mask). Here each
+   layer multiplies its own output by ``valid`` once, after the activation, so every
+   feature tensor is already zero in its holes and no consumer multiplies again.
+   In valid pixels nothing changes; hole pixels were ignored by every consumer anyway.
+   The last layer's ``* valid`` is observable (an all-hole window outputs 0 before
+   de-normalisation) and is the same multiply.
+3. Normalisation, de-normalisation, compositing and the clamp are inside the graph, so
+   callers supply [0, 1] RGB and get [0, 1] RGB with known pixels unchanged.
+
+FP16 (``dtype=torch.float16``): weights are folded in float32 and then cast; features are
+float16; the mask path (counts, ratio, valid) stays float32 because counts reach C_in*k*k,
+beyond float16's exact integers; the ratio and valid are cast where they meet the features.
+Inputs and output stay float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pconv_deploy.model.unet import PConvBlock, PConvUNet
+
+
+class ExportPConv(nn.Module):
+    """One partial conv with its BatchNorm folded in and its activation; input zero in its holes."""
+
+    def __init__(self, block: PConvBlock, dtype: torch.dtype) -> None:
+        super().__init__()
+        pconv, conv = block.pconv, block.pconv.conv
+        weight = conv.weight.detach().float()
+        bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(conv.out_channels)
+        if block.bn is not None:
+            bn = block.bn
+            scale = bn.weight.detach().float() / torch.sqrt(bn.running_var.float() + bn.eps)
+            shift = bn.bias.detach().float() - bn.running_mean.float() * scale
+            weight = weight * scale.view(-1, 1, 1, 1)
+            bias = bias * scale + shift
+        self.register_buffer("weight", weight.to(dtype))
+        self.register_buffer("bias", bias.to(dtype).view(1, -1, 1, 1))
+        self.register_buffer("mask_kernel", pconv.mask_kernel.detach().float().clone())
+        self.window_size = pconv.window_size
+        self.stride, self.padding = conv.stride, conv.padding
+        self.act = block.act
+
+    def ratio_and_valid(self, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sum(1)/sum(M) and the updated mask, exact for binary masks: clamps, never an epsilon."""
+        return self.window_size / torch.clamp(count, min=1.0), torch.clamp(count, 0.0, 1.0)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # One [1, G, k, k] convolution counts the known elements of all G mask groups.
+        count = F.conv2d(mask, self.mask_kernel, None, self.stride, self.padding)
+        ratio, valid = self.ratio_and_valid(count)
+        out = F.conv2d(x, self.weight, None, self.stride, self.padding) * ratio.to(x.dtype) + self.bias
+        if self.act is not None:
+            out = self.act(out)
+        return out * valid.to(out.dtype), valid
+
+
+class ExportNet(nn.Module):
+    """``forward(image, mask) -> inpainted``: the model contract of DESIGN.md section 2."""
+
+    def __init__(self, model: PConvUNet, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.config = model.config
+        self.dtype = dtype
+        self.encoder = nn.ModuleList(ExportPConv(b, dtype) for b in model.encoder)
+        self.decoder = nn.ModuleList(ExportPConv(b, dtype) for b in model.decoder)
+        self.register_buffer("mean", model.mean.detach().float().clone())
+        self.register_buffer("std", model.std.detach().float().clone())
+        self.eval()
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Normalise and mask in float32, then switch to the feature dtype.
+        x = ((image - self.mean) / self.std * mask).to(self.dtype)
+        skips = [(x, mask)]
+        h, m = x, mask
+        for layer in self.encoder:
+            h, m = layer(h, m)
+            skips.append((h, m))
+        skips.pop()  # the deepest output is the decoder's input, not a skip
+        for layer in self.decoder:
+            skip, skip_mask = skips.pop()
+            h = torch.cat([F.interpolate(h, scale_factor=2.0, mode="nearest"), skip], dim=1)
+            m = torch.cat([F.interpolate(m, scale_factor=2.0, mode="nearest"), skip_mask], dim=1)
+            h, m = layer(h, m)
+        raw = h.float() * self.std + self.mean
+        return torch.clamp(mask * image + (1 - mask) * raw, 0.0, 1.0)
