@@ -91,18 +91,25 @@ def tensorrt_status() -> str | None:
 
 def plan_batches(profiles: list[ShapeRange], batch: int, height: int, width: int) -> list[tuple[int, int, int]]:
     """[(start, stop, profile index)]: the whole batch if a profile takes it, else chunks of the
-    largest batch a profile takes at this size. Raises when no profile covers the size at all."""
-    chunk = batch if select_profile(profiles, batch, height, width) is not None else max_batch(profiles, height, width)
+    largest batch a profile takes at this size. Raises when a chunk fits no profile."""
+
+    def refuse(n: int) -> PConvError:
+        shapes = "; ".join(str(p) for p in profiles)
+        return PConvError(
+            f"no optimization profile of this engine takes {format_shape((n, height, width))} "
+            f"(profiles: {shapes}); rebuild with a larger --max-shape, or use smaller tiles"
+        )
+
+    fits = select_profile(profiles, batch, height, width) is not None
+    chunk = batch if fits else max_batch(profiles, height, width)
+    if chunk < 1:
+        raise refuse(batch)
     plan = []
-    for start in range(0, batch, chunk or batch):
+    for start in range(0, batch, chunk):
         stop = min(start + chunk, batch)
-        index = select_profile(profiles, stop - start, height, width) if chunk else None
+        index = select_profile(profiles, stop - start, height, width)
         if index is None:
-            shapes = "; ".join(str(p) for p in profiles)
-            raise PConvError(
-                f"no optimization profile of this engine takes {format_shape((stop - start, height, width))} "
-                f"(profiles: {shapes}); rebuild with a larger --max-shape, or use smaller tiles"
-            )
+            raise refuse(stop - start)
         plan.append((start, stop, index))
     return plan
 

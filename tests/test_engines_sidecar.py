@@ -1,0 +1,157 @@
+"""The engine sidecar: round trip, validation, and the message for each kind of mismatch."""
+
+import json
+
+import pytest
+from engines_onnx import contract_metadata, write_contract_onnx
+
+from pconv_deploy.engines.profiles import ShapeRange
+from pconv_deploy.engines.sidecar import (
+    KEYS,
+    SidecarError,
+    check_compatible,
+    file_sha256,
+    make_sidecar,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
+
+PROFILES = [
+    ShapeRange((1, 32, 32), (4, 64, 64), (8, 128, 128)),
+    ShapeRange((1, 256, 256), (1, 512, 512), (2, 512, 512)),
+]
+HERE = {"tensorrt_version": "10.9.0.34", "gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """An engine file (placeholder bytes: nothing here deserialises it) with a valid sidecar beside it."""
+    onnx_path = write_contract_onnx(tmp_path / "models" / "model.onnx")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not a real engine")
+    data = make_sidecar(
+        onnx_path=onnx_path,
+        onnx_sha256=file_sha256(onnx_path),
+        engine_path=engine,
+        metadata=contract_metadata(),
+        profiles=PROFILES,
+        version_compatible=False,
+        **HERE,
+    )
+    write_sidecar(engine, data)
+    return engine
+
+
+def rewrite(engine, **changes):
+    path = sidecar_path(engine)
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+    return data
+
+
+def test_round_trip(engine, tmp_path):
+    assert sidecar_path(engine) == tmp_path / "model.engine.json"
+    data = read_sidecar(engine)
+    assert set(data) == set(KEYS)
+    assert data["onnx_file"] == "models/model.onnx"  # relative to the engine's folder, for the auto fallback
+    assert data["onnx_sha256"] == file_sha256(tmp_path / "models" / "model.onnx")
+    assert data["precision"] == "fp32" and data["metadata"] == contract_metadata()
+    assert data["profiles"][1] == {
+        "image": [[1, 3, 256, 256], [1, 3, 512, 512], [2, 3, 512, 512]],
+        "mask": [[1, 1, 256, 256], [1, 1, 512, 512], [2, 1, 512, 512]],
+    }
+    assert [ShapeRange.from_input_shapes(p) for p in data["profiles"]] == PROFILES
+    assert data["tensorrt_version"] == "10.9.0.34" and data["version_compatible"] is False
+    assert data["created"].endswith("+00:00")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # temp file renamed away
+    check_compatible(data, engine, **HERE)  # same machine, unchanged ONNX: accepted
+
+
+def test_tensorrt_version_mismatch(engine):
+    data = read_sidecar(engine)
+    with pytest.raises(SidecarError) as e:
+        check_compatible(data, engine, **{**HERE, "tensorrt_version": "10.9.0.35"})
+    assert str(e.value) == (
+        f"{engine}: built with TensorRT 10.9.0.34, this is TensorRT 10.9.0.35; an engine only runs on the TensorRT "
+        "version that built it: rebuild it here with `pconv build-engine` (or build with --version-compatible)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("runtime", "ok"), [("10.9.0.34", True), ("10.12.0.1", True), ("10.8.1", False), ("11.0", False)]
+)
+def test_version_compatible_engines_run_on_later_versions_of_the_same_major(engine, runtime, ok):
+    data = rewrite(engine, version_compatible=True)
+    if ok:
+        check_compatible(data, engine, **{**HERE, "tensorrt_version": runtime})
+    else:
+        with pytest.raises(SidecarError, match=rf"built version-compatible with TensorRT 10.9.0.34, which runs on "
+                           rf"TensorRT 10.9 to 10.x; this is TensorRT {runtime}"):  # fmt: skip
+            check_compatible(data, engine, **{**HERE, "tensorrt_version": runtime})
+
+
+@pytest.mark.parametrize(("name", "cc"), [("NVIDIA A100-SXM4-80GB", "8.0"), ("NVIDIA L4", "8.6")])
+def test_gpu_mismatch(engine, name, cc):
+    with pytest.raises(SidecarError) as e:
+        check_compatible(read_sidecar(engine), engine, **{**HERE, "gpu_name": name, "compute_capability": cc})
+    assert str(e.value) == (
+        f"{engine}: built for NVIDIA L4 (compute capability 8.9), this GPU is {name} (compute capability {cc}): "
+        "rebuild it here with `pconv build-engine`"
+    )
+
+
+def test_contract_mismatch(engine):
+    data = read_sidecar(engine)
+    check_compatible(data, engine, **HERE, expected_metadata={"pconv.multiple": "32", "pconv.precision": "fp32"})
+    with pytest.raises(SidecarError, match=r"model contract mismatch: pconv.multiple is '32', expected '256'"):
+        check_compatible(data, engine, **HERE, expected_metadata={"pconv.multiple": "256"})
+    with pytest.raises(SidecarError, match=r"pconv.checkpoint_sha256 is 'abab.*', expected 'cdcd'"):
+        check_compatible(data, engine, **HERE, expected_metadata={"pconv.checkpoint_sha256": "cdcd"})
+
+
+def test_changed_onnx_makes_the_engine_stale(engine, tmp_path):
+    data = read_sidecar(engine)
+    onnx_path = tmp_path / "models" / "model.onnx"
+    write_contract_onnx(onnx_path, contract_metadata(**{"pconv.checkpoint_sha256": "cd" * 32}))
+    with pytest.raises(SidecarError, match=rf"{onnx_path} has changed since the engine was built from it \(sha256 "):
+        check_compatible(data, engine, **HERE)
+    check_compatible(data, engine, **HERE, check_onnx=False)
+    onnx_path.unlink()  # an engine deployed without its ONNX is fine
+    check_compatible(data, engine, **HERE)
+
+
+def test_missing_and_unreadable_sidecars(engine, tmp_path):
+    other = tmp_path / "other.engine"
+    with pytest.raises(SidecarError, match=r"other.engine.json: no sidecar beside engine .*other.engine; rebuild"):
+        read_sidecar(other)
+    sidecar_path(engine).write_text("{not json")
+    with pytest.raises(SidecarError, match=r"model.engine.json: unreadable sidecar"):
+        read_sidecar(engine)
+    sidecar_path(engine).write_text(json.dumps({"format": "something-else/2"}))
+    with pytest.raises(SidecarError, match=r"not a pconv-deploy engine sidecar \(format 'something-else/2'"):
+        read_sidecar(engine)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.pop("onnx_file"), r"sidecar lacks onnx_file"),
+        (lambda d: d.update(gpu_name=7), r"'gpu_name' must be a string"),
+        (lambda d: d.update(precision="fp16"), r"sidecar precision 'fp16' differs from the model's pconv.precision"),
+        (lambda d: d["metadata"].pop("pconv.mask_convention"), r"metadata lacks pconv.mask_convention"),
+        (lambda d: d["metadata"].update({"pconv.multiple": "64"}), r"pconv.multiple is 64 but pconv.layers is 5"),
+        (lambda d: d["metadata"].update({"pconv.precision": "int8"}), r"pconv.precision must be one of"),
+        (lambda d: d.update(profiles=[]), r"'profiles' must be a non-empty list"),
+        (lambda d: [s[2].__setitem__(2, 100) for s in d["profiles"][0].values()], r"profile 0: max shape 8x100x128"),
+        (lambda d: d["profiles"][0]["image"][2].__setitem__(2, 96), r"profile 0: image and mask have different shapes"),
+        (lambda d: d["profiles"][1].pop("mask"), r"profile 1: inputs \['image'\] are not the contract's"),
+    ],
+)
+def test_invalid_sidecars_are_refused(engine, change, message):
+    data = json.loads(sidecar_path(engine).read_text())
+    change(data)
+    sidecar_path(engine).write_text(json.dumps(data))
+    with pytest.raises(SidecarError, match=message):
+        read_sidecar(engine)
