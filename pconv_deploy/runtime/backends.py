@@ -93,16 +93,14 @@ class TorchBackend:
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
         import torch  # the only torch import in the runtime
 
-        from pconv_deploy.export.onnx_export import DeployModel
-        from pconv_deploy.model import load_checkpoint
+        from pconv_deploy.model import composite, load_checkpoint
         from pconv_deploy.model.checkpoint import file_sha256
 
-        self.torch = torch
+        self.torch, self.composite = torch, composite
         self.device = (
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         )
-        model = load_checkpoint(path, device=self.device)
-        self.model = DeployModel(model).eval()
+        self.model = model = load_checkpoint(path, device=self.device)
         cfg = model.config
         self.multiple = cfg.multiple
         self.metadata = {
@@ -118,7 +116,8 @@ class TorchBackend:
     def run(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(image).to(self.device), torch.from_numpy(mask).to(self.device))
+            x, m = torch.from_numpy(image).to(self.device), torch.from_numpy(mask).to(self.device)
+            out = torch.clamp(self.composite(x, m, self.model(x, m)), 0.0, 1.0)  # what the ONNX graph computes
         return out.float().cpu().numpy()
 
 
@@ -187,7 +186,9 @@ def load_backend(
         if backend in ("auto", "torch"):
             try:
                 return TorchBackend(path, device)
-            except ImportError:
+            except ModuleNotFoundError as e:
+                if e.name not in ("torch", "safetensors"):
+                    raise
                 raise PConvError(
                     f"{path}: a checkpoint needs torch (pip install 'pconv-deploy[torch]'); "
                     "or export it with `pconv export` and pass the .onnx file"

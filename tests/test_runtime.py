@@ -1,0 +1,164 @@
+"""The runtime on numpy arrays: backends, the Inpainter API, strategies, torch-free import.
+
+Real ONNX Runtime sessions on the session's small model (multiple 32); no mocks.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from pconv_deploy.errors import PConvError
+from pconv_deploy.runtime import Inpainter, load_backend
+from pconv_deploy.runtime.inpainter import align_window, hole_windows
+
+
+def strokes(h: int, w: int, seed: int = 0, n: int = 4) -> np.ndarray:
+    """Random brush strokes, True = hole (as in the paper's irregular masks)."""
+    rng = np.random.default_rng(seed)
+    m = np.zeros((h, w), np.uint8)
+    for _ in range(n):
+        (x0, y0), (x1, y1) = rng.integers(0, [w, h], size=(2, 2))
+        cv2.line(m, (int(x0), int(y0)), (int(x1), int(y1)), 255, int(rng.integers(4, 16)))
+    return m > 0
+
+
+@pytest.fixture(scope="module")
+def onnx_inpainter(small_onnx):
+    return Inpainter.from_path(small_onnx, batch_size=2)
+
+
+def test_onnx_backend_contract(small_onnx):
+    backend = load_backend(small_onnx)
+    assert backend.name == "onnxruntime-cpu"  # no GPU here; get_providers() decides, not the request
+    assert backend.multiple == 32
+    assert backend.session.get_providers() == ["CPUExecutionProvider"]
+    out = backend.run(np.random.rand(3, 3, 64, 96).astype(np.float32), np.ones((3, 1, 64, 96), np.float32))
+    assert out.shape == (3, 3, 64, 96) and out.dtype == np.float32
+
+
+@pytest.mark.parametrize("strategy", ["crop", "resize", "full"])
+def test_known_pixels_identical_any_shape(onnx_inpainter, strategy):
+    onnx_inpainter.strategy = strategy
+    coffee = skimage.data.coffee()
+    rgba = np.dstack([coffee, np.linspace(0, 255, coffee.shape[1], dtype=np.uint8)[None].repeat(400, 0)])
+    images = [skimage.data.chelsea(), skimage.data.camera(), rgba, skimage.data.astronaut()[:37, :45]]
+    masks = [strokes(*im.shape[:2], seed=i) for i, im in enumerate(images)]
+    masks.append(np.zeros((20, 30), bool))
+    images.append(np.full((20, 30, 3), 7, np.uint8))  # no hole: returned unchanged
+    outs = onnx_inpainter.inpaint(images, [m.astype(np.uint8) * 255 for m in masks])
+    for image, mask, out in zip(images, masks, outs):
+        assert out.shape == image.shape and out.dtype == np.uint8
+        assert np.array_equal(out[~mask], image[~mask])
+        if image.ndim == 3 and image.shape[2] == 4:
+            assert np.array_equal(out[..., 3], image[..., 3])  # alpha kept, also inside holes
+        if mask.any():
+            assert (out[mask] != image[mask]).any()
+    onnx_inpainter.strategy = "crop"
+
+
+def test_crop_windows_cover_holes_disjoint_and_aligned():
+    hole = np.zeros((900, 1300), bool)
+    hole[10:40, 10:30] = True  # touches the corner region
+    hole[500:520, 1200:1290] = True
+    hole[480:500, 1100:1150] = True  # near the previous one: same window
+    windows = hole_windows(hole, margin=64, multiple=32)
+    assert len(windows) == 2
+    covered = np.zeros_like(hole, int)
+    for y0, y1, x0, x1 in windows:
+        covered[y0:y1, x0:x1] += 1
+        assert (y1 - y0) % 32 == 0 and (x1 - x0) % 32 == 0
+    assert covered.max() == 1 and covered[hole].min() == 1
+    assert align_window((5, 20, 0, 10), 16, 100, 32) == (0, 16, 0, 32)  # image smaller than the multiple
+
+
+def test_large_photo_crop_is_bounded_and_native(onnx_inpainter):
+    """> 2000 px: crop infers a small window at native size; resize keeps the network input bounded."""
+    big = cv2.resize(skimage.data.astronaut(), (2600, 2100), interpolation=cv2.INTER_CUBIC)
+    hole = np.zeros(big.shape[:2], bool)
+    hole[1000:1040, 1500:1600] = True
+    job = onnx_inpainter.plan(big, hole)
+    [tile] = job.tiles
+    assert not tile.resized and max(tile.rgb.shape[:2]) <= 512
+    resize = Inpainter(onnx_inpainter.backend, strategy="resize", max_side=512)
+    [tile] = resize.plan(big, hole).tiles
+    assert tile.resized and max(tile.rgb.shape[:2]) == 512
+    out = resize.inpaint([big], [hole])[0]
+    assert np.array_equal(out[~hole], big[~hole]) and (out[hole] != big[hole]).any()
+
+
+def test_torch_and_onnxruntime_agree(small_checkpoint, small_onnx):
+    images = [skimage.data.chelsea(), skimage.data.astronaut()[:200, :333]]
+    masks = [strokes(*im.shape[:2], seed=7 + i) for i, im in enumerate(images)]
+    ort = Inpainter.from_path(small_onnx, backend="onnxruntime")
+    ref = Inpainter.from_path(small_checkpoint, backend="auto")
+    assert ref.backend.name == "torch" and ref.multiple == ort.multiple
+    for a, b in zip(ort.inpaint(images, masks), ref.inpaint(images, masks)):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    m = (np.random.default_rng(1).random((2, 1, 64, 64)) > 0.3).astype(np.float32)
+    assert np.abs(ort.backend.run(x, m) - ref.backend.run(x, m)).max() <= 1e-4
+
+
+def test_engine_falls_back_to_sidecar_onnx(small_onnx, tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not a real engine")
+    (tmp_path / "model.onnx").write_bytes(small_onnx.read_bytes())
+    (tmp_path / "model.engine.json").write_text(json.dumps({"onnx_file": "model.onnx"}))
+    said = []
+    backend = load_backend(engine, "auto", on_fallback=said.append)
+    assert backend.name == "onnxruntime-cpu"
+    assert len(said) == 1 and said[0].startswith("TensorRT unavailable (") and "CPU on model.onnx" in said[0]
+    with pytest.raises(PConvError, match="model.engine"):
+        load_backend(engine, "tensorrt")
+    (tmp_path / "model.engine.json").unlink()
+    with pytest.raises(PConvError, match="no sidecar"):
+        load_backend(engine, "auto", on_fallback=said.append)
+
+
+def test_backend_errors_are_clear(small_onnx, small_checkpoint, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    cases = [
+        (bad, "auto", "ONNX Runtime cannot load"),
+        (small_onnx, "torch", "needs a checkpoint"),
+        (small_onnx, "tensorrt", "build-engine"),
+        (small_checkpoint, "onnxruntime", "pconv export"),
+        (tmp_path / "x.bin", "auto", "no such model"),
+        (small_onnx, "cuda", "unknown backend"),
+    ]
+    for path, backend, message in cases:
+        with pytest.raises(PConvError, match=message):
+            load_backend(path, backend)
+    with pytest.raises(PConvError, match="mask 0 has shape"):
+        Inpainter.from_path(small_onnx).inpaint([np.zeros((8, 8, 3), np.uint8)], [np.zeros((8, 9), bool)])
+    with pytest.raises(PConvError, match="uint8"):
+        Inpainter.from_path(small_onnx).inpaint([np.zeros((8, 8, 3), np.uint16)], [np.ones((8, 8), bool)])
+
+
+def test_runtime_runs_without_torch(small_onnx):
+    """A service with numpy + onnxruntime only: any `import torch` fails in this child."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["torch"] = None
+        import numpy as np
+        from pconv_deploy.runtime import Inpainter
+        from pconv_deploy.runtime.pipeline import run_folder
+        inpainter = Inpainter.from_path({str(small_onnx)!r})
+        image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+        hole = np.zeros((70, 90), bool); hole[20:40, 30:60] = True
+        out = inpainter.inpaint([image], [hole])[0]
+        assert np.array_equal(out[~hole], image[~hole]) and (out[hole] != image[hole]).any()
+        assert not any(m == "torch" or m.startswith("torch.") for m, v in sys.modules.items() if v is not None)
+        print("ok", inpainter.backend.name)
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok onnxruntime-cpu"
