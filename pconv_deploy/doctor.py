@@ -8,12 +8,15 @@ answer. Needs neither torch nor onnx (torch is reported if present).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
+import io
 import platform
 import shutil
 import subprocess
 import sys
+import warnings
 
 # y = x + x, float32 [1], opset 13, IR 7: old enough for any onnxruntime >= 1.8. Made with
 #   onnx.helper.make_model(make_graph([make_node("Add", ["x", "x"], ["y"])], "doctor", [x], [y]),
@@ -39,9 +42,12 @@ def provider_status(provider: str) -> str:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # the failures are reported here, in one line
+    noise = io.StringIO()  # onnxruntime prints "EP Error ... Falling back" banners and warns; we say it in one line
     try:
-        session = ort.InferenceSession(TINY_MODEL, options, providers=[provider])
-        (y,) = session.run(None, {"x": np.array([2.0], dtype=np.float32)})
+        with contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            session = ort.InferenceSession(TINY_MODEL, options, providers=[provider])
+            (y,) = session.run(None, {"x": np.array([2.0], dtype=np.float32)})
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"fails: {first[:160]}"
