@@ -169,12 +169,12 @@ def export_checkpoint(
 
     staged = write_atomic(proto, output.with_name(f".{output.stem}.unchecked.onnx"))
     try:
-        report = run_parity(staged, model, save_dir=parity_dir or default_parity_dir(output), model_label=output)
+        report = run_parity(staged, model, save_dir=parity_dir or default_parity_dir(output))
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
     if not report.passed:
         failed = staged.replace(output.with_name(f"{output.stem}.failed.onnx"))
-        raise ParityError(f"{failed}: parity check failed ({report.summary()}); {output} not written")
+        raise ParityError(f"{failed}: parity check failed ({report.summary()}); {output} not written", report)
     staged.replace(output)
     return ExportResult(output, graph, seconds, report)

@@ -1,0 +1,313 @@
+"""Parity of an exported ONNX model (ONNX Runtime, CPU) with the PyTorch model, through Polygraphy.
+
+The reference is always the original FP32 :class:`PConvUNet` plus compositing and clamp, never
+the export-time network, so the parity also proves the export's simplifications exact. Inputs
+are real binary masks (random strokes, all-hole, no-hole, sparse), at several sizes and batch
+sizes including non-square ones.
+
+Verdicts (per iteration, i.e. per batch):
+- FP32: max |error| <= 1e-4 on [0, 1] pixels (``SimpleCompareFunc``, ``max`` statistic);
+- FP16: PSNR against the FP32 PyTorch output >= 40 dB (``PsnrCompareFunc``);
+- both: no Inf/NaN (``Comparator.validate``).
+
+The inputs and the PyTorch outputs are saved as Polygraphy JSON, so that
+``polygraphy run MODEL.onnx --onnxrt --load-inputs inputs.json --load-outputs reference.json ...``
+(see :meth:`ParityReport.polygraphy_command`) reproduces the verdict without this package.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pconv_deploy.export.checks import ExportError
+
+FP32_ATOL = 1e-4
+FP16_MIN_PSNR = 40.0
+MASK_KINDS = ("strokes", "all-hole", "no-hole", "sparse")
+
+
+class ParityError(ExportError):
+    """The ONNX model's outputs differ from PyTorch beyond the tolerance, or are not finite."""
+
+    def __init__(self, message: str, report: ParityReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class ParityCase:
+    """One batch: a mask kind per item, at (h, w) multiples of 2^layers."""
+
+    name: str
+    masks: tuple[str, ...]
+    size: tuple[int, int]  # in multiples of 2^layers
+
+
+# At the paper's 8 levels (multiple 256): 512x512, 256x256 x4, 256x768 x2, 512x256 x3.
+DEFAULT_CASES = (
+    ParityCase("strokes", ("strokes",), (2, 2)),
+    ParityCase("adversarial", ("all-hole", "no-hole", "sparse", "strokes"), (1, 1)),
+    ParityCase("wide", ("strokes", "sparse"), (1, 3)),
+    ParityCase("tall", ("strokes", "all-hole", "sparse"), (2, 1)),
+)
+
+
+def make_mask(kind: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A binary [1, H, W] float32 mask, 1 = known, 0 = hole."""
+    if kind == "no-hole":
+        return np.ones((1, height, width), np.float32)
+    if kind == "all-hole":
+        return np.zeros((1, height, width), np.float32)
+    if kind == "sparse":  # one known pixel per 7x7 cell: windows hold a single known pixel
+        mask = np.zeros((1, height, width), np.float32)
+        mask[0, rng.integers(7) :: 7, rng.integers(7) :: 7] = 1.0
+        return mask
+    if kind == "strokes":
+        return 1.0 - _strokes(height, width, rng)
+    raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
+
+
+def _strokes(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Random thick polylines (1 = stroke), as in the paper's irregular masks."""
+    hole = np.zeros((height, width), bool)
+    yy, xx = np.mgrid[:height, :width]
+    scale = min(height, width)
+    for _ in range(rng.integers(3, 7)):
+        y, x = rng.uniform(0, height), rng.uniform(0, width)
+        radius = rng.uniform(0.01, 0.05) * scale + 1
+        for _ in range(rng.integers(3, 8)):
+            angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(0.05, 0.3) * scale
+            y2 = np.clip(y + length * np.sin(angle), 0, height - 1)
+            x2 = np.clip(x + length * np.cos(angle), 0, width - 1)
+            for t in np.linspace(0, 1, max(2, int(length / max(radius / 2, 1)))):
+                cy, cx = y + t * (y2 - y), x + t * (x2 - x)
+                y0, y1 = int(max(cy - radius, 0)), int(min(cy + radius + 1, height))
+                x0, x1 = int(max(cx - radius, 0)), int(min(cx + radius + 1, width))
+                box = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= radius**2
+                hole[y0:y1, x0:x1] |= box
+            y, x = y2, x2
+    return hole[None].astype(np.float32)
+
+
+def make_feeds(cases: Sequence[ParityCase], multiple: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """One feed dict per case: smooth random RGB images in [0, 1] and the cases' binary masks."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for case in cases:
+        h, w = case.size[0] * multiple, case.size[1] * multiple
+        n = len(case.masks)
+        # Low-frequency colour fields plus noise: image-like, not white noise.
+        coarse = rng.random((n, 3, 4, 4), dtype=np.float32)
+        smooth = np.repeat(np.repeat(coarse, -(-h // 4), axis=2), -(-w // 4), axis=3)[:, :, :h, :w]
+        image = np.clip(0.8 * smooth + 0.2 * rng.random((n, 3, h, w), dtype=np.float32), 0, 1)
+        mask = np.stack([make_mask(kind, h, w, rng) for kind in case.masks])
+        feeds.append({"image": image.astype(np.float32), "mask": mask})
+    return feeds
+
+
+def torch_reference(model, feeds: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The PyTorch model's composited, clamped output for each feed (always FP32)."""
+    import torch
+
+    from pconv_deploy.model.unet import composite
+
+    model = model.float().eval()
+    outputs = []
+    with torch.no_grad():
+        for feed in feeds:
+            image, mask = torch.from_numpy(feed["image"]), torch.from_numpy(feed["mask"])
+            out = torch.clamp(composite(image, mask, model(image, mask)), 0.0, 1.0)
+            outputs.append({"inpainted": out.numpy()})
+    return outputs
+
+
+@dataclass
+class ParityRow:
+    case: str
+    shape: tuple[int, ...]
+    masks: tuple[str, ...]
+    max_abs_err: float
+    psnr: float
+    finite: bool
+    passed: bool
+
+
+@dataclass
+class ParityReport:
+    precision: str
+    rows: list[ParityRow]
+    inputs_json: Path | None = None
+    reference_json: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rows) and all(r.passed for r in self.rows)
+
+    @property
+    def max_abs_err(self) -> float:
+        return max(r.max_abs_err for r in self.rows)
+
+    @property
+    def min_psnr(self) -> float:
+        return min(r.psnr for r in self.rows)
+
+    def criterion(self) -> str:
+        if self.precision == "fp16":
+            return f"PSNR >= {FP16_MIN_PSNR:g} dB vs FP32 PyTorch, no Inf/NaN"
+        return f"max |err| <= {FP32_ATOL:g}, no Inf/NaN"
+
+    def summary(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        return f"{verdict}: max |err| {self.max_abs_err:.2e}, min PSNR {self.min_psnr:.1f} dB ({self.criterion()})"
+
+    def table(self) -> str:
+        lines = [f"{'case':<12} {'N x C x H x W':<18} {'masks':<34} {'max |err|':>10} {'PSNR dB':>8}  result"]
+        for r in self.rows:
+            shape = " x ".join(str(d) for d in r.shape)
+            psnr = "inf" if np.isinf(r.psnr) else f"{r.psnr:.1f}"
+            result = "ok" if r.passed else ("NON-FINITE" if not r.finite else "FAIL")
+            lines.append(f"{r.case:<12} {shape:<18} {','.join(r.masks):<34} {r.max_abs_err:>10.2e} {psnr:>8}  {result}")
+        lines.append(f"{self.precision}: {self.summary()}")
+        return "\n".join(lines)
+
+    def polygraphy_command(self, model_path: str | Path) -> str:
+        """The ``polygraphy run`` command that reproduces this verdict from the saved JSON."""
+        flags = polygraphy_flags(self.precision)
+        args = ["polygraphy", "run", str(model_path), "--onnxrt"]
+        args += ["--load-inputs", str(self.inputs_json), "--load-outputs", str(self.reference_json), *flags]
+        return shlex.join(args)
+
+
+def polygraphy_flags(precision: str) -> list[str]:
+    if precision == "fp16":
+        return ["--compare", "psnr", "--psnr-threshold", f"{FP16_MIN_PSNR:g}", "--validate"]
+    return ["--check-error-stat", "max", "--atol", f"{FP32_ATOL:g}", "--rtol", "0", "--validate"]
+
+
+def default_parity_dir(model_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.parity/`` beside it."""
+    model_path = Path(model_path)
+    return model_path.with_name(f"{model_path.stem}.parity")
+
+
+def run_parity(
+    onnx_path: str | Path,
+    model,
+    cases: Sequence[ParityCase] = DEFAULT_CASES,
+    save_dir: str | Path | None = None,
+    seed: int = 0,
+) -> ParityReport:
+    """Compare ``onnx_path`` under ONNX Runtime (CPU) with ``model`` (a PConvUNet) through Polygraphy."""
+    import onnx
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, RunResults
+    from polygraphy.comparator.compare import PsnrCompareFunc, SimpleCompareFunc
+    from polygraphy.json import save_json
+    from polygraphy.logger import G_LOGGER
+
+    from pconv_deploy.export.checks import metadata
+
+    meta = metadata(onnx.load(str(onnx_path), load_external_data=False))
+    precision = meta.get("pconv.precision", "fp32")
+    multiple = int(meta.get("pconv.multiple", model.config.multiple))
+    if multiple != model.config.multiple:
+        raise ExportError(f"{onnx_path}: multiple {multiple} in its metadata, the model needs {model.config.multiple}")
+    feeds = make_feeds(cases, multiple, seed)
+    reference = torch_reference(model, feeds)
+
+    if precision == "fp16":
+        compare = PsnrCompareFunc(psnr_threshold=FP16_MIN_PSNR)
+    else:
+        compare = SimpleCompareFunc(atol=FP32_ATOL, rtol=0.0, check_error_stat="max")
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        runner = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]), name="onnxrt")
+        results = Comparator.run([runner], data_loader=feeds)
+        results.add(reference, runner_name="pytorch")
+        accuracy = Comparator.compare_accuracy(results, compare_func=compare)
+    verdicts = accuracy[0][("onnxrt", "pytorch")]
+
+    rows = []
+    for case, ref, got, verdict in zip(cases, reference, results["onnxrt"], verdicts):
+        out, expected = got["inpainted"], ref["inpainted"]
+        finite = bool(np.isfinite(out).all())
+        diff = np.abs(out.astype(np.float64) - expected)
+        mse = float(np.mean(diff**2)) if finite else float("nan")
+        rows.append(
+            ParityRow(
+                case=case.name,
+                shape=tuple(out.shape),
+                masks=case.masks,
+                max_abs_err=float(diff.max()) if finite else float("inf"),
+                psnr=float("inf") if mse == 0 else (10 * np.log10(1.0 / mse) if finite else float("nan")),
+                finite=finite,
+                passed=finite and bool(verdict["inpainted"]),
+            )
+        )
+    report = ParityReport(precision, rows)
+    if save_dir is not None:
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        report.inputs_json, report.reference_json = save_dir / "inputs.json", save_dir / "reference.json"
+        saved = RunResults()
+        saved.add(reference, runner_name="pytorch")
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+            save_json(feeds, str(report.inputs_json), description="parity inputs")
+            saved.save(str(report.reference_json))
+    return report
+
+
+def check_onnx(
+    onnx_path: str | Path,
+    checkpoint: str | Path | None = None,
+    cases: Sequence[ParityCase] = DEFAULT_CASES,
+    save_dir: str | Path | None = None,
+) -> ParityReport:
+    """``pconv check``: graph checks, then parity against the checkpoint it was exported from.
+
+    Without ``checkpoint`` the bundled default is used. A checkpoint whose sha256 differs from
+    the one recorded in the ONNX metadata is refused before anything runs.
+    """
+    import onnx
+
+    from pconv_deploy.export.checks import check_contract, check_graph, metadata
+    from pconv_deploy.export.onnx_export import mask_overhead_limit
+    from pconv_deploy.model.checkpoint import default_checkpoint, file_sha256, load_checkpoint
+
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise ExportError(f"{onnx_path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(onnx_path))
+    except Exception as e:  # protobuf decode errors have no common base class
+        raise ExportError(f"{onnx_path}: not an ONNX model ({type(e).__name__})") from None
+    try:
+        check_contract(proto)
+    except ExportError as e:
+        raise ExportError(f"{onnx_path}: {e}") from None
+    meta = metadata(proto)
+    checkpoint = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+    recorded = meta["pconv.checkpoint_sha256"]
+    if recorded != "none" and recorded != file_sha256(checkpoint):
+        raise ExportError(
+            f"{onnx_path} was exported from another checkpoint (sha256 {recorded[:12]}...) than {checkpoint}"
+        )
+    model = load_checkpoint(checkpoint)
+    cfg = model.config
+    if (meta["pconv.layers"], meta["pconv.width"], meta["pconv.input_norm"]) != (
+        str(cfg.layers),
+        str(cfg.width),
+        cfg.input_norm,
+    ):
+        raise ExportError(f"{onnx_path}: layers/width/input_norm in its metadata differ from {checkpoint}'s config")
+    try:
+        check_graph(proto, max_mask_overhead=mask_overhead_limit(cfg.width))
+    except ExportError as e:
+        raise ExportError(f"{onnx_path}: {e}") from None
+    del proto
+    return run_parity(onnx_path, model, cases, save_dir if save_dir is not None else default_parity_dir(onnx_path))
