@@ -70,6 +70,60 @@ def info(
     typer.echo(f"GMACs @ {h}x{w}: {feature_macs(model, h, w) / 1e9:.2f}")
 
 
+@app.command("export")
+def export_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write (one self-contained file).")],
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to export (default: the bundled model).")] = None,
+    fp16: Annotated[bool, typer.Option(help="Float16 feature path; I/O and mask path stay float32.")] = False,
+    opset: Annotated[int, typer.Option(min=18, help="ONNX opset; keep 20 for TensorRT unless you need another.")] = 20,
+    check: Annotated[bool, typer.Option(help="Check parity with PyTorch through Polygraphy before writing.")] = True,
+    parity_dir: Annotated[
+        Path | None, typer.Option(help="Where the Polygraphy JSON goes (default: OUTPUT_STEM.parity/).")
+    ] = None,
+) -> None:
+    """Export a checkpoint to ONNX (model contract in the README), graph-checked and parity-checked."""
+    from pconv_deploy.export import export_checkpoint
+    from pconv_deploy.export.parity import ParityError
+    from pconv_deploy.model.checkpoint import default_checkpoint
+
+    try:
+        result = export_checkpoint(
+            checkpoint or default_checkpoint(), output, fp16=fp16, opset=opset, check=check, parity_dir=parity_dir
+        )
+    except ParityError as e:
+        if e.report is not None:
+            typer.echo(e.report.table())
+        fail(str(e))
+    macs, (h, w) = result.graph.macs, result.graph.mac_size
+    size_mb = result.path.stat().st_size / 1e6
+    precision = "fp16" if fp16 else "fp32"
+    typer.echo(f"wrote {result.path} ({precision}, {size_mb:.1f} MB, exported in {result.seconds:.0f} s)")
+    typer.echo(f"conv GMACs @ {h}x{w}: {macs.feature / 1e9:.3f} features + {macs.mask_overhead:.2%} mask path")
+    if result.parity is not None:
+        typer.echo(result.parity.table())
+        typer.echo(f"reproduce: {result.parity.polygraphy_command(result.path)}")
+
+
+@app.command("check")
+def check_command(
+    model: Annotated[Path, typer.Argument(help="An ONNX model from `pconv export`.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint it was exported from (default: the bundled model).")
+    ] = None,
+    save_dir: Annotated[
+        Path | None, typer.Option(help="Where the Polygraphy JSON goes (default: MODEL_STEM.parity/).")
+    ] = None,
+) -> None:
+    """Check an ONNX model against PyTorch under ONNX Runtime through Polygraphy; exit 1 on a mismatch."""
+    from pconv_deploy.export.parity import check_onnx
+
+    report = check_onnx(model, checkpoint, save_dir=save_dir)
+    typer.echo(report.table())
+    typer.echo(f"reproduce: {report.polygraphy_command(model)}")
+    if not report.passed:
+        fail(f"{model}: parity check failed ({report.summary()})")
+
+
 @app.command("build-engine")
 def build_engine_command(
     model: Annotated[Path, typer.Argument(help="The exported ONNX model (from `pconv export`).")],
