@@ -1,0 +1,239 @@
+"""`pconv infer` end to end: real photos, real files, a real subprocess, the ONNX Runtime backend."""
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+from test_runtime import strokes
+
+
+def pconv(*args, timeout=300):
+    cmd = [sys.executable, "-m", "pconv_deploy.cli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def save(path, array):
+    Image.fromarray(array).save(path)
+    return path
+
+
+def save_mask(path, hole):
+    return save(path, hole.astype(np.uint8) * 255)
+
+
+def tree_digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def stray_files(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Photos of several sizes (none a multiple of 256 but the astronaut; one over 2000 px) and stroke masks."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    big = cv2.resize(skimage.data.coffee(), (2400, 1600), interpolation=cv2.INTER_CUBIC)
+    arrays = {
+        "astronaut": skimage.data.astronaut(),  # 512 x 512
+        "chelsea": skimage.data.chelsea(),  # 451 x 300
+        "rocket": skimage.data.rocket(),  # 640 x 427
+        "camera": skimage.data.camera(),  # greyscale
+        "big_coffee": big,  # 2400 x 1600
+    }
+    for i, (name, array) in enumerate(arrays.items()):
+        save(root / "images" / f"{name}.png", array)
+        save_mask(root / "masks" / f"{name}.png", strokes(*array.shape[:2], seed=i))
+    return root
+
+
+def test_infer_real_photos(photos, small_onnx, small_checkpoint, tmp_path):
+    before = tree_digest(photos / "images") | tree_digest(photos / "masks")
+    out = tmp_path / "out"
+    r = pconv(
+        "infer", "--images", photos / "images", "--masks", photos / "masks", "--output", out,
+        "--model", small_onnx, "--backend", "onnxruntime", "--batch-size", "2", "--report", tmp_path / "r.json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "5 inpainted, 0 skipped (output exists), 0 failed" in r.stdout and "onnxruntime-cpu" in r.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["totals"] == {"ok": 5, "skipped": 0, "failed": 0, "pending": 0, "total": 5}
+    assert report["backend"] == "onnxruntime-cpu" and report["strategy"] == "crop"
+    for image_path in sorted((photos / "images").iterdir()):
+        image = np.asarray(Image.open(image_path))
+        hole = np.asarray(Image.open(photos / "masks" / image_path.name)) >= 128
+        result = np.asarray(Image.open(out / image_path.name))
+        assert result.shape == image.shape, image_path.name
+        assert np.array_equal(result[~hole], image[~hole]), image_path.name
+        assert (result[hole] != image[hole]).mean() > 0.5, image_path.name
+    assert stray_files(out) == []
+    assert tree_digest(photos / "images") | tree_digest(photos / "masks") == before  # inputs untouched
+
+    # The torch backend on the checkpoint gives the same pixels (within rounding).
+    ref = tmp_path / "ref"
+    r = pconv(
+        "infer", "--images", photos / "images" / "chelsea.png", "--masks", photos / "masks", "--output", ref,
+        "--model", small_checkpoint, "--backend", "torch",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    a = np.asarray(Image.open(ref / "chelsea.png")).astype(int)
+    b = np.asarray(Image.open(out / "chelsea.png")).astype(int)
+    assert np.abs(a - b).max() <= 1
+
+
+def test_skip_overwrite_shared_mask_and_inputs_as_output(small_onnx, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    save(images / "a.png", skimage.data.chelsea())
+    save(images / "b.jpg", skimage.data.chelsea())
+    hole = strokes(300, 451, seed=3)
+    mask = save_mask(tmp_path / "one_mask.png", hole)
+    inputs = tree_digest(images)
+
+    # --output is the images folder: a.png would overwrite its input and fails; b.jpg -> b.png is fine.
+    r = pconv("infer", "--images", images, "--masks", mask, "--output", images, "--model", small_onnx)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        f"failed: {images / 'a.png'}: output {images / 'a.png'} would overwrite an input file: choose another --output"
+    )
+    assert tree_digest(images) == inputs | {"b.png": tree_digest(images)["b.png"]}
+    (images / "b.png").unlink()
+
+    out = tmp_path / "out"
+    r = pconv("infer", "--images", images, "--masks", mask, "--output", out, "--model", small_onnx)
+    assert r.returncode == 0 and "2 inpainted, 0 skipped" in r.stdout, r.stderr
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    r = pconv("infer", "--images", images, "--masks", mask, "--output", out, "--model", small_onnx)
+    assert r.returncode == 0 and "0 inpainted, 2 skipped" in r.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == first
+    r = pconv("infer", "--images", images, "--masks", mask, "--output", out, "--model", small_onnx, "--overwrite")
+    assert r.returncode == 0 and "2 inpainted, 0 skipped" in r.stdout
+    assert all(p.stat().st_mtime_ns != first[p.name] for p in out.iterdir())
+
+
+def test_bad_inputs_reported_per_file(small_onnx, tmp_path):
+    images, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "out"
+    images.mkdir()
+    masks.mkdir()
+    cat = skimage.data.chelsea()  # 451 x 300
+    hole = strokes(300, 451, seed=1)
+
+    def pair(stem, data, suffix=".png", mask=hole):
+        path = images / f"{stem}{suffix}"
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            save(path, data)
+        if mask is not None:
+            save_mask(masks / f"{stem}.png", mask)
+
+    jpeg = io.BytesIO()
+    Image.fromarray(cat).save(jpeg, "JPEG")
+    pair("good", cat)
+    pair("grey", skimage.data.camera()[:300, :451])
+    pair("rgba", np.dstack([cat, np.full((300, 451), 128, np.uint8)]))
+    pair("garbage", b"\x89PNG this is not really a png" * 10)
+    pair("truncated", jpeg.getvalue()[: len(jpeg.getvalue()) // 2], ".jpg")
+    pair("zero", b"")
+    pair("notes", b"not an image", ".txt", mask=None)
+    pair("wrong_size", cat, mask=hole[:200])
+    pair("no_mask", cat, mask=None)
+    pair("huge", cv2.resize(cat, (902, 600)), mask=np.ones((600, 902), bool))
+    pair("empty_mask", cat, mask=np.zeros((300, 451), bool))
+    cv2.imwrite(str(images / "deep.png"), (cat.astype(np.uint16) * 257)[..., ::-1])  # 16-bit RGB
+    save_mask(masks / "deep.png", hole)
+    inputs = tree_digest(images) | tree_digest(masks)
+
+    report_path = tmp_path / "report.json"
+    r = pconv(
+        "infer", "--images", images, "--masks", masks, "--output", out, "--model", small_onnx,
+        "--max-pixels", 500_000, "--report", report_path,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    report = json.loads(report_path.read_text())
+    assert report["totals"] == {"ok": 3, "skipped": 0, "failed": 9, "pending": 0, "total": 12}
+    by_name = {f["image"].rsplit("/", 1)[1]: f for f in report["files"]}
+    expected = {
+        "good.png": None,
+        "grey.png": None,
+        "rgba.png": None,
+        "garbage.png": "image is unreadable: unknown format or corrupt header",
+        "truncated.jpg": "image is corrupt or truncated (",
+        "zero.png": "image is empty (0 bytes)",
+        "notes.txt": "not an image file (.txt): expected PNG, JPEG, WebP, BMP or TIFF",
+        "wrong_size.png": f"mask {masks / 'wrong_size.png'} is 451x200 but the image is 451x300",
+        "no_mask.png": f"no mask named no_mask.* in {masks}",
+        "huge.png": "image is 902x600 = 541,200 pixels, over the limit of 500,000 (--max-pixels)",
+        "empty_mask.png": (
+            f"mask {masks / 'empty_mask.png'} marks no hole (white = hole with --mask-convention hole-white)"
+        ),
+        "deep.png": "16-bit images are not supported (RGB PNG): convert to 8 bits per channel",
+    }
+    assert set(by_name) == set(expected)
+    for name, error in expected.items():
+        entry = by_name[name]
+        assert entry["status"] == ("ok" if error is None else "failed"), name
+        if name == "truncated.jpg":
+            assert entry["error"].startswith(error) and "\n" not in entry["error"]
+        else:
+            assert entry["error"] == error, name
+    # One line per failure on stderr, naming the file.
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 9
+    for name, error in expected.items():
+        if error is not None:
+            assert sum(line.startswith(f"failed: {images / name}: ") for line in lines) == 1, name
+    # Good files done (grey stays grey, alpha kept), nothing else written, inputs untouched.
+    assert sorted(p.name for p in out.iterdir()) == ["good.png", "grey.png", "rgba.png"]
+    assert Image.open(out / "grey.png").mode == "L"
+    rgba = np.asarray(Image.open(out / "rgba.png"))
+    assert rgba.shape == (300, 451, 4) and (rgba[..., 3] == 128).all()
+    assert tree_digest(images) | tree_digest(masks) == inputs
+
+
+def test_usage_errors_exit_2(small_onnx, tmp_path):
+    (tmp_path / "images").mkdir()
+    cases = [
+        ("--images", tmp_path / "images", "--masks", tmp_path / "images", "--output", tmp_path / "o"),  # no --model
+        ("--images", tmp_path / "nope", "--masks", tmp_path, "--output", tmp_path / "o", "--model", small_onnx),
+        ("--images", tmp_path, "--masks", tmp_path, "--output", tmp_path / "o", "--model", tmp_path / "m.onnx"),
+        (
+            "--images",
+            tmp_path,
+            "--masks",
+            tmp_path,
+            "--output",
+            tmp_path / "o",
+            "--model",
+            small_onnx,
+            "--batch-size",
+            0,
+        ),
+        (
+            "--images",
+            tmp_path,
+            "--masks",
+            tmp_path,
+            "--output",
+            tmp_path / "o",
+            "--model",
+            small_onnx,
+            "--strategy",
+            "x",
+        ),
+    ]
+    for args in cases:
+        r = pconv("infer", *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
