@@ -1,0 +1,182 @@
+"""TensorRT on a real GPU: build small FP32 and FP16 engines, run them, compare with ONNX Runtime.
+
+Marked ``gpu`` and skipped, with the reason, unless `tensorrt_status()` finds TensorRT, the
+CUDA bindings and a CUDA device. On this project's CPU machines only
+`test_comparison_harness_on_cpu` runs: it drives the same Polygraphy comparison with ONNX
+Runtime in place of TensorRT, so the harness itself is known to work.
+
+Accuracy bar (DESIGN.md section 6): FP32 engine within 1e-3 of ONNX Runtime FP32 (TF32 is
+off in Polygraphy's config); FP16 engine PSNR >= 40 dB against ONNX Runtime FP32.
+"""
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from pconv_deploy.runtime.tensorrt_backend import tensorrt_status
+
+STATUS = tensorrt_status()
+SHAPES = {"min_shapes": ["1x64x64"], "opt_shapes": ["2x128x128"], "max_shapes": ["4x256x256"]}  # multiple 32
+FP32_ATOL, FP16_PSNR = 1e-3, 40.0
+
+
+def feeds(seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Photo-like images and binary masks (1 = known): blocks, all-hole, no-hole, sparse single pixels."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n, h, w, kind in [(1, 64, 64, "blocks"), (2, 128, 96, "blocks"), (1, 64, 64, "all-hole"), (2, 128, 128, "none"),
+                          (4, 256, 256, "sparse")]:  # fmt: skip
+        y, x = np.mgrid[0:h, 0:w] / max(h, w)
+        image = np.stack([np.sin(6 * x + c) * 0.4 + 0.5 + 0.1 * y for c in range(3)])[None].repeat(n, 0)
+        image = np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1).astype(np.float32)
+        mask = np.ones((n, 1, h, w), np.float32)
+        if kind == "blocks":
+            for b in range(n):
+                top, left = rng.integers(0, h // 2), rng.integers(0, w // 2)
+                mask[b, :, top : top + h // 3, left : left + w // 3] = 0
+        elif kind == "all-hole":
+            mask[:] = 0
+        elif kind == "sparse":
+            mask[:] = (rng.random(mask.shape) > 0.97).astype(np.float32)
+        out.append({"image": image, "mask": mask})
+    return out
+
+
+def psnr(reference: np.ndarray, test: np.ndarray) -> float:
+    mse = float(np.mean((reference.astype(np.float64) - test) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def compare(runner, fp32_onnx, precision: str) -> bool:
+    """Polygraphy: `runner` against ONNX Runtime CPU on the FP32 graph, over `feeds()`."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, PsnrCompareFunc, SimpleCompareFunc
+
+    reference = OnnxrtRunner(SessionFromOnnx(str(fp32_onnx), providers=["cpu"]), name="onnxrt-fp32")
+    results = Comparator.run([runner, reference], data_loader=feeds())
+    if precision == "fp16":
+        func = PsnrCompareFunc(psnr_threshold=FP16_PSNR)
+    else:
+        func = SimpleCompareFunc(atol=FP32_ATOL, rtol=FP32_ATOL)
+    return bool(Comparator.compare_accuracy(results, compare_func=func))
+
+
+def test_comparison_harness_on_cpu(small_onnx):
+    """Runs everywhere: the comparison used below, with ONNX Runtime standing in for TensorRT (both metrics)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    for precision in ("fp32", "fp16"):
+        runner = OnnxrtRunner(SessionFromOnnx(str(small_onnx), providers=["cpu"]), name=f"stand-in-{precision}")
+        assert compare(runner, small_onnx, precision)
+
+
+@pytest.fixture(scope="module")
+def onnx_models(small_onnx, small_checkpoint, tmp_path_factory):
+    """FP32 (the session's export) and FP16 graphs of the small checkpoint; exported only where a GPU is."""
+    if STATUS is not None:
+        pytest.skip(f"no CUDA GPU usable by TensorRT: {STATUS}")
+    from pconv_deploy.export.onnx_export import export_onnx
+    from pconv_deploy.model import load_checkpoint
+
+    folder = tmp_path_factory.mktemp("gpu-onnx")
+    fp32 = folder / "small-fp32.onnx"
+    fp32.write_bytes(small_onnx.read_bytes())
+    return {"fp32": fp32, "fp16": export_onnx(load_checkpoint(small_checkpoint), folder / "small-fp16.onnx", fp16=True)}
+
+
+@pytest.fixture(scope="module", params=["fp32", "fp16"])
+def engine(request, onnx_models, tmp_path_factory):
+    from pconv_deploy.engines.build import build_engine, plan_build
+
+    precision, folder = request.param, onnx_models["fp32"].parent
+    plan = plan_build(
+        onnx_models[precision],
+        folder / f"small-{precision}.engine",
+        fp16=precision == "fp16",
+        timing_cache=folder / "timing.cache",
+        **SHAPES,
+    )
+    build_engine(plan)
+    return precision, plan.output
+
+
+@pytest.mark.gpu
+def test_sidecar_describes_the_build(engine, onnx_models):
+    import tensorrt as trt
+
+    from pconv_deploy.engines.sidecar import file_sha256, read_sidecar
+    from pconv_deploy.runtime.tensorrt_backend import gpu_info
+
+    precision, path = engine
+    data = read_sidecar(path)
+    gpu = gpu_info(0)
+    assert (data["precision"], data["tensorrt_version"]) == (precision, trt.__version__)
+    assert (data["gpu_name"], data["compute_capability"]) == (gpu.name, gpu.compute_capability)
+    assert data["onnx_file"] == f"small-{precision}.onnx"
+    assert data["onnx_sha256"] == file_sha256(onnx_models[precision])
+    assert data["metadata"]["pconv.precision"] == precision
+    assert data["profiles"][0]["image"] == [[1, 3, 64, 64], [2, 3, 128, 128], [4, 3, 256, 256]]
+    assert (path.parent / "timing.cache").stat().st_size > 0
+
+
+@pytest.mark.gpu
+def test_polygraphy_trt_runner_matches_onnxruntime(engine, onnx_models):
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    precision, path = engine
+    runner = TrtRunner(EngineFromBytes(path.read_bytes()), name=f"trt-{precision}")
+    assert compare(runner, onnx_models["fp32"], precision)
+
+
+@pytest.mark.gpu
+def test_backend_matches_onnxruntime_with_several_streams(engine, onnx_models):
+    from pconv_deploy.runtime.backends import OnnxRuntimeBackend
+    from pconv_deploy.runtime.tensorrt_backend import TensorRTBackend
+
+    precision, path = engine
+    backend, reference = TensorRTBackend(path, streams=2), OnnxRuntimeBackend(onnx_models["fp32"], device="cpu")
+    assert (backend.name, backend.multiple, backend.max_batch) == ("tensorrt", 32, 4)
+    cases = feeds(1)
+    cases.append({k: np.concatenate([v, v]) for k, v in cases[-1].items()})  # batch 8 > max 4: split by the backend
+    with ThreadPoolExecutor(3) as pool:
+        outputs = list(pool.map(lambda f: backend.run(f["image"], f["mask"]), cases))
+    for feed, out in zip(cases, outputs):
+        expected = reference.run(feed["image"], feed["mask"])
+        assert out.shape == expected.shape and out.dtype == np.float32 and np.isfinite(out).all()
+        if precision == "fp32":
+            np.testing.assert_allclose(out, expected, atol=FP32_ATOL)
+        else:
+            assert psnr(expected, out) >= FP16_PSNR
+        known = feed["mask"].astype(bool).repeat(3, 1)
+        np.testing.assert_array_equal(out[known], feed["image"][known])  # composited inside the graph
+    backend.close()
+
+
+@pytest.mark.gpu
+def test_mismatched_sidecar_is_refused(engine, tmp_path):
+    from pconv_deploy.engines.sidecar import SidecarError
+    from pconv_deploy.runtime.tensorrt_backend import TensorRTBackend
+
+    _, path = engine
+    copy = tmp_path / path.name
+    copy.write_bytes(path.read_bytes())
+    data = json.loads(path.with_name(path.name + ".json").read_text())
+    data["gpu_name"] = "Some Other GPU"
+    (tmp_path / f"{path.name}.json").write_text(json.dumps(data))
+    with pytest.raises(SidecarError, match="this GPU is"):
+        TensorRTBackend(copy)
+
+
+@pytest.mark.gpu
+def test_cli_build_engine_fp16(onnx_models, tmp_path):
+    engine = tmp_path / "cli.engine"
+    args = ["build-engine", str(onnx_models["fp16"]), "-o", str(engine), "--fp16", "--min-shape", "1x64x64"]
+    args += ["--opt-shape", "1x128x128", "--max-shape", "2x256x256", "--workspace", "2"]
+    r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", *args], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert engine.stat().st_size > 0 and json.loads((tmp_path / "cli.engine.json").read_text())["precision"] == "fp16"
+    assert "profile 0: min 1x64x64, opt 1x128x128, max 2x256x256" in r.stdout
