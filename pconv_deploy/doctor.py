@@ -35,6 +35,10 @@ def _version(dist: str) -> str | None:
         return None
 
 
+# Providers whose "works" needs a word: they accept a session without running its nodes themselves.
+NOTES = {"AzureExecutionProvider": " (for remote endpoints; a local model's nodes run on the CPU provider)"}
+
+
 def provider_status(provider: str) -> str:
     """'works', or why not: a session on the tiny model must use `provider` first and add correctly."""
     import numpy as np
@@ -56,7 +60,7 @@ def provider_status(provider: str) -> str:
         return f"not usable (the session fell back to {', '.join(used)})"
     if y.tolist() != [4.0]:
         return f"wrong result ({y.tolist()} for 2 + 2)"
-    return "works"
+    return "works" + NOTES.get(provider, "")
 
 
 def _torch() -> str:
