@@ -32,3 +32,11 @@ def small_onnx(small_checkpoint, tmp_path_factory) -> Path:
     from pconv_deploy.model import load_checkpoint
 
     return export_onnx(load_checkpoint(small_checkpoint), tmp_path_factory.mktemp("onnx") / "small.onnx")
+
+
+@pytest.fixture(scope="session")
+def small_onnx_fp16(small_checkpoint, tmp_path_factory) -> Path:
+    """The small checkpoint exported to FP16 ONNX (float32 I/O), parity-checked on the way."""
+    from pconv_deploy.export.onnx_export import export_checkpoint
+
+    return export_checkpoint(small_checkpoint, tmp_path_factory.mktemp("onnx16") / "small-fp16.onnx", fp16=True).path

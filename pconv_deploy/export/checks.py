@@ -78,7 +78,12 @@ def metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def check_graph(model: onnx.ModelProto, *, max_mask_overhead: float | None = 0.01) -> GraphReport:
+def check_graph(
+    model: onnx.ModelProto,
+    *,
+    max_mask_overhead: float | None = 0.01,
+    allowed_ops: frozenset[str] = TENSORRT_OPS,
+) -> GraphReport:
     """Run the static checks; raise ExportError naming the first failure."""
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -92,7 +97,7 @@ def check_graph(model: onnx.ModelProto, *, max_mask_overhead: float | None = 0.0
     ops: dict[str, int] = {}
     for node in model.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    unsupported = sorted(set(ops) - TENSORRT_OPS)
+    unsupported = sorted(set(ops) - allowed_ops)
     if unsupported:
         raise ExportError(f"op types outside the TensorRT allowlist: {', '.join(unsupported)}")
     multiple = int(metadata(model)["pconv.multiple"])
