@@ -1,0 +1,110 @@
+"""The folder job survives kills and streams: real subprocesses, real signals, real memory."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+from test_infer import save, save_mask
+
+
+def make_folder(root, count, size, mask_hole):
+    """``count`` crops of the astronaut (h, w = size) and one shared mask file."""
+    images = root / "images"
+    images.mkdir(parents=True)
+    photo = skimage.data.astronaut()
+    h, w = size
+    for i in range(count):
+        y, x = (i * 7) % (512 - h), (i * 13) % (512 - w)
+        save(images / f"img{i:03d}.png", photo[y : y + h, x : x + w])
+    hole = np.zeros((h, w), bool)
+    hole[mask_hole] = True
+    return images, save_mask(root / "mask.png", hole)
+
+
+def infer_cmd(images, mask, out, model, *extra):
+    return [sys.executable, "-m", "pconv_deploy.cli", "infer", "--images", str(images), "--masks", str(mask),
+            "--output", str(out), "--model", str(model), *map(str, extra)]  # fmt: skip
+
+
+def wait_for_outputs(proc, out, count, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if out.is_dir() and sum(not p.name.startswith(".") for p in out.iterdir()) >= count:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"infer ended before it could be interrupted: {proc.stderr.read()}")
+        time.sleep(0.01)
+    pytest.fail("no outputs appeared")
+
+
+def check_complete_pngs(out, size):
+    """Every visible output decodes completely at the right size: no partial file under a final name."""
+    state = {}
+    for p in out.iterdir():
+        if not p.name.startswith("."):
+            with Image.open(p) as im:
+                im.load()
+                assert im.size == size[::-1], p.name
+            st = p.stat()
+            state[p.name] = (st.st_ino, st.st_mtime_ns)
+    return state
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_resumes_without_redoing(sig, small_onnx, tmp_path):
+    count, size = 40, (160, 192)
+    images, mask = make_folder(tmp_path, count, size, np.s_[40:90, 50:120])
+    out = tmp_path / "out"
+    cmd = infer_cmd(images, mask, out, small_onnx, "--batch-size", 1, "--workers", 1, "--strategy", "full")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_outputs(proc, out, 3)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:  # a clean stop: message, exit 130, its own temp files gone
+        assert proc.returncode == 130, stderr
+        assert "interrupted:" in stderr and "run the same command again to finish" in stderr
+        assert "Traceback" not in stderr
+        assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    finished = check_complete_pngs(out, size)
+    assert 3 <= len(finished) < count
+
+    r = subprocess.run([*cmd, "--report", tmp_path / "report.json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"{count - len(finished)} inpainted, {len(finished)} skipped" in r.stdout
+    after = check_complete_pngs(out, size)
+    assert len(after) == count
+    assert {name: after[name] for name in finished} == finished  # finished files were not rewritten
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # stray temps cleaned
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["totals"]["ok"] == count - len(finished) and report["totals"]["skipped"] == len(finished)
+
+
+PEAK_RSS = """
+import resource, subprocess, sys
+r = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+assert r.returncode == 0, r.stderr
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # KiB, of the one child
+"""
+
+
+def test_peak_memory_flat_over_folder_size(small_onnx, tmp_path):
+    """Streaming: 300 images peak within a few MB of 50 images (holding them all would add ~60 MB)."""
+    peaks = {}
+    for count in (50, 300):
+        images, mask = make_folder(tmp_path / str(count), count, (80, 96), np.s_[20:50, 30:70])
+        cmd = infer_cmd(images, mask, tmp_path / f"out{count}", small_onnx, "--batch-size", 4)
+        r = subprocess.run([sys.executable, "-c", PEAK_RSS, *cmd], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        peaks[count] = int(r.stdout.strip()) / 1024  # MiB
+        assert len(os.listdir(tmp_path / f"out{count}")) == count
+    growth = peaks[300] - peaks[50]
+    assert growth < 12, f"peak RSS {peaks[50]:.0f} MiB at 50 images, {peaks[300]:.0f} MiB at 300"
