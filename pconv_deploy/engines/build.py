@@ -53,8 +53,10 @@ class BuildPlan:
 
 def read_onnx_contract(onnx_path: Path) -> dict[str, str]:
     """The pconv.* metadata of an ONNX file, after checking its inputs and outputs are the contract's."""
-    import onnx
-
+    try:
+        import onnx
+    except ImportError:
+        raise BuildError("reading the ONNX model needs the onnx package: pip install 'pconv-deploy[gpu]'") from None
     if not onnx_path.is_file():
         raise BuildError(f"{onnx_path}: no such ONNX file")
     try:
@@ -115,7 +117,13 @@ def plan_build(
 
 def build_engine(plan: BuildPlan, device: int = 0) -> dict[str, Any]:
     """Build and write ``plan.output`` and its sidecar; returns the sidecar. Needs TensorRT and a GPU."""
-    from pconv_deploy.runtime.tensorrt_backend import TensorRTUnavailable, _check, _cudart, gpu_info, tensorrt_status
+    from pconv_deploy.runtime.tensorrt_backend import (
+        TensorRTUnavailable,
+        cuda_call,
+        cuda_runtime,
+        gpu_info,
+        tensorrt_status,
+    )
 
     problem = tensorrt_status()
     if problem:
@@ -127,7 +135,7 @@ def build_engine(plan: BuildPlan, device: int = 0) -> dict[str, Any]:
         raise TensorRTUnavailable("Polygraphy is not installed: pip install 'pconv-deploy[gpu]'") from None
     import tensorrt as trt
 
-    _check(_cudart().cudaSetDevice(device))
+    cuda_call(cuda_runtime().cudaSetDevice(device))
     gpu = gpu_info(device)
     trt_profiles = []
     for shape_range in plan.profiles:

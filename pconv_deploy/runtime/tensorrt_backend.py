@@ -39,7 +39,7 @@ class GpuInfo:
     compute_capability: str  # "8.6"
 
 
-def _cudart() -> Any:
+def cuda_runtime() -> Any:
     """cuda-python's runtime module (``cuda.bindings.runtime``; ``cuda.cudart`` before 12.6)."""
     try:
         from cuda.bindings import runtime as cudart
@@ -48,11 +48,11 @@ def _cudart() -> Any:
     return cudart
 
 
-def _check(result: tuple) -> Any:
+def cuda_call(result: tuple) -> Any:
     """cuda-python returns (error, *values): raise on error, return the value(s)."""
     err, *values = result
     if int(err) != 0:
-        cudart = _cudart()
+        cudart = cuda_runtime()
         message = cudart.cudaGetErrorString(err)[1].decode(errors="replace")
         raise PConvError(f"CUDA error {int(err)}: {message}")
     return values[0] if len(values) == 1 else tuple(values)
@@ -60,7 +60,7 @@ def _check(result: tuple) -> Any:
 
 def gpu_info(device: int = 0) -> GpuInfo:
     """Name and compute capability of one CUDA device (as the engine sidecar records them)."""
-    prop = _check(_cudart().cudaGetDeviceProperties(device))
+    prop = cuda_call(cuda_runtime().cudaGetDeviceProperties(device))
     name = prop.name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
     return GpuInfo(device, name.strip(), f"{prop.major}.{prop.minor}")
 
@@ -77,11 +77,11 @@ def tensorrt_status() -> str | None:
     if not major.isdigit() or int(major) < MIN_TENSORRT:
         return f"TensorRT {trt.__version__} is too old (pconv-deploy needs >= {MIN_TENSORRT}): {INSTALL_HINT}"
     try:
-        cudart = _cudart()
+        cudart = cuda_runtime()
     except ImportError:
         return f"the CUDA Python bindings (cuda-python) are not installed: {INSTALL_HINT}"
     try:
-        count = _check(cudart.cudaGetDeviceCount())
+        count = cuda_call(cudart.cudaGetDeviceCount())
     except PConvError as e:
         return f"no usable CUDA GPU ({e}): TensorRT needs an NVIDIA GPU and driver; {INSTALL_HINT}"
     if count < 1:
@@ -122,7 +122,7 @@ class _Slot:
         self.context = engine.create_execution_context()
         if self.context is None:
             raise PConvError("TensorRT could not create an execution context (out of GPU memory?)")
-        self.stream = _check(_cudart().cudaStreamCreate())
+        self.stream = cuda_call(cuda_runtime().cudaStreamCreate())
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         self.profile: int | None = None
 
@@ -130,14 +130,14 @@ class _Slot:
         ptr, size = self.buffers.get(name, (0, 0))
         if nbytes > size:
             if ptr:
-                _check(_cudart().cudaFree(ptr))
-            ptr, size = int(_check(_cudart().cudaMalloc(nbytes))), nbytes
+                cuda_call(cuda_runtime().cudaFree(ptr))
+            ptr, size = int(cuda_call(cuda_runtime().cudaMalloc(nbytes))), nbytes
             self.buffers[name] = (ptr, size)
         return ptr
 
     def run(self, profile: int, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        cudart = _cudart()
-        _check(cudart.cudaSetDevice(self.device))  # the current device is per host thread
+        cudart = cuda_runtime()
+        cuda_call(cudart.cudaSetDevice(self.device))  # the current device is per host thread
         stream = int(self.stream)
         if self.profile != profile:
             if not self.context.set_optimization_profile_async(profile, stream):
@@ -148,19 +148,19 @@ class _Slot:
             if not self.context.set_input_shape(name, array.shape):
                 raise PConvError(f"TensorRT rejected input shape {array.shape} for {name!r}")
             ptr = self._buffer(name, array.nbytes)
-            _check(cudart.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, h2d, self.stream))
+            cuda_call(cudart.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, h2d, self.stream))
             self.context.set_tensor_address(name, ptr)
         out = np.empty(tuple(self.context.get_tensor_shape("inpainted")), dtype=np.float32)
         out_ptr = self._buffer("inpainted", out.nbytes)
         self.context.set_tensor_address("inpainted", out_ptr)
         if not self.context.execute_async_v3(stream):
             raise PConvError("TensorRT execution failed (see the TensorRT log above)")
-        _check(cudart.cudaMemcpyAsync(out.ctypes.data, out_ptr, out.nbytes, d2h, self.stream))
-        _check(cudart.cudaStreamSynchronize(self.stream))  # also keeps image/mask alive until copied
+        cuda_call(cudart.cudaMemcpyAsync(out.ctypes.data, out_ptr, out.nbytes, d2h, self.stream))
+        cuda_call(cudart.cudaStreamSynchronize(self.stream))  # also keeps image/mask alive until copied
         return out
 
     def close(self) -> None:
-        cudart = _cudart()
+        cudart = cuda_runtime()
         for ptr, _ in self.buffers.values():
             cudart.cudaFree(ptr)
         self.buffers.clear()
@@ -206,7 +206,7 @@ class TensorRTBackend:
         if not self.engine_path.is_file():
             raise PConvError(f"{self.engine_path}: no such engine file")
         sidecar = read_sidecar(self.engine_path)
-        _check(_cudart().cudaSetDevice(device))
+        cuda_call(cuda_runtime().cudaSetDevice(device))
         gpu = gpu_info(device)
         check_compatible(
             sidecar,
