@@ -117,3 +117,12 @@ def test_cli_option_errors_are_one_line(tmp_path):
         "error: invalid shape '1x32': expected BxHxW with positive integers, e.g. 4x512x512\n",
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_plan_accepts_a_real_export(small_onnx, tmp_path):
+    """The exporter's metadata and I/O are what the builder expects (guards against contract drift)."""
+    plan = plan_build(small_onnx, tmp_path / "small.engine", min_shapes=["1x64x64"], opt_shapes=["2x128x128"],
+                      max_shapes=["4x256x256"])  # fmt: skip
+    assert (plan.precision, plan.metadata["pconv.multiple"], plan.metadata["pconv.layers"]) == ("fp32", "32", "5")
+    with pytest.raises(BuildError, match="run `pconv export --fp16`"):
+        plan_build(small_onnx, tmp_path / "small.engine", fp16=True)
