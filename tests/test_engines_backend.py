@@ -5,8 +5,9 @@
 - The runtime module needs neither torch nor onnx.
 - With stand-ins for ``tensorrt`` and ``cuda.bindings.runtime`` (host memory playing the GPU's):
   the backend's own logic — status checks, sidecar refusal *before* deserialising, the engine's
-  I/O contract, profile selection, batch splitting, buffers and copies. What TensorRT itself does
-  is tested only on a GPU (test_tensorrt_gpu.py).
+  I/O contract, profile selection, batch splitting, buffers and copies; and `build_engine`'s
+  arguments to Polygraphy's loaders and its atomic writes. What TensorRT itself does is tested
+  only on a GPU (test_tensorrt_gpu.py).
 """
 
 import ctypes
@@ -358,3 +359,79 @@ def test_fake_module_matches_what_the_backend_imports():
     assert source.count("from cuda.bindings import runtime as cudart") == 1
     assert "import torch" not in source and "import onnx" not in source
     assert json.loads(json.dumps(PROFILES[0].input_shapes()))  # what the sidecar stores is plain JSON
+
+
+# ---------------------------------------------------------------- the build's wiring, Polygraphy's loaders recorded
+
+
+@pytest.fixture
+def recorded_loaders(fake_gpu, monkeypatch):
+    """Polygraphy's real CreateConfig and Profile; the loaders that need TensorRT record their arguments."""
+    import polygraphy.backend.trt as ptrt
+    from polygraphy.exception import PolygraphyException
+
+    calls = {"fail": False}
+    sys.modules["tensorrt"].MemoryPoolType = SimpleNamespace(WORKSPACE="workspace-pool")
+
+    def network(path, strongly_typed=None):
+        calls["network"] = (path, strongly_typed)
+        return "network"
+
+    def engine_from_network(network, config=None, save_timing_cache=None):
+        calls["engine"] = (network, config, save_timing_cache)
+        if calls["fail"]:
+            return lambda: (_ for _ in ()).throw(PolygraphyException("Could not parse the network\nmore detail"))
+        return lambda: "engine"
+
+    def save_engine(engine, path):
+        calls["saved"] = path
+        return lambda: Path(path).write_bytes(b"serialised " + engine.encode())
+
+    monkeypatch.setattr(ptrt, "NetworkFromOnnxPath", network)
+    monkeypatch.setattr(ptrt, "EngineFromNetwork", engine_from_network)
+    monkeypatch.setattr(ptrt, "SaveEngine", save_engine)
+    return calls
+
+
+def test_build_wiring(recorded_loaders, tmp_path):
+    from pconv_deploy.engines.build import build_engine, plan_build
+    from pconv_deploy.engines.sidecar import read_sidecar
+
+    onnx_path = write_contract_onnx(tmp_path / "m.onnx", contract_metadata(precision="fp16"))
+    plan = plan_build(onnx_path, tmp_path / "out" / "m.engine", fp16=True, min_shapes=["1x32x32"],
+                      opt_shapes=["2x64x64"], max_shapes=["4x128x128"], timing_cache=tmp_path / "t.cache",
+                      workspace_gib=2, version_compatible=True)  # fmt: skip
+    sidecar = build_engine(plan)
+    calls = recorded_loaders
+    assert calls["network"] == (str(onnx_path), True)  # strongly typed: the graph's types decide the precision
+    network, config, cache = calls["engine"]
+    assert (network, cache) == ("network", str(tmp_path / "t.cache"))
+    assert (config.timing_cache_path, config.version_compatible) == (str(tmp_path / "t.cache"), True)
+    assert config.memory_pool_limits == {"workspace-pool": 2 * 2**30}
+    assert not config.fp16  # no precision flag: TensorRT 11 has none
+    (profile,) = config.profiles
+    assert [list(profile[name]) for name in ("image", "mask")] == [
+        [[1, 3, 32, 32], [2, 3, 64, 64], [4, 3, 128, 128]],
+        [[1, 1, 32, 32], [2, 1, 64, 64], [4, 1, 128, 128]],
+    ]
+    assert calls["saved"] == str(tmp_path / "out" / ".m.engine.tmp")
+    assert (tmp_path / "out" / "m.engine").read_bytes() == b"serialised engine"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.engine", "m.engine.json"]
+    assert read_sidecar(tmp_path / "out" / "m.engine") == sidecar
+    assert (sidecar["gpu_name"], sidecar["compute_capability"], sidecar["tensorrt_version"]) == (
+        "NVIDIA L4", "8.9", "10.9.0.34")  # fmt: skip
+    assert (sidecar["precision"], sidecar["onnx_file"], sidecar["version_compatible"]) == ("fp16", "../m.onnx", True)
+
+
+def test_failed_build_leaves_the_previous_engine_alone(recorded_loaders, tmp_path):
+    from pconv_deploy.engines.build import BuildError, build_engine, plan_build
+
+    onnx_path = write_contract_onnx(tmp_path / "m.onnx")
+    plan = plan_build(onnx_path, tmp_path / "m.engine")
+    build_engine(plan)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    recorded_loaders["fail"] = True
+    with pytest.raises(BuildError) as e:
+        build_engine(plan)
+    assert str(e.value) == f"{onnx_path}: TensorRT build failed: Could not parse the network"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp file, old pair intact

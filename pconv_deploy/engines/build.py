@@ -152,28 +152,30 @@ def build_engine(plan: BuildPlan, device: int = 0) -> dict[str, Any]:
     )
     network = NetworkFromOnnxPath(str(plan.onnx_path), strongly_typed=True)
 
+    onnx_sha256 = file_sha256(plan.onnx_path)  # of the file as TensorRT is about to read it
     plan.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = plan.output.with_name(f".{plan.output.name}.tmp")
     try:
-        engine = EngineFromNetwork(network, config=config, save_timing_cache=cache)()
-        SaveEngine(engine, str(tmp))()
-    except PolygraphyException as e:  # Polygraphy has logged the details already
-        tmp.unlink(missing_ok=True)
-        raise BuildError(f"{plan.onnx_path}: TensorRT build failed: {str(e).strip().splitlines()[0]}") from None
-
-    sidecar = make_sidecar(
-        onnx_path=plan.onnx_path,
-        onnx_sha256=file_sha256(plan.onnx_path),
-        engine_path=plan.output,
-        metadata=plan.metadata,
-        profiles=plan.profiles,
-        tensorrt_version=trt.__version__,
-        gpu_name=gpu.name,
-        compute_capability=gpu.compute_capability,
-        version_compatible=plan.version_compatible,
-    )
-    # Never leave a new engine beside an old sidecar: drop the sidecar, move the engine, write the sidecar.
-    sidecar_path(plan.output).unlink(missing_ok=True)
-    tmp.replace(plan.output)
-    write_sidecar(plan.output, sidecar)
+        try:
+            engine = EngineFromNetwork(network, config=config, save_timing_cache=cache)()
+            SaveEngine(engine, str(tmp))()
+        except PolygraphyException as e:  # Polygraphy has logged the details already
+            raise BuildError(f"{plan.onnx_path}: TensorRT build failed: {str(e).strip().splitlines()[0]}") from None
+        sidecar = make_sidecar(
+            onnx_path=plan.onnx_path,
+            onnx_sha256=onnx_sha256,
+            engine_path=plan.output,
+            metadata=plan.metadata,
+            profiles=plan.profiles,
+            tensorrt_version=trt.__version__,
+            gpu_name=gpu.name,
+            compute_capability=gpu.compute_capability,
+            version_compatible=plan.version_compatible,
+        )
+        # Never leave a new engine beside an old sidecar: drop the sidecar, move the engine, write the sidecar.
+        sidecar_path(plan.output).unlink(missing_ok=True)
+        tmp.replace(plan.output)
+        write_sidecar(plan.output, sidecar)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failure or interruption: no partial engine
     return sidecar

@@ -80,9 +80,11 @@ def tensorrt_status() -> str | None:
         cudart = cuda_runtime()
     except ImportError:
         return f"the CUDA Python bindings (cuda-python) are not installed: {INSTALL_HINT}"
+    except Exception as e:
+        return f"the CUDA Python bindings do not load ({type(e).__name__}: {e}): {INSTALL_HINT}"
     try:
         count = cuda_call(cudart.cudaGetDeviceCount())
-    except PConvError as e:
+    except Exception as e:  # no driver: an error code, or an exception from the bindings' loader
         return f"no usable CUDA GPU ({e}): TensorRT needs an NVIDIA GPU and driver; {INSTALL_HINT}"
     if count < 1:
         return f"no CUDA GPU found: TensorRT needs an NVIDIA GPU and driver; {INSTALL_HINT}"
