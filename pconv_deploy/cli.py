@@ -285,7 +285,7 @@ def infer(
     """Inpaint a folder of images: one line per failed file, exit 1 if any failed, 130 if interrupted."""
     import signal
 
-    from pconv_deploy.runtime import Inpainter
+    from pconv_deploy.runtime import Inpainter, load_backend
     from pconv_deploy.runtime.pipeline import run_folder, write_report
 
     for path, name in ((images, "--images"), (masks, "--masks"), (model, "--model")):
@@ -294,7 +294,8 @@ def infer(
     if output.exists() and not output.is_dir():
         fail(f"--output {output}: exists and is not a folder", 2)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
-    inpainter = Inpainter.from_path(model, backend.value, batch_size, strategy.value, max_side)
+    runner = load_backend(model, backend.value, on_fallback=lambda message: typer.echo(message, err=True))
+    inpainter = Inpainter(runner, batch_size, strategy.value, max_side)
     result = run_folder(
         inpainter, images, masks, output, mask_convention.value, workers, overwrite, max_pixels, progress=True
     )

@@ -97,7 +97,7 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # KiB, of the one
 
 
 def test_peak_memory_flat_over_folder_size(small_onnx, tmp_path):
-    """Streaming: 300 images peak within a few MB of 50 images (holding them all would add ~60 MB)."""
+    """Streaming: 300 images peak within a few MB of 50 images (holding them all would add over 30 MB)."""
     peaks = {}
     for count in (50, 300):
         images, mask = make_folder(tmp_path / str(count), count, (80, 96), np.s_[20:50, 30:70])
