@@ -72,7 +72,7 @@ def open_checked(path: Path, max_pixels: int, what: str):
     except Image.DecompressionBombError:
         raise InputError(f"{what} has more than {max_pixels:,} pixels (raise --max-pixels to allow it)") from None
     except UnidentifiedImageError:
-        raise InputError(f"{what} is not a readable image (unknown format or corrupt header)") from None
+        raise InputError(f"{what} is unreadable: unknown format or corrupt header") from None
     except OSError as e:
         raise InputError(f"{what} cannot be read ({e})") from None
     if im.format not in FORMATS:
