@@ -1,0 +1,120 @@
+"""Evaluation: metrics, compositing, the Telea baseline, the ONNX path through the runtime, the CLI table."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pconv_deploy.train.evaluate import (
+    checkpoint_predictor,
+    evaluate,
+    l1_percent,
+    make_samples,
+    psnr,
+    score,
+    ssim,
+    telea_predictor,
+)
+from pconv_deploy.train.masks import HOLE_BINS
+
+
+def photos(size=64, count=2):
+    from pconv_deploy.train.data import center_crop, image_paths, load_rgb
+
+    return [np.ascontiguousarray(center_crop(load_rgb(p), size)) for p in image_paths("builtin")[:count]]
+
+
+def test_metrics_against_formulas():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    noisy = np.clip(truth.astype(int) + rng.integers(-20, 21, truth.shape), 0, 255).astype(np.uint8)
+    diff = noisy.astype(float) - truth.astype(float)
+    assert l1_percent(noisy, truth) == pytest.approx(np.abs(diff).mean() / 255 * 100)
+    assert psnr(noisy, truth) == pytest.approx(10 * np.log10(255**2 / (diff**2).mean()))
+    assert ssim(truth, truth) == pytest.approx(1.0)
+    assert 0 < ssim(noisy, truth) < 0.99
+
+
+def test_samples_cover_every_bin_and_are_seeded():
+    images = photos(64, 2)
+    a, b = make_samples(images, 2, seed=3), make_samples(images, 2, seed=3)
+    assert len(a) == 2 * len(HOLE_BINS) * 2
+    for s in a:
+        lo, hi = HOLE_BINS[s.bin_index]
+        assert lo < s.hole.mean() <= hi and s.hole.dtype == bool
+    assert all(np.array_equal(x.hole, y.hole) for x, y in zip(a, b))
+
+
+def test_outputs_are_composited_and_telea_beats_a_grey_fill(small_checkpoint):
+    images = photos(64, 2)
+    samples = make_samples(images, 1, seed=0)
+    predict, multiple = checkpoint_predictor(small_checkpoint)
+    assert 64 % multiple == 0
+    outs = predict([s.image for s in samples], [s.hole for s in samples])
+    telea = telea_predictor()([s.image for s in samples], [s.hole for s in samples])
+    for s, out, t in zip(samples, outs, telea):
+        known = ~s.hole
+        assert np.array_equal(out[known], s.image[known]) and np.array_equal(t[known], s.image[known])
+
+    def grey(imgs, holes):
+        return [np.where(h[..., None], np.uint8(128), img) for img, h in zip(imgs, holes)]
+
+    telea_scores = score("Telea", telea_predictor(), samples)
+    grey_scores = score("grey", grey, samples)
+    assert [s.bin_index for s in telea_scores] == list(range(len(HOLE_BINS)))
+    for t, g in zip(telea_scores, grey_scores):
+        assert t.l1_percent < g.l1_percent and t.psnr > g.psnr
+    # Bigger holes, bigger error: the bins measure what they claim.
+    assert telea_scores[-1].l1_percent > telea_scores[0].l1_percent
+
+
+def test_onnx_through_the_runtime_matches_the_checkpoint(small_checkpoint, small_onnx, tmp_path):
+    kwargs = {"data": "builtin", "masks_per_bin": 1, "size": 64, "max_images": 2}
+    torch_report = evaluate(output=tmp_path / "t", checkpoint=small_checkpoint, **kwargs)
+    onnx_report = evaluate(output=tmp_path / "o", model=small_onnx, **kwargs)
+    pconv_t = [s for s in torch_report.scores if s.method == "PConv"]
+    pconv_o = [s for s in onnx_report.scores if s.method == "PConv (runtime)"]
+    assert len(pconv_t) == len(pconv_o) == len(HOLE_BINS)
+    for t, o in zip(pconv_t, pconv_o):  # uint8 rounding of nearly equal floats: tiny differences only
+        assert abs(t.l1_percent - o.l1_percent) < 0.05 and abs(t.psnr - o.psnr) < 0.2
+    telea_t = [s for s in torch_report.scores if s.method == "Telea"]
+    telea_o = [s for s in onnx_report.scores if s.method == "Telea"]
+    assert telea_t == telea_o
+
+
+def test_cli_prints_the_table_with_telea(small_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    args = ["--checkpoint", str(small_checkpoint), "--data", "builtin", "--output", str(out)]
+    r = subprocess.run(
+        [sys.executable, "-m", "pconv_deploy.cli", "evaluate", *args, "--masks-per-bin", "1", "--size", "64",
+         "--max-images", "2"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    header = (
+        "| hole ratio | n | PConv L1 (%) | PConv PSNR (dB) | PConv SSIM | Telea L1 (%) | Telea PSNR (dB) | Telea SSIM |"
+    )
+    assert header in r.stdout
+    for label in ("(0.01, 0.1]", "(0.1, 0.2]", "(0.5, 0.6]"):
+        assert f"| {label} | 2 |" in r.stdout
+    assert header in (out / "evaluation.md").read_text()
+    from PIL import Image
+
+    assert Image.open(out / "evaluation.png").size == (800, 1200)
+
+
+def test_cli_errors_are_one_line(small_checkpoint, tmp_path):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "pconv_deploy.cli", "evaluate", "--output", str(tmp_path), *args],
+            capture_output=True,
+            text=True,
+        )
+
+    r = run("--data", "builtin")
+    assert r.returncode == 1 and r.stderr.strip().startswith("error: give exactly one of --checkpoint")
+    r = run("--data", "builtin", "--checkpoint", str(small_checkpoint), "--size", "48")
+    assert r.returncode == 1 and r.stderr.strip().endswith(
+        "must be a multiple of 32 for " + str(small_checkpoint) + " (2^layers)"
+    )
