@@ -75,17 +75,16 @@ def test_comparison_harness_on_cpu(small_onnx):
 
 
 @pytest.fixture(scope="module")
-def onnx_models(small_onnx, small_checkpoint, tmp_path_factory):
-    """FP32 (the session's export) and FP16 graphs of the small checkpoint; exported only where a GPU is."""
+def onnx_models(tmp_path_factory, request):
+    """Copies of the session's FP32 and FP16 exports in one folder (engines go beside them); GPU machines only."""
     if STATUS is not None:
         pytest.skip(f"no CUDA GPU usable by TensorRT: {STATUS}")
-    from pconv_deploy.export.onnx_export import export_onnx
-    from pconv_deploy.model import load_checkpoint
-
     folder = tmp_path_factory.mktemp("gpu-onnx")
-    fp32 = folder / "small-fp32.onnx"
-    fp32.write_bytes(small_onnx.read_bytes())
-    return {"fp32": fp32, "fp16": export_onnx(load_checkpoint(small_checkpoint), folder / "small-fp16.onnx", fp16=True)}
+    models = {}
+    for precision, fixture in (("fp32", "small_onnx"), ("fp16", "small_onnx_fp16")):
+        models[precision] = folder / f"small-{precision}.onnx"
+        models[precision].write_bytes(request.getfixturevalue(fixture).read_bytes())
+    return models
 
 
 @pytest.fixture(scope="module", params=["fp32", "fp16"])
