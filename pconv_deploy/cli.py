@@ -265,7 +265,10 @@ def infer(
     images: Annotated[Path, typer.Option(help="A folder of images (PNG, JPEG, WebP, BMP, TIFF) or one image file.")],
     masks: Annotated[Path, typer.Option(help="A folder of masks paired by file stem, or one mask for all images.")],
     output: Annotated[Path, typer.Option(help="Folder for OUTPUT/<stem>.png (lossless, same size as the input).")],
-    model: Annotated[Path, typer.Option(help="Model: .onnx, TensorRT .engine/.plan, or .safetensors (torch).")],
+    model: Annotated[
+        Path | None,
+        typer.Option(help="Model: .onnx, TensorRT .engine/.plan, or .safetensors (torch). Default: the bundled model."),
+    ] = None,
     backend: Annotated[InferBackend, typer.Option(help="auto picks TensorRT, else ONNX Runtime CUDA, else CPU.")] = (
         InferBackend.auto
     ),
@@ -288,6 +291,10 @@ def infer(
     from pconv_deploy.runtime import Inpainter, load_backend
     from pconv_deploy.runtime.pipeline import run_folder, write_report
 
+    if model is None:
+        from pconv_deploy.model.checkpoint import default_checkpoint
+
+        model = default_checkpoint()
     for path, name in ((images, "--images"), (masks, "--masks"), (model, "--model")):
         if not path.exists():
             fail(f"{name} {path}: no such file or folder", 2)
