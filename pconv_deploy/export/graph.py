@@ -19,7 +19,7 @@ check (:mod:`pconv_deploy.export.parity`) compares against the original model, n
 3. Normalisation, de-normalisation, compositing and the clamp are inside the graph, so
    callers supply [0, 1] RGB and get [0, 1] RGB with known pixels unchanged.
 
-FP16 (``dtype=torch.float16``): weights are folded in float32 and then cast; features are
+FP16 (``dtype=torch.float16``): weights are folded in float64 and then cast; features are
 float16; the mask path (counts, ratio, valid) stays float32 because counts reach C_in*k*k,
 beyond float16's exact integers; the ratio and valid are cast where they meet the features.
 Inputs and output stay float32.
@@ -40,12 +40,13 @@ class ExportPConv(nn.Module):
     def __init__(self, block: PConvBlock, dtype: torch.dtype) -> None:
         super().__init__()
         pconv, conv = block.pconv, block.pconv.conv
-        weight = conv.weight.detach().float()
-        bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(conv.out_channels)
+        # Fold in float64, round once to the export dtype.
+        weight = conv.weight.detach().double()
+        bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels).double()
         if block.bn is not None:
             bn = block.bn
-            scale = bn.weight.detach().float() / torch.sqrt(bn.running_var.float() + bn.eps)
-            shift = bn.bias.detach().float() - bn.running_mean.float() * scale
+            scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            shift = bn.bias.detach().double() - bn.running_mean.double() * scale
             weight = weight * scale.view(-1, 1, 1, 1)
             bias = bias * scale + shift
         self.register_buffer("weight", weight.to(dtype))
