@@ -166,10 +166,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
                     continue
                 history.append(row)
                 state.append_history(run_dir, row)
-                progress.update(step + 1, row)
                 done = step + 1
-                if done % cfg.log_every == 0 and not progress.live:
-                    log(_format_row(done, cfg.steps, row))
+                line = _format_row(done, cfg.steps, row) if done % cfg.log_every == 0 else None
+                progress.update(done, row, line)
+                if line and not progress.live:
+                    log(line)
                 if done % cfg.checkpoint_every == 0 or done % cfg.sample_every == 0 or done == cfg.steps:
                     write_outputs(done)
 
@@ -205,20 +206,21 @@ class _progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
-                TextColumn("train"),
-                BarColumn(),
+                TextColumn("train  loss {task.fields[loss]}"),
+                BarColumn(bar_width=30),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
-                TextColumn("{task.fields[terms]}"),
             )
             self.bar.__enter__()
-            self.task = self.bar.add_task("train", total=self.total, completed=self.start, terms="")
+            self.task = self.bar.add_task("train", total=self.total, completed=self.start, loss="")
         return self
 
-    def update(self, completed: int, row: dict[str, float]) -> None:
+    def update(self, completed: int, row: dict[str, float], line: str | None = None) -> None:
+        """Advance the bar; ``line`` (all loss terms) is printed above it."""
         if self.bar is not None:
-            terms = " ".join(f"{k} {row[k]:.3g}" for k in TERMS)
-            self.bar.update(self.task, completed=completed, terms=terms)
+            self.bar.update(self.task, completed=completed, loss=f"{row['total']:.4g}")
+            if line:
+                self.bar.console.print(line, highlight=False)
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
