@@ -113,11 +113,14 @@ def check_command(
     save_dir: Annotated[
         Path | None, typer.Option(help="Where the Polygraphy JSON goes (default: MODEL_STEM.parity/).")
     ] = None,
+    fp64_reference: Annotated[
+        bool, typer.Option(help="Compute the PyTorch reference in float64 (slower; separates float32 noise).")
+    ] = False,
 ) -> None:
     """Check an ONNX model against PyTorch under ONNX Runtime through Polygraphy; exit 1 on a mismatch."""
     from pconv_deploy.export.parity import check_onnx
 
-    report = check_onnx(model, checkpoint, save_dir=save_dir)
+    report = check_onnx(model, checkpoint, save_dir=save_dir, fp64_reference=fp64_reference)
     typer.echo(report.table())
     typer.echo(f"reproduce: {report.polygraphy_command(model)}")
     if not report.passed:

@@ -14,7 +14,7 @@ from polygraphy.json import load_json
 
 from pconv_deploy.export import ExportError, conv_macs, export_checkpoint
 from pconv_deploy.export.graph import ExportPConv
-from pconv_deploy.export.parity import MASK_KINDS, ParityError, check_onnx, make_mask, run_parity
+from pconv_deploy.export.parity import MASK_KINDS, ParityCase, ParityError, check_onnx, make_mask, run_parity
 from pconv_deploy.model import PConvUNet, feature_macs, load_checkpoint, save_checkpoint
 
 BIN = Path(sys.executable).parent
@@ -56,6 +56,13 @@ def test_fp32_parity(fp32_parity):
     assert [f["image"].shape[0] for f in feeds] == [r.shape[0] for r in report.rows]
     assert all(set(np.unique(f["mask"])) <= {0.0, 1.0} for f in feeds)
     assert report.reference_json.is_file()
+
+
+def test_fp64_reference(small_onnx, small_checkpoint):
+    cases = [ParityCase("mixed", ("strokes", "sparse"), (2, 3))]
+    report = run_parity(small_onnx, load_checkpoint(small_checkpoint), cases, fp64_reference=True)
+    assert report.passed and report.reference == "float64" and "vs float64 PyTorch" in report.table()
+    assert report.max_abs_err <= 1e-5
 
 
 def test_fp16_parity(small_onnx_fp16, small_checkpoint, tmp_path):
