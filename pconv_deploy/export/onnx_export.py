@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import torch
@@ -29,6 +30,9 @@ from pconv_deploy import __version__
 from pconv_deploy.export.checks import ExportError, GraphReport, check_finite, check_graph
 from pconv_deploy.export.graph import ExportNet
 from pconv_deploy.model.unet import PConvConfig, PConvUNet
+
+if TYPE_CHECKING:
+    from pconv_deploy.export.parity import ParityReport
 
 FORMAT_VERSION = "1"
 MASK_CONVENTION = "1=known,0=hole"
@@ -39,7 +43,7 @@ class ExportResult:
     path: Path
     graph: GraphReport
     seconds: float  # torch export + graph checks
-    parity: object | None = None  # a parity.ParityReport when checked
+    parity: ParityReport | None = None  # when checked
 
 
 def build_metadata(config: PConvConfig, fp16: bool, checkpoint_sha256: str | None) -> dict[str, str]:
