@@ -292,7 +292,7 @@ def infer(
     import signal
 
     from pconv_deploy.runtime import Inpainter, load_backend
-    from pconv_deploy.runtime.pipeline import run_folder, write_report
+    from pconv_deploy.runtime.pipeline import run_folder, visible_files, write_report
 
     if model is None:
         from pconv_deploy.model.checkpoint import default_checkpoint
@@ -303,6 +303,8 @@ def infer(
             fail(f"{name} {path}: no such file or folder", 2)
     if output.exists() and not output.is_dir():
         fail(f"--output {output}: exists and is not a folder", 2)
+    if images.is_dir() and not visible_files(images):
+        fail(f"--images {images}: no files to inpaint", 2)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
     runner = load_backend(model, backend.value, on_fallback=lambda message: typer.echo(message, err=True))
     inpainter = Inpainter(runner, batch_size, strategy.value, max_side)

@@ -204,7 +204,8 @@ def test_bad_inputs_reported_per_file(small_onnx, tmp_path):
 def test_usage_errors_exit_2(small_onnx, tmp_path):
     (tmp_path / "images").mkdir()
     cases = [
-        ("--images", tmp_path / "images", "--masks", tmp_path / "images", "--output", tmp_path / "o"),  # no --model
+        # an empty folder (and the default, bundled model)
+        ("--images", tmp_path / "images", "--masks", tmp_path / "images", "--output", tmp_path / "o"),
         ("--images", tmp_path / "nope", "--masks", tmp_path, "--output", tmp_path / "o", "--model", small_onnx),
         ("--images", tmp_path, "--masks", tmp_path, "--output", tmp_path / "o", "--model", tmp_path / "m.onnx"),
         (

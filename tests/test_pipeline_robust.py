@@ -59,7 +59,8 @@ def check_complete_pngs(out, size):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_run_resumes_without_redoing(sig, small_onnx, tmp_path):
-    count, size = 40, (160, 192)
+    # Enough work (~seconds) that the signal lands mid-run even on a fast, idle machine.
+    count, size = 150, (256, 320)
     images, mask = make_folder(tmp_path, count, size, np.s_[40:90, 50:120])
     out = tmp_path / "out"
     cmd = infer_cmd(images, mask, out, small_onnx, "--batch-size", 1, "--workers", 1, "--strategy", "full")
