@@ -324,6 +324,25 @@ def infer(
         raise typer.Exit(1)
 
 
+@app.command("triton-repo")
+def triton_repo(
+    model: Annotated[Path, typer.Argument(help="An exported .onnx, or a TensorRT .engine/.plan with its sidecar.")],
+    repo: Annotated[Path, typer.Option(help="Triton model repository folder.")],
+    name: Annotated[str, typer.Option(help="Model name (folder) in the repository.")] = "pconv",
+    version: Annotated[int, typer.Option(min=1, help="Version folder.")] = 1,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Largest batch Triton forms (dynamic batching).")] = 8,
+    instances: Annotated[int, typer.Option(min=1, help="Model instances (execution contexts).")] = 1,
+    cpu: Annotated[bool, typer.Option(help="KIND_CPU instances instead of KIND_GPU.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
+) -> None:
+    """Write a Triton model repository entry (config.pbtxt + the model) for ONNX Runtime or TensorRT."""
+    from pconv_deploy.triton import write_triton_repo
+
+    kind = "KIND_CPU" if cpu else "KIND_GPU"
+    target = write_triton_repo(model, repo, name, version, max_batch_size, instances, kind, overwrite)
+    typer.echo(f"wrote {target}/config.pbtxt and {target}/{version}/")
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'512' or '512x768' -> (H, W)."""
     parts = text.lower().split("x")
