@@ -36,3 +36,11 @@ def partial_conv_bruteforce(x, mask, weight, bias, stride, padding):
 
 def random_binary_mask(rng, shape, hole_ratio):
     return (rng.random(shape) >= hole_ratio).astype(np.float64)
+
+
+def sha256_of(path) -> str:
+    """Independent of pconv_deploy's own hashing helper."""
+    import hashlib
+    from pathlib import Path
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 from engines_onnx import contract_metadata, write_contract_onnx
 from PIL import Image
+from reference import sha256_of as file_sha256
 
 from pconv_deploy.engines.profiles import ShapeRange
-from pconv_deploy.engines.sidecar import SidecarError, file_sha256, make_sidecar, write_sidecar
+from pconv_deploy.engines.sidecar import SidecarError, make_sidecar, write_sidecar
 from pconv_deploy.errors import PConvError
 from pconv_deploy.runtime import tensorrt_backend
 from pconv_deploy.runtime.tensorrt_backend import TensorRTBackend, TensorRTUnavailable, tensorrt_status

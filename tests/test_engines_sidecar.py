@@ -4,13 +4,13 @@ import json
 
 import pytest
 from engines_onnx import contract_metadata, write_contract_onnx
+from reference import sha256_of as file_sha256
 
 from pconv_deploy.engines.profiles import ShapeRange
 from pconv_deploy.engines.sidecar import (
     KEYS,
     SidecarError,
     check_compatible,
-    file_sha256,
     make_sidecar,
     read_sidecar,
     sidecar_path,

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import SMALL
+from reference import sha256_of as file_sha256
 
 from pconv_deploy import __version__
 from pconv_deploy.export import ExportError, check_graph, conv_macs, export_onnx
@@ -15,7 +16,6 @@ from pconv_deploy.export.checks import TENSORRT_OPS, adversarial_feeds, metadata
 from pconv_deploy.export.graph import ExportNet, ExportPConv
 from pconv_deploy.export.onnx_export import mask_overhead_limit
 from pconv_deploy.model import PConvUNet, composite, feature_macs, load_checkpoint
-from pconv_deploy.model.checkpoint import file_sha256
 
 
 def dims(value):

@@ -6,10 +6,11 @@ import sys
 import pytest
 from engines_onnx import contract_metadata, write_contract_onnx
 from google.protobuf import text_format
+from reference import sha256_of as file_sha256
 from tritonclient.grpc import model_config_pb2
 
 from pconv_deploy.engines.profiles import ShapeRange
-from pconv_deploy.engines.sidecar import file_sha256, make_sidecar, write_sidecar
+from pconv_deploy.engines.sidecar import make_sidecar, write_sidecar
 from pconv_deploy.errors import PConvError
 from pconv_deploy.triton import write_triton_repo
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pconv_deploy.contract import file_sha256
 from pconv_deploy.engines.profiles import ShapeRange, make_profiles
 from pconv_deploy.engines.sidecar import (
     check_contract_metadata,
-    file_sha256,
     make_sidecar,
     sidecar_path,
     write_sidecar,

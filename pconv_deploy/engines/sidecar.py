@@ -12,13 +12,13 @@ numpy-free, torch-free, onnx-free: the runtime imports this.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pconv_deploy.contract import METADATA_KEYS, file_sha256
 from pconv_deploy.engines.profiles import ProfileError, ShapeRange, validate
 from pconv_deploy.errors import PConvError
 
@@ -36,18 +36,6 @@ KEYS = (
     "metadata",
     "created",
 )
-# The ONNX metadata every pconv-deploy export carries (the model contract, DESIGN.md section 2).
-CONTRACT_METADATA = (
-    "pconv.format",
-    "pconv.layers",
-    "pconv.width",
-    "pconv.multiple",
-    "pconv.input_norm",
-    "pconv.mask_convention",
-    "pconv.precision",
-    "pconv.checkpoint_sha256",
-    "pconv.producer",
-)
 PRECISIONS = ("fp32", "fp16")
 REBUILD = "rebuild it here with `pconv build-engine`"
 
@@ -62,17 +50,9 @@ def sidecar_path(engine_path: str | Path) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_contract_metadata(metadata: dict[str, str], where: str) -> int:
     """Check the pconv.* keys are present and coherent; return the model's multiple."""
-    missing = [k for k in CONTRACT_METADATA if k not in metadata]
+    missing = [k for k in METADATA_KEYS if k not in metadata]
     if missing:
         raise SidecarError(
             f"{where}: not a pconv-deploy model: metadata lacks {', '.join(missing)}; export it with `pconv export`"

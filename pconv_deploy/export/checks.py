@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from pconv_deploy.contract import METADATA_KEYS
 from pconv_deploy.errors import PConvError
 
 # Op types of the exported graphs (FP32 and FP16) plus close relatives a future exporter
@@ -28,18 +29,6 @@ TENSORRT_OPS = frozenset(
         "Split", "Sub", "Unsqueeze", "Squeeze",
     }
 )  # fmt: skip
-
-METADATA_KEYS = (
-    "pconv.format",
-    "pconv.layers",
-    "pconv.width",
-    "pconv.multiple",
-    "pconv.input_norm",
-    "pconv.mask_convention",
-    "pconv.precision",
-    "pconv.checkpoint_sha256",
-    "pconv.producer",
-)
 
 # (name, channels) of the contract's inputs and output; all float32 [N, C, H, W].
 CONTRACT_INPUTS = (("image", 3), ("mask", 1))

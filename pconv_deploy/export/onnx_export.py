@@ -159,7 +159,8 @@ def export_checkpoint(
     On a parity failure the model is kept as ``<output stem>.failed.onnx`` (for ``polygraphy run``)
     and ParityError is raised; ``output`` itself is never written.
     """
-    from pconv_deploy.model.checkpoint import file_sha256, load_checkpoint
+    from pconv_deploy.contract import file_sha256
+    from pconv_deploy.model.checkpoint import load_checkpoint
 
     output = Path(output)
     model = load_checkpoint(checkpoint_path)

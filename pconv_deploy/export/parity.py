@@ -286,9 +286,10 @@ def check_onnx(
     """
     import onnx
 
+    from pconv_deploy.contract import file_sha256
     from pconv_deploy.export.checks import check_contract, check_graph, metadata
     from pconv_deploy.export.onnx_export import mask_overhead_limit
-    from pconv_deploy.model.checkpoint import default_checkpoint, file_sha256, load_checkpoint
+    from pconv_deploy.model.checkpoint import default_checkpoint, load_checkpoint
 
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():

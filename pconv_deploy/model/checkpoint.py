@@ -6,7 +6,6 @@ never runs code (no pickle).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -80,11 +79,3 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> PCo
         first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else "mismatch"
         raise CheckpointError(f"{path}: tensors do not match the config in its header ({first})") from None
     return model.to(device).eval()
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -93,8 +93,8 @@ class TorchBackend:
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
         import torch  # the only torch import in the runtime
 
+        from pconv_deploy.contract import file_sha256
         from pconv_deploy.model import composite, load_checkpoint
-        from pconv_deploy.model.checkpoint import file_sha256
 
         self.torch, self.composite = torch, composite
         self.device = (
