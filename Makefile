@@ -25,7 +25,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check pconv_deploy tests scripts
 
 test: $(VENV)/.installed lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -rs
 
 clean:
 	rm -rf $(VENV) demo-out
