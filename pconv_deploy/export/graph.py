@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pconv_deploy.model.unet import PConvBlock, PConvUNet
+from pconv_deploy.model.unet import PConvBlock, PConvUNet, run_unet
 
 
 class ExportPConv(nn.Module):
@@ -86,16 +86,6 @@ class ExportNet(nn.Module):
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # Normalise and mask in float32, then switch to the feature dtype.
         x = ((image - self.mean) / self.std * mask).to(self.dtype)
-        skips = [(x, mask)]
-        h, m = x, mask
-        for layer in self.encoder:
-            h, m = layer(h, m)
-            skips.append((h, m))
-        skips.pop()  # the deepest output is the decoder's input, not a skip
-        for layer in self.decoder:
-            skip, skip_mask = skips.pop()
-            h = torch.cat([F.interpolate(h, scale_factor=2.0, mode="nearest"), skip], dim=1)
-            m = torch.cat([F.interpolate(m, scale_factor=2.0, mode="nearest"), skip_mask], dim=1)
-            h, m = layer(h, m)
+        h = run_unet(self.encoder, self.decoder, x, mask)
         raw = h.float() * self.std + self.mean
         return torch.clamp(mask * image + (1 - mask) * raw, 0.0, 1.0)

@@ -121,21 +121,30 @@ class PConvUNet(nn.Module):
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self.check_input(image, mask)
         x = (image - self.mean) / self.std
-        skips = [(x, mask)]
-        h, m = x, mask
-        for block in self.encoder:
-            h, m = block(h, m)
-            skips.append((h, m))
-        skips.pop()  # the deepest output is the decoder's input, not a skip
-        for block in self.decoder:
-            skip, skip_mask = skips.pop()
-            h = torch.cat([F.interpolate(h, scale_factor=2.0, mode="nearest"), skip], dim=1)
-            m = torch.cat([F.interpolate(m, scale_factor=2.0, mode="nearest"), skip_mask], dim=1)
-            h, m = block(h, m)
-        return h * self.std + self.mean
+        return run_unet(self.encoder, self.decoder, x, mask) * self.std + self.mean
 
     def partial_convs(self) -> list[PartialConv2d]:
         return [b.pconv for b in [*self.encoder, *self.decoder]]
+
+
+def run_unet(encoder: nn.ModuleList, decoder: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The U-Net wiring shared by the model and its export-time rewrite: layers map (h, m) -> (h, m).
+
+    Decoder level i upsamples features and mask (nearest x2) and concatenates them with encoder
+    output i-1 (the input itself for the last level), as two mask groups.
+    """
+    skips = [(x, mask)]
+    h, m = x, mask
+    for layer in encoder:
+        h, m = layer(h, m)
+        skips.append((h, m))
+    skips.pop()  # the deepest output is the decoder's input, not a skip
+    for layer in decoder:
+        skip, skip_mask = skips.pop()
+        h = torch.cat([F.interpolate(h, scale_factor=2.0, mode="nearest"), skip], dim=1)
+        m = torch.cat([F.interpolate(m, scale_factor=2.0, mode="nearest"), skip_mask], dim=1)
+        h, m = layer(h, m)
+    return h
 
 
 def composite(image: torch.Tensor, mask: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
