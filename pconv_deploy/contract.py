@@ -1,12 +1,22 @@
 """The model contract's shared vocabulary (DESIGN.md section 2), importable without torch or onnx.
 
-Every exported ONNX file carries these ``metadata_props``; every engine sidecar repeats them.
+Every exported ONNX file carries these ``metadata_props``; every engine sidecar repeats them; the
+runtime, the TensorRT backend and the Triton config read them. Spell them here and nowhere else.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+# Tensor names and channel counts: [N, C, H, W] float32 in and out.
+IMAGE, MASK, OUTPUT = "image", "mask", "inpainted"
+INPUT_NAMES = (IMAGE, MASK)
+OUTPUT_NAMES = (OUTPUT,)
+CHANNELS = {IMAGE: 3, MASK: 1, OUTPUT: 3}
+
+FORMAT_VERSION = "1"
+MASK_CONVENTION = "1=known,0=hole"
 
 METADATA_KEYS = (
     "pconv.format",
@@ -19,6 +29,39 @@ METADATA_KEYS = (
     "pconv.checkpoint_sha256",
     "pconv.producer",
 )
+
+# Model files by suffix.
+ONNX_SUFFIX = ".onnx"
+ENGINE_SUFFIXES = (".engine", ".plan")
+CHECKPOINT_SUFFIX = ".safetensors"
+
+# The network's own input space: x_net = (x - mean) / std, applied inside the model and the graph.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALISATIONS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "minus_one_one": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+def contract_metadata(
+    *, layers: int, width: float, input_norm: str, precision: str, checkpoint_sha256: str | None
+) -> dict[str, str]:
+    """The ``metadata_props`` of a model with this architecture (the exporter and the torch backend share it)."""
+    from pconv_deploy import __version__
+
+    return {
+        "pconv.format": FORMAT_VERSION,
+        "pconv.layers": str(layers),
+        "pconv.width": str(width),
+        "pconv.multiple": str(2**layers),
+        "pconv.input_norm": input_norm,
+        "pconv.mask_convention": MASK_CONVENTION,
+        "pconv.precision": precision,
+        "pconv.checkpoint_sha256": checkpoint_sha256 or "none",
+        "pconv.producer": f"pconv-deploy {__version__}",
+    }
 
 
 def file_sha256(path: str | Path) -> str:
