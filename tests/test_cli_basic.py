@@ -1,16 +1,54 @@
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from pconv_deploy.cli import app
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def pconv(*args):
     return subprocess.run([sys.executable, "-m", "pconv_deploy.cli", *args], capture_output=True, text=True)
 
 
-def test_help_lists_commands():
+def registered_commands() -> set[str]:
+    group = typer.main.get_command(app)
+    return set(group.commands)
+
+
+def readme_cli_commands() -> set[str]:
+    """The commands of the README's CLI block (the lines that start with `pconv NAME`)."""
+    text = README.read_text()
+    block = text.split("## CLI", 1)[1].split("```", 2)[1]
+    return set(re.findall(r"^pconv ([a-z][a-z-]*)", block, flags=re.M))
+
+
+def test_readme_cli_block_lists_exactly_the_registered_commands():
+    commands = registered_commands()
+    assert {"init", "info", "export", "check", "infer", "build-engine"} <= commands
+    assert readme_cli_commands() == commands
+
+
+def test_help_lists_every_registered_command():
     r = pconv("--help")
     assert r.returncode == 0
-    for command in ("init", "info"):
-        assert command in r.stdout
+    listed = set(re.findall(r"^[│|] ([a-z][a-z-]*) ", r.stdout, flags=re.M))  # wrapped lines are indented further
+    assert listed == registered_commands()
+
+
+@pytest.mark.parametrize("command", sorted(registered_commands()))
+def test_every_command_has_help_that_names_its_options(command):
+    group = typer.main.get_command(app)
+    params = [p for p in group.commands[command].params if p.param_type_name == "option"]
+    r = pconv(command, "--help")
+    assert r.returncode == 0, r.stderr
+    for p in params:
+        flag = max(p.opts, key=len)
+        assert flag in r.stdout, f"pconv {command} --help does not show {flag}"
 
 
 def test_init_and_info(tmp_path):
