@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from pconv_deploy.errors import PConvError
+from pconv_deploy.errors import PConvError, first_line
 
 log = logging.getLogger("pconv_deploy.runtime")
 
@@ -221,8 +221,3 @@ def engine_source_onnx(engine: Path) -> Path:
     if not path.is_file():
         raise PConvError(f"{engine}: its source ONNX {path} (from {sidecar.name}) does not exist")
     return path
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -1,10 +1,11 @@
-"""The folder job behind `pconv infer`: pair files, stream them through an Inpainter, write PNGs.
+"""The folder job behind `pconv infer`: pair files, stream them through an Inpainter, write the outputs.
 
-Three stages overlap: worker threads decode (Pillow releases the GIL), the calling thread
-batches tiles of equal padded size and runs the backend, worker threads composite, encode and
-write. Every queue between them is bounded, so memory stays flat however many files there are.
+Three stages overlap: worker threads decode and plan (Pillow and numpy release the GIL), the
+calling thread forms batches of equal padded size (against the memory budget) and keeps up to
+``inpainter.inflight`` backend calls running, worker threads composite, encode and write. Every
+queue between them is bounded, so memory stays flat however many files there are.
 
-Nothing is lost or corrupted: outputs are written atomically (see ``images.write_png``),
+Nothing is lost or corrupted: outputs are written atomically (:mod:`pconv_deploy.runtime.outputs`),
 existing outputs are skipped unless ``overwrite``, a rerun after a kill picks up where the
 last one stopped, and one bad file is recorded (one line, and in the report) without stopping
 the others.
@@ -13,43 +14,29 @@ the others.
 from __future__ import annotations
 
 import json
-import os
+import resource
 import sys
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pconv_deploy.errors import PConvError
-from pconv_deploy.runtime.backends import first_line
-from pconv_deploy.runtime.images import (
-    DEFAULT_MAX_PIXELS,
-    InputError,
-    Picture,
-    clean_stale_temps,
-    precheck,
-    read_image,
-    read_mask,
-    write_png,
-)
-from pconv_deploy.runtime.inpainter import Inpainter, Job, Tile
+from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.files import clean_stale_temps, write_text_atomic
+from pconv_deploy.progress import ProgressBar
+from pconv_deploy.runtime.batching import Batch
+from pconv_deploy.runtime.images import DEFAULT_MAX_PIXELS, InputError, Picture, read_image, read_mask
+from pconv_deploy.runtime.inpainter import Inpainter, Job
+from pconv_deploy.runtime.inputs import FileResult, pair_files, visible_files
+from pconv_deploy.runtime.outputs import OutputSettings, unstorable, write_image
+
+__all__ = ["FileResult", "Report", "pair_files", "run_folder", "visible_files", "write_report"]
 
 REPORT_FORMAT = "pconv-deploy.infer-report/1"
-
-
-@dataclass
-class FileResult:
-    """One line of the report. ``status``: ok | skipped | failed | pending (not reached before an interrupt)."""
-
-    image: str
-    mask: str | None
-    output: str | None
-    status: str = "pending"
-    error: str | None = None
 
 
 @dataclass
@@ -58,7 +45,10 @@ class Report:
     model: str = ""
     backend: str = ""
     strategy: str = ""
+    output_format: str = "png"
     seconds: float = 0.0
+    peak_memory_bytes: int = 0  # ru_maxrss of this process at the end of the run
+    memory_budget_bytes: int | None = None
     interrupted: bool = False
     temps_cleaned: int = 0
     totals: dict[str, int] = field(default_factory=dict)
@@ -74,112 +64,25 @@ class Report:
         return {"format": REPORT_FORMAT, **data, "files": files}
 
 
-def pair_files(images: Path, masks: Path, output: Path, overwrite: bool) -> list[FileResult]:
-    """One FileResult per image file, with its mask and output path, or already failed / skipped.
-
-    Pairing is by file stem; a single mask file serves every image. Hidden files are ignored.
-    """
-    image_files = [images] if images.is_file() else visible_files(images)
-    shared_mask = masks if masks.is_file() else None
-    masks_by_stem: dict[str, list[Path]] = defaultdict(list)
-    if shared_mask is None:
-        for m in visible_files(masks):
-            masks_by_stem[m.stem].append(m)
-    stems: dict[str, list[Path]] = defaultdict(list)
-    for f in image_files:
-        stems[f.stem].append(f)
-    inputs = {p.resolve() for p in image_files} | {p.resolve() for ps in masks_by_stem.values() for p in ps}
-    if shared_mask is not None:
-        inputs.add(shared_mask.resolve())
-    out_root = output.resolve()
-
-    results = []
-    for f in image_files:
-        mask_candidates = [shared_mask] if shared_mask else sorted(masks_by_stem.get(f.stem, []))
-        r = FileResult(str(f), str(mask_candidates[0]) if len(mask_candidates) == 1 else None, None)
-        results.append(r)
-        out = output / f"{f.stem}.png"
-        if not valid_stem(f.stem) or out.resolve().parent != out_root:
-            r.status, r.error = "failed", f"file name {f.name!r} cannot name an output inside {output}"
-            continue
-        r.output = str(out)
-        try:
-            precheck(f)
-        except InputError as e:
-            r.status, r.error = "failed", str(e)
-            continue
-        if len(stems[f.stem]) > 1:
-            others = ", ".join(p.name for p in stems[f.stem] if p != f)
-            r.status, r.error = "failed", f"same stem as {others}: both would write {out.name}"
-        elif not mask_candidates:
-            r.status, r.error = "failed", f"no mask named {f.stem}.* in {masks}"
-        elif len(mask_candidates) > 1:
-            names = ", ".join(p.name for p in mask_candidates)
-            r.status, r.error = "failed", f"several masks for {f.stem}: {names}"
-        elif out.resolve() in inputs:
-            r.status, r.error = "failed", f"output {out} would overwrite an input file: choose another --output"
-        elif out.exists() and not overwrite:
-            r.status = "skipped"
-    return results
-
-
-def visible_files(folder: Path) -> list[Path]:
-    return sorted(Path(e.path) for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file())
-
-
-def valid_stem(stem: str) -> bool:
-    return bool(stem) and stem not in (".", "..") and not any(c in stem for c in "/\\\0")
-
-
-class Progress:
-    """A rich progress bar with images/s on a terminal; plain lines for failures everywhere."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.bar = None
-        if enabled and total and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-            from rich.progress import Progress as RichProgress
-
-            self.bar = RichProgress(
-                TextColumn("inpainting"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-            self.task = self.bar.add_task("infer", total=total, rate="")
-            self.start = time.monotonic()
-            self.done = 0
-            self.bar.start()
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.done += 1
-            rate = self.done / max(time.monotonic() - self.start, 1e-9)
-            self.bar.update(self.task, advance=1, rate=f"{rate:.1f} images/s")
-
-    def line(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 @dataclass
-class _Item:
-    """An image between decoding and writing."""
+class ImageInFlight:
+    """One image between decoding and writing; ``tiles_left`` counts its tiles not yet inferred."""
 
     result: FileResult
     picture: Picture
     job: Job
-    remaining: int
+    tiles_left: int
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    mask_convention: str = "hole-white"
+    workers: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    output: OutputSettings = OutputSettings()
 
 
 def run_folder(
@@ -193,8 +96,9 @@ def run_folder(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
+    output_settings: OutputSettings | None = None,
 ) -> Report:
-    """Inpaint every image of ``images`` (a folder or one file) into ``output``/<stem>.png.
+    """Inpaint every image of ``images`` (a folder or one file) into ``output``/<stem>.<format>.
 
     Returns the report; failures are in it, never raised. PConvError only for unusable
     arguments (missing folders). On KeyboardInterrupt, writes in flight finish, the report
@@ -207,144 +111,185 @@ def run_folder(
     if output.exists() and not output.is_dir():
         raise PConvError(f"--output {output}: exists and is not a folder")
     output.mkdir(parents=True, exist_ok=True)
-    workers = max(1, workers)
-    report = Report(pair_files(images, masks, output, overwrite), strategy=inpainter.strategy)
+    options = FolderOptions(mask_convention, max(1, workers), max_pixels, output_settings or OutputSettings())
+    files = pair_files(images, masks, output, overwrite, options.output.format)
+    report = Report(files, strategy=inpainter.strategy, output_format=options.output.format)
     report.backend = inpainter.backend.name
-    report.temps_cleaned = clean_stale_temps(output)
+    report.memory_budget_bytes = getattr(inpainter, "memory_budget", None)
+    report.temps_cleaned = clean_stale_temps(output, targets={Path(r.output).name for r in files if r.output})
     todo = [r for r in report.files if r.status == "pending"]
-    bar = Progress(len(todo), progress)
-    say = echo or bar.line
-    for r in report.files:
-        if r.status == "failed":
-            say(f"failed: {r.image}: {r.error}")
+    started = time.monotonic()
+    with ProgressBar("inpainting", len(todo), enabled=progress, unit="images/s") as bar:
+        job = FolderRun(inpainter, options, bar, echo or bar.line)
+        for r in report.files:
+            if r.status == "failed":
+                job.print_line(f"failed: {r.image}: {r.error}")
+        todo = job.decode_shared_mask(masks, todo)
+        report.interrupted = job.run(todo)
+    report.seconds = round(time.monotonic() - started, 3)
+    report.peak_memory_bytes = peak_memory_bytes()
+    return report
 
-    shared: dict[str, np.ndarray] = {}  # one mask file for all images: decode it once
-    if masks.is_file() and todo:
+
+class FolderRun:
+    """The state of one folder job: its thread pools, the images in flight, the batches being formed."""
+
+    def __init__(
+        self, inpainter: Inpainter, options: FolderOptions, bar: ProgressBar, print_line: Callable[[str], None]
+    ) -> None:
+        self.inpainter, self.options, self.bar, self.print_line = inpainter, options, bar, print_line
+        self.shared_masks: dict[str, np.ndarray] = {}  # one mask file for all images: decoded once
+        self.batcher = inpainter.batcher(max_waiting=2 * inpainter.batch_size)
+        self.max_ahead = 2 * options.workers + inpainter.batch_size  # decoded images allowed ahead of inference
+        self.decoding: deque[tuple[FileResult, Future]] = deque()
+        self.inferring: list[tuple[Batch[ImageInFlight], Future]] = []
+        self.writing: deque[tuple[FileResult, Future]] = deque()
+
+    def decode_shared_mask(self, masks: Path, todo: list[FileResult]) -> list[FileResult]:
+        """Decode a single mask file once for every image; if it is unusable every image fails."""
+        if not masks.is_file() or not todo:
+            return todo
         try:
-            shared[str(masks)] = read_mask(masks, mask_convention, max_pixels)
+            self.shared_masks[str(masks)] = read_mask(masks, self.options.mask_convention, self.options.max_pixels)
         except InputError as e:
             for r in todo:
                 r.status, r.error = "failed", f"mask {masks}: {e}"
-            say(f"failed: all {len(todo)} images: mask {masks}: {e}")
-            todo = []
+            self.print_line(f"failed: all {len(todo)} images: mask {masks}: {e}")
+            return []
+        return todo
 
-    def decode(r: FileResult) -> tuple[Picture, np.ndarray]:
-        picture = read_image(r.image, max_pixels)
+    def run(self, todo: list[FileResult]) -> bool:
+        """Stream ``todo`` through decode -> infer -> write; True if interrupted (Ctrl-C / SIGTERM)."""
+        decode_pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="pconv-decode")
+        infer_pool = ThreadPoolExecutor(self.inpainter.inflight, thread_name_prefix="pconv-infer")
+        self.write_pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="pconv-write")
+        queue = iter(todo)
         try:
-            hole = shared[r.mask] if r.mask in shared else read_mask(r.mask, mask_convention, max_pixels)
+            while True:
+                while len(self.decoding) < self.max_ahead and (r := next(queue, None)) is not None:
+                    self.decoding.append((r, decode_pool.submit(self.decode, r)))
+                if not self.decoding:
+                    break
+                self.take_decoded(infer_pool)
+                self.collect_batches(block=False)
+                self.collect_writes(block=False)
+            for batch in self.batcher.flush():
+                self.submit_batch(infer_pool, batch)
+            self.collect_batches(block=True)
+            self.collect_writes(block=True)
+            return False
+        except KeyboardInterrupt:
+            for _, fut in self.decoding:
+                fut.cancel()
+            self.collect_writes(block=True)  # writes in flight are atomic and quick: let them land
+            return True
+        finally:
+            decode_pool.shutdown(wait=True, cancel_futures=True)
+            infer_pool.shutdown(wait=True, cancel_futures=True)
+            self.write_pool.shutdown(wait=True)
+
+    def decode(self, r: FileResult) -> ImageInFlight:
+        """In a worker thread: read the image and its mask, check them, plan the tiles."""
+        opts = self.options
+        picture = read_image(r.image, opts.max_pixels)
+        try:
+            hole = self.shared_masks.get(r.mask) if r.mask else None
+            if hole is None:
+                hole = read_mask(r.mask, opts.mask_convention, opts.max_pixels)
         except InputError as e:
             raise InputError(f"mask {r.mask}: {e}") from None
         h, w = picture.pixels.shape[:2]
         if hole.shape != (h, w):
             raise InputError(f"mask {r.mask} is {hole.shape[1]}x{hole.shape[0]} but the image is {w}x{h}")
         if not hole.any():
-            hint = "white" if mask_convention == "hole-white" else "black"
-            raise InputError(f"mask {r.mask} marks no hole ({hint} = hole with --mask-convention {mask_convention})")
-        return picture, hole
+            hint = "white" if opts.mask_convention == "hole-white" else "black"
+            raise InputError(
+                f"mask {r.mask} marks no hole ({hint} = hole with --mask-convention {opts.mask_convention})"
+            )
+        problem = unstorable(r.output, picture.alpha is not None)
+        if problem:
+            raise InputError(problem)
+        job = self.inpainter.plan(picture.pixels, hole)
+        return ImageInFlight(r, picture, job, len(job.tiles))
 
-    def write(item: _Item) -> None:
-        write_png(item.result.output, item.picture.merged(item.job.finish()), item.picture.icc_profile)
+    def take_decoded(self, infer_pool: ThreadPoolExecutor) -> None:
+        """Wait for the oldest decode, queue its tiles for batching, start the batches that are full."""
+        r, fut = self.decoding.popleft()
+        try:
+            item = fut.result()
+        except Exception as e:
+            self.record_failure(r, e)
+            return
+        if item.tiles_left == 0:
+            self.submit_write(item)
+        for tile in item.job.tiles:
+            for batch in self.batcher.add(tile, item):
+                self.submit_batch(infer_pool, batch)
 
-    def fail(r: FileResult, e: BaseException) -> None:
-        r.status = "failed"
-        r.error = str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {first_line(e)}"
-        say(f"failed: {r.image}: {r.error}")
-        bar.advance()
+    def submit_batch(self, infer_pool: ThreadPoolExecutor, batch: Batch[ImageInFlight]) -> None:
+        while len(self.inferring) >= self.inpainter.inflight:  # bounded: wait for one to finish
+            wait([f for _, f in self.inferring], return_when=FIRST_COMPLETED)
+            self.collect_batches(block=False)
+        self.inferring.append((batch, infer_pool.submit(self.inpainter.run_batch, batch.tiles, batch.shape)))
 
-    started = time.monotonic()
-    decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="pconv-decode")
-    write_pool = ThreadPoolExecutor(workers, thread_name_prefix="pconv-write")
-    decoding: deque[tuple[FileResult, Future]] = deque()
-    writing: deque[tuple[FileResult, Future]] = deque()
-    buckets: dict[tuple[int, int], list[tuple[Tile, _Item]]] = defaultdict(list)
-    max_waiting_tiles = 2 * inpainter.batch_size  # tiles held back waiting for a full batch
-    ahead = 2 * workers + inpainter.batch_size  # decoded images allowed ahead of inference
-    queue = iter(todo)
+    def collect_batches(self, block: bool) -> None:
+        """Account finished backend calls; an image whose last tile ran goes to the writers."""
+        if block and self.inferring:
+            wait([f for _, f in self.inferring])
+        for entry in [e for e in self.inferring if e[1].done()]:
+            self.inferring.remove(entry)
+            batch, fut = entry
+            try:
+                fut.result()
+            except Exception as e:  # a backend failure fails these images, not the job
+                error = PConvError(f"inference failed: {type(e).__name__}: {first_line(e)}")
+                for item in set(batch.owners):
+                    if item.result.status == "pending":
+                        self.record_failure(item.result, error)
+                    item.tiles_left = -1
+                continue
+            for item in batch.owners:
+                item.tiles_left -= 1
+                if item.tiles_left == 0:
+                    self.submit_write(item)
 
-    def collect_write(block: bool) -> None:
-        while writing and (block or writing[0][1].done()):
-            r, fut = writing.popleft()
+    def submit_write(self, item: ImageInFlight) -> None:
+        while len(self.writing) >= self.max_ahead:  # bounded: wait for the oldest write
+            wait([self.writing[0][1]])
+            self.collect_writes(block=False)
+        self.writing.append((item.result, self.write_pool.submit(self.write, item)))
+
+    def write(self, item: ImageInFlight) -> None:
+        """In a worker thread: paste the fills, encode, write atomically."""
+        pixels = item.picture.merged(item.job.finish())
+        write_image(item.result.output, pixels, self.options.output, item.picture.icc_profile)
+
+    def collect_writes(self, block: bool) -> None:
+        while self.writing and (block or self.writing[0][1].done()):
+            r, fut = self.writing.popleft()
             try:
                 fut.result()
                 r.status = "ok"
-                bar.advance()
+                self.bar.advance()
             except Exception as e:
-                fail(r, e)
+                self.record_failure(r, e)
 
-    def run_bucket(shape: tuple[int, int], count: int) -> None:
-        batch, buckets[shape] = buckets[shape][:count], buckets[shape][count:]
-        if not buckets[shape]:
-            del buckets[shape]
-        items = {id(it): it for _, it in batch}
-        try:
-            inpainter.run_batch([t for t, _ in batch], shape)
-        except Exception as e:  # a backend failure fails these images, not the job
-            for it in items.values():
-                if it.result.status == "pending":
-                    fail(it.result, PConvError(f"inference failed: {type(e).__name__}: {first_line(e)}"))
-                    it.remaining = -1
-            return
-        for _, it in batch:
-            it.remaining -= 1
-        for it in items.values():
-            if it.remaining == 0:
-                submit_write(it)
+    def record_failure(self, r: FileResult, e: BaseException) -> None:
+        """Mark one file failed with a one-line reason, print it, and count it as done."""
+        r.status = "failed"
+        r.error = str(e) if isinstance(e, PConvError) else f"{type(e).__name__}: {first_line(e)}"
+        self.print_line(f"failed: {r.image}: {r.error}")
+        self.bar.advance()
 
-    def submit_write(it: _Item) -> None:
-        while len(writing) >= ahead:  # bounded: wait for the oldest write
-            wait([writing[0][1]])
-            collect_write(block=False)
-        writing.append((it.result, write_pool.submit(write, it)))
 
-    try:
-        while True:
-            while len(decoding) < ahead and (r := next(queue, None)) is not None:
-                decoding.append((r, decode_pool.submit(decode, r)))
-            if not decoding:
-                break
-            r, fut = decoding.popleft()
-            try:
-                picture, hole = fut.result()
-                job = inpainter.plan(picture.pixels, hole)
-            except Exception as e:
-                fail(r, e)
-                continue
-            item = _Item(r, picture, job, len(job.tiles))
-            for tile in job.tiles:
-                buckets[tile.padded_shape(inpainter.multiple)].append((tile, item))
-            for shape in [s for s, b in buckets.items() if len(b) >= inpainter.batch_size]:
-                while len(buckets.get(shape, ())) >= inpainter.batch_size:
-                    run_bucket(shape, inpainter.batch_size)
-            while sum(len(b) for b in buckets.values()) > max_waiting_tiles:  # many sizes: run partial batches
-                shape = max(buckets, key=lambda s: len(buckets[s]))
-                run_bucket(shape, inpainter.batch_size)
-            collect_write(block=False)
-        while buckets:
-            shape = next(iter(buckets))
-            run_bucket(shape, inpainter.batch_size)
-        collect_write(block=True)
-    except KeyboardInterrupt:
-        report.interrupted = True
-        for _, fut in decoding:
-            fut.cancel()
-        collect_write(block=True)  # writes in flight are atomic and quick: let them land
-    finally:
-        decode_pool.shutdown(wait=True, cancel_futures=True)
-        write_pool.shutdown(wait=True)
-        bar.close()
-    report.seconds = round(time.monotonic() - started, 3)
-    return report
+def peak_memory_bytes() -> int:
+    """Peak resident memory of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def write_report(report: Report, path: str | Path) -> Path:
     """The JSON report, written atomically like the images."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(report.to_json(), f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(report.to_json(), indent=2) + "\n")
