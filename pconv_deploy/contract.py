@@ -30,6 +30,12 @@ METADATA_KEYS = (
     "pconv.producer",
 )
 
+# Keys added after format 1 shipped: written by every export, read with these defaults from older files
+# (which are valid without them), so METADATA_KEYS above stays the set a file must carry.
+METADATA_DEFAULTS = {
+    "pconv.output_activation": "none",  # applied inside the graph; "tanh" for the seed's PUNet
+}
+
 # Model files by suffix.
 ONNX_SUFFIX = ".onnx"
 ENGINE_SUFFIXES = (".engine", ".plan")
@@ -46,7 +52,13 @@ NORMALISATIONS = {
 
 
 def contract_metadata(
-    *, layers: int, width: float, input_norm: str, precision: str, checkpoint_sha256: str | None
+    *,
+    layers: int,
+    width: float,
+    input_norm: str,
+    precision: str,
+    checkpoint_sha256: str | None,
+    output_activation: str = "none",
 ) -> dict[str, str]:
     """The ``metadata_props`` of a model with this architecture (the exporter and the torch backend share it)."""
     from pconv_deploy import __version__
@@ -61,7 +73,13 @@ def contract_metadata(
         "pconv.precision": precision,
         "pconv.checkpoint_sha256": checkpoint_sha256 or "none",
         "pconv.producer": f"pconv-deploy {__version__}",
+        "pconv.output_activation": output_activation,
     }
+
+
+def metadata_value(metadata: dict[str, str], key: str) -> str:
+    """A contract key from a file's metadata, with the default for keys older files lack."""
+    return metadata[key] if key in metadata else METADATA_DEFAULTS[key]
 
 
 def file_sha256(path: str | Path) -> str:

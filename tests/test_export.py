@@ -54,6 +54,7 @@ def test_contract_metadata_and_single_file(fixture, small_checkpoint, request):
         # small_onnx comes from an in-memory model, small_onnx_fp16 from the checkpoint file
         "pconv.checkpoint_sha256": file_sha256(small_checkpoint) if fp16 else "none",
         "pconv.producer": f"pconv-deploy {__version__}",
+        "pconv.output_activation": "none",
     }
     assert model.opset_import[0].version == 20
     # one self-contained file: no external data, nothing else written beside it but the parity JSON

@@ -16,8 +16,9 @@ check (:mod:`pconv_deploy.export.parity`) compares against the original model, n
    In valid pixels nothing changes; hole pixels were ignored by every consumer anyway.
    The last layer's ``* valid`` is observable (an all-hole window outputs 0 before
    de-normalisation) and is the same multiply.
-3. Normalisation, de-normalisation, compositing and the clamp are inside the graph, so
-   callers supply [0, 1] RGB and get [0, 1] RGB with known pixels unchanged.
+3. Normalisation, the configured output activation (``PConvConfig.output_activation``, e.g.
+   tanh for the seed's PUNet), de-normalisation, compositing and the clamp are inside the graph,
+   so callers supply [0, 1] RGB and get [0, 1] RGB with known pixels unchanged.
 
 FP16 (``dtype=torch.float16``): weights are folded in float64 and then cast; features are
 float16; the mask path (counts, ratio, valid) stays float32 because counts reach C_in*k*k,
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pconv_deploy.model.unet import PConvBlock, PConvUNet, run_unet
+from pconv_deploy.model.unet import PConvBlock, PConvUNet, output_activation, run_unet
 
 
 class ExportPConv(nn.Module):
@@ -87,5 +88,5 @@ class ExportNet(nn.Module):
         # Normalise and mask in float32, then switch to the feature dtype.
         x = ((image - self.mean) / self.std * mask).to(self.dtype)
         h = run_unet(self.encoder, self.decoder, x, mask)
-        raw = h.float() * self.std + self.mean
+        raw = output_activation(h.float(), self.config.output_activation) * self.std + self.mean
         return torch.clamp(mask * image + (1 - mask) * raw, 0.0, 1.0)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -26,16 +25,15 @@ from typing import TYPE_CHECKING
 import onnx
 import torch
 
-from pconv_deploy import __version__
-from pconv_deploy.export.checks import ExportError, GraphReport, check_finite, check_graph
+from pconv_deploy.contract import INPUT_NAMES, OUTPUT_NAMES, contract_metadata
+from pconv_deploy.errors import first_line
+from pconv_deploy.export.checks import ExportError, GraphReport, check_finite, check_graph, mask_overhead_limit
 from pconv_deploy.export.graph import ExportNet
+from pconv_deploy.files import atomic_write
 from pconv_deploy.model.unet import PConvConfig, PConvUNet
 
 if TYPE_CHECKING:
     from pconv_deploy.export.parity import ParityReport
-
-FORMAT_VERSION = "1"
-MASK_CONVENTION = "1=known,0=hole"
 
 
 @dataclass
@@ -48,24 +46,14 @@ class ExportResult:
 
 def build_metadata(config: PConvConfig, fp16: bool, checkpoint_sha256: str | None) -> dict[str, str]:
     """The ``metadata_props`` every pconv-deploy ONNX file carries (the runtime and sidecar read these keys)."""
-    return {
-        "pconv.format": FORMAT_VERSION,
-        "pconv.layers": str(config.layers),
-        "pconv.width": str(config.width),
-        "pconv.multiple": str(config.multiple),
-        "pconv.input_norm": config.input_norm,
-        "pconv.mask_convention": MASK_CONVENTION,
-        "pconv.precision": "fp16" if fp16 else "fp32",
-        "pconv.checkpoint_sha256": checkpoint_sha256 or "none",
-        "pconv.producer": f"pconv-deploy {__version__}",
-    }
-
-
-def mask_overhead_limit(width: float) -> float:
-    """1% at the paper's widths (>= 0.5). Feature MACs shrink with width^2 while the one-channel
-    mask count does not (1.4% at width 0.125), so narrow test models get (0.5/width)^2 times that;
-    a naive C_out x C_in mask convolution (+100%) still fails."""
-    return 0.01 * max(1.0, (0.5 / width) ** 2)
+    return contract_metadata(
+        layers=config.layers,
+        width=config.width,
+        input_norm=config.input_norm,
+        precision="fp16" if fp16 else "fp32",
+        checkpoint_sha256=checkpoint_sha256,
+        output_activation=config.output_activation,
+    )
 
 
 def build_onnx(
@@ -80,22 +68,22 @@ def build_onnx(
     example = (torch.rand(2, 3, 2 * mult, 3 * mult), (torch.rand(2, 1, 2 * mult, 3 * mult) > 0.5).float())
     batch, h, w = Dim("batch", min=1, max=4096), Dim("h", min=1, max=256), Dim("w", min=1, max=256)
     dims = {0: batch, 2: mult * h, 3: mult * w}
+    image_name, mask_name = INPUT_NAMES
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
                 net,
                 example,
                 None,
-                input_names=["image", "mask"],
-                output_names=["inpainted"],
-                dynamic_shapes={"image": dims, "mask": dims},
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={image_name: dims, mask_name: dims},
                 opset_version=opset,
                 external_data=False,
                 verbose=False,
             )
     except Exception as e:  # the exporter raises many types; report one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-        raise ExportError(f"torch.onnx.export failed: {first}") from e
+        raise ExportError(f"torch.onnx.export failed: {first_line(e)}") from e
     proto = program.model_proto
     proto.doc_string = "pconv-deploy partial-convolution inpainting; contract: see metadata_props and README"
     del proto.metadata_props[:]
@@ -124,12 +112,8 @@ def write_atomic(proto: onnx.ModelProto, path: str | Path) -> Path:
     """Write one self-contained file via a temp file in the same directory and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path) as tmp:
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -172,14 +156,12 @@ def export_checkpoint(
 
     from pconv_deploy.export.parity import ParityError, default_parity_dir, run_parity
 
-    staged = write_atomic(proto, output.with_name(f".{output.stem}.unchecked.onnx"))
-    try:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    failed = output.with_name(f"{output.stem}.failed.onnx")
+    with atomic_write(output) as staged:  # renamed to ``output`` only if parity passes
+        onnx.save_model(proto, str(staged), save_as_external_data=False)
         report = run_parity(staged, model, save_dir=parity_dir or default_parity_dir(output))
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    if not report.passed:
-        failed = staged.replace(output.with_name(f"{output.stem}.failed.onnx"))
-        raise ParityError(f"{failed}: parity check failed ({report.summary()}); {output} not written", report)
-    staged.replace(output)
+        if not report.passed:
+            staged.replace(failed)
+            raise ParityError(f"{failed}: parity check failed ({report.summary()}); {output} not written", report)
     return ExportResult(output, graph, seconds, report)

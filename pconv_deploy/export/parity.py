@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pconv_deploy.contract import IMAGE, MASK, OUTPUT, metadata_value
 from pconv_deploy.export.checks import ExportError
 
 FP32_ATOL = 1e-4
@@ -106,7 +107,7 @@ def make_feeds(cases: Sequence[ParityCase], multiple: int, seed: int = 0) -> lis
         smooth = np.repeat(np.repeat(coarse, -(-h // 4), axis=2), -(-w // 4), axis=3)[:, :, :h, :w]
         image = np.clip(0.8 * smooth + 0.2 * rng.random((n, 3, h, w), dtype=np.float32), 0, 1)
         mask = np.stack([make_mask(kind, h, w, rng) for kind in case.masks])
-        feeds.append({"image": image.astype(np.float32), "mask": mask})
+        feeds.append({IMAGE: image.astype(np.float32), MASK: mask})
     return feeds
 
 
@@ -128,9 +129,9 @@ def torch_reference(model, feeds: Sequence[dict[str, np.ndarray]], fp64: bool = 
     outputs = []
     with torch.no_grad():
         for feed in feeds:
-            image, mask = torch.from_numpy(feed["image"]).to(dtype), torch.from_numpy(feed["mask"]).to(dtype)
+            image, mask = torch.from_numpy(feed[IMAGE]).to(dtype), torch.from_numpy(feed[MASK]).to(dtype)
             out = torch.clamp(composite(image, mask, model(image, mask)), 0.0, 1.0)
-            outputs.append({"inpainted": out.float().numpy()})
+            outputs.append({OUTPUT: out.float().numpy()})
     return outputs
 
 
@@ -152,7 +153,6 @@ class ParityReport:
     reference: str = "float32"  # dtype of the PyTorch reference run
     inputs_json: Path | None = None
     reference_json: Path | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -215,11 +215,6 @@ def run_parity(
 ) -> ParityReport:
     """Compare ``onnx_path`` under ONNX Runtime (CPU) with ``model`` (a PConvUNet) through Polygraphy."""
     import onnx
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    from polygraphy.comparator import Comparator, RunResults
-    from polygraphy.comparator.compare import PsnrCompareFunc, SimpleCompareFunc
-    from polygraphy.json import save_json
-    from polygraphy.logger import G_LOGGER
 
     from pconv_deploy.export.checks import metadata
 
@@ -230,6 +225,23 @@ def run_parity(
         raise ExportError(f"{onnx_path}: multiple {multiple} in its metadata, the model needs {model.config.multiple}")
     feeds = make_feeds(cases, multiple, seed)
     reference = torch_reference(model, feeds, fp64=fp64_reference)
+    outputs, verdicts = _compare_with_polygraphy(onnx_path, precision, feeds, reference)
+    rows = [
+        _parity_row(case, ref[OUTPUT], got[OUTPUT], bool(verdict[OUTPUT]))
+        for case, ref, got, verdict in zip(cases, reference, outputs, verdicts)
+    ]
+    report = ParityReport(precision, rows, reference="float64" if fp64_reference else "float32")
+    if save_dir is not None:
+        report.inputs_json, report.reference_json = _save_polygraphy_json(Path(save_dir), feeds, reference)
+    return report
+
+
+def _compare_with_polygraphy(onnx_path, precision: str, feeds: list, reference: list) -> tuple[list, list]:
+    """ONNX Runtime outputs per feed and Polygraphy's per-iteration verdicts against ``reference``."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator
+    from polygraphy.comparator.compare import PsnrCompareFunc, SimpleCompareFunc
+    from polygraphy.logger import G_LOGGER
 
     if precision == "fp16":
         compare = PsnrCompareFunc(psnr_threshold=FP16_MIN_PSNR)
@@ -240,36 +252,42 @@ def run_parity(
         results = Comparator.run([runner], data_loader=feeds)
         results.add(reference, runner_name="pytorch")
         accuracy = Comparator.compare_accuracy(results, compare_func=compare)
-    verdicts = accuracy[0][("onnxrt", "pytorch")]
+    return list(results["onnxrt"]), list(accuracy[0][("onnxrt", "pytorch")])
 
-    rows = []
-    for case, ref, got, verdict in zip(cases, reference, results["onnxrt"], verdicts):
-        out, expected = got["inpainted"], ref["inpainted"]
-        finite = bool(np.isfinite(out).all())
-        diff = np.abs(out.astype(np.float64) - expected)
-        mse = float(np.mean(diff**2)) if finite else float("nan")
-        rows.append(
-            ParityRow(
-                case=case.name,
-                shape=tuple(out.shape),
-                masks=case.masks,
-                max_abs_err=float(diff.max()) if finite else float("inf"),
-                psnr=float("inf") if mse == 0 else (10 * np.log10(1.0 / mse) if finite else float("nan")),
-                finite=finite,
-                passed=finite and bool(verdict["inpainted"]),
-            )
-        )
-    report = ParityReport(precision, rows, reference="float64" if fp64_reference else "float32")
-    if save_dir is not None:
-        save_dir = Path(save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
-        report.inputs_json, report.reference_json = save_dir / "inputs.json", save_dir / "reference.json"
-        saved = RunResults()
-        saved.add(reference, runner_name="pytorch")
-        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
-            save_json(feeds, str(report.inputs_json), description="parity inputs")
-            saved.save(str(report.reference_json))
-    return report
+
+def _parity_row(case: ParityCase, expected: np.ndarray, out: np.ndarray, verdict: bool) -> ParityRow:
+    finite = bool(np.isfinite(out).all())
+    diff = np.abs(out.astype(np.float64) - expected)
+    mse = float(np.mean(diff**2)) if finite else float("nan")
+    return ParityRow(
+        case=case.name,
+        shape=tuple(out.shape),
+        masks=case.masks,
+        max_abs_err=float(diff.max()) if finite else float("inf"),
+        psnr=float("inf") if mse == 0 else (10 * np.log10(1.0 / mse) if finite else float("nan")),
+        finite=finite,
+        passed=finite and verdict,
+    )
+
+
+def _save_polygraphy_json(save_dir: Path, feeds: list, reference: list) -> tuple[Path, Path]:
+    """Inputs and PyTorch outputs as Polygraphy JSON (for ``polygraphy run --load-inputs/--load-outputs``)."""
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import save_json
+    from polygraphy.logger import G_LOGGER
+
+    from pconv_deploy.files import atomic_write
+
+    save_dir.mkdir(parents=True, exist_ok=True)
+    inputs_json, reference_json = save_dir / "inputs.json", save_dir / "reference.json"
+    saved = RunResults()
+    saved.add(reference, runner_name="pytorch")
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        with atomic_write(inputs_json) as tmp:
+            save_json(feeds, str(tmp), description="parity inputs")
+        with atomic_write(reference_json) as tmp:
+            saved.save(str(tmp))
+    return inputs_json, reference_json
 
 
 def check_onnx(
@@ -287,8 +305,7 @@ def check_onnx(
     import onnx
 
     from pconv_deploy.contract import file_sha256
-    from pconv_deploy.export.checks import check_contract, check_graph, metadata
-    from pconv_deploy.export.onnx_export import mask_overhead_limit
+    from pconv_deploy.export.checks import check_contract, check_graph, mask_overhead_limit, metadata
     from pconv_deploy.model.checkpoint import default_checkpoint, load_checkpoint
 
     onnx_path = Path(onnx_path)
@@ -311,12 +328,12 @@ def check_onnx(
         )
     model = load_checkpoint(checkpoint)
     cfg = model.config
-    if (meta["pconv.layers"], meta["pconv.width"], meta["pconv.input_norm"]) != (
-        str(cfg.layers),
-        str(cfg.width),
-        cfg.input_norm,
-    ):
-        raise ExportError(f"{onnx_path}: layers/width/input_norm in its metadata differ from {checkpoint}'s config")
+    recorded_cfg = (meta["pconv.layers"], meta["pconv.width"], meta["pconv.input_norm"])
+    recorded_cfg += (metadata_value(meta, "pconv.output_activation"),)
+    if recorded_cfg != (str(cfg.layers), str(cfg.width), cfg.input_norm, cfg.output_activation):
+        raise ExportError(
+            f"{onnx_path}: layers/width/input_norm/output_activation in its metadata differ from {checkpoint}'s config"
+        )
     try:
         check_graph(proto, max_mask_overhead=mask_overhead_limit(cfg.width))
     except ExportError as e:

@@ -13,7 +13,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from pconv_deploy.errors import PConvError
+from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.files import atomic_write
 from pconv_deploy.model.unet import PConvConfig, PConvUNet
 
 FORMAT = "pconv-deploy.checkpoint/1"
@@ -32,14 +33,13 @@ def default_checkpoint() -> Path:
 
 
 def save_checkpoint(model: PConvUNet, path: str | Path, extra: dict[str, str] | None = None) -> Path:
-    """Write weights and BatchNorm statistics plus the config; written to a temp file, then renamed."""
+    """Write weights and BatchNorm statistics plus the config (and ``extra`` header strings) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict()), **(extra or {})}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:  # unique per-process temp name, fsynced, then renamed
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
@@ -76,6 +76,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> PCo
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else "mismatch"
-        raise CheckpointError(f"{path}: tensors do not match the config in its header ({first})") from None
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        detail = lines[-1] if lines else first_line(e)  # torch puts the offending key on the last line
+        raise CheckpointError(f"{path}: tensors do not match the config in its header ({detail})") from None
     return model.to(device).eval()

@@ -9,35 +9,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pconv_deploy.contract import NORMALISATIONS
 from pconv_deploy.model.pconv import PartialConv2d
 
 # Encoder widths and kernels of the paper's 8 levels; 7 levels drop the last one.
 ENCODER_CHANNELS = (64, 128, 256, 512, 512, 512, 512, 512)
 ENCODER_KERNELS = (7, 5, 5, 3, 3, 3, 3, 3)
 
-# mean/std applied inside the model, so callers always supply [0, 1] RGB.
-INPUT_NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "minus_one_one": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
+# What the last layer's output goes through before de-normalisation (e.g. the seed's PUNet ends in tanh).
+OUTPUT_ACTIVATIONS = ("none", "tanh")
 
 
 @dataclass(frozen=True)
 class PConvConfig:
-    """Everything needed to rebuild the architecture; stored in every checkpoint."""
+    """Everything needed to rebuild the architecture; stored in every checkpoint.
+
+    ``input_norm`` names the network's own input space (contract.NORMALISATIONS: "imagenet",
+    "minus_one_one" for [-1, 1], "unit" for [0, 1] as is); ``output_activation`` is applied to the
+    last layer's output in that space, before de-normalisation. Both live inside the model and
+    the exported graph, so callers always supply and receive [0, 1] RGB.
+    """
 
     layers: int = 8
     width: float = 1.0
     input_norm: str = "imagenet"
+    output_activation: str = "none"
 
     def __post_init__(self) -> None:
         if not 2 <= self.layers <= len(ENCODER_CHANNELS):
             raise ValueError(f"layers must be between 2 and {len(ENCODER_CHANNELS)}, got {self.layers}")
         if not 0 < self.width <= 4:
             raise ValueError(f"width must be in (0, 4], got {self.width}")
-        if self.input_norm not in INPUT_NORMS:
-            raise ValueError(f"input_norm must be one of {sorted(INPUT_NORMS)}, got {self.input_norm!r}")
+        if self.input_norm not in NORMALISATIONS:
+            raise ValueError(f"input_norm must be one of {sorted(NORMALISATIONS)}, got {self.input_norm!r}")
+        if self.output_activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(
+                f"output_activation must be one of {list(OUTPUT_ACTIVATIONS)}, got {self.output_activation!r}"
+            )
 
     @property
     def multiple(self) -> int:
@@ -76,9 +84,11 @@ class PConvUNet(nn.Module):
     :func:`composite` for the paper's I_comp.
     """
 
-    def __init__(self, layers: int = 8, width: float = 1.0, input_norm: str = "imagenet") -> None:
+    def __init__(
+        self, layers: int = 8, width: float = 1.0, input_norm: str = "imagenet", output_activation: str = "none"
+    ) -> None:
         super().__init__()
-        self.config = PConvConfig(layers, width, input_norm)
+        self.config = PConvConfig(layers, width, input_norm, output_activation)
         enc = self.config.encoder_channels()
         self.encoder = nn.ModuleList()
         in_ch = 3
@@ -97,7 +107,7 @@ class PConvUNet(nn.Module):
             pconv = PartialConv2d(in_ch + skips[i], out_ch, 3, padding=1, bias=last, mask_groups=(in_ch, skips[i]))
             self.decoder.append(PConvBlock(pconv, bn=not last, act=None if last else nn.LeakyReLU(0.2)))
             in_ch = out_ch
-        mean, std = INPUT_NORMS[input_norm]
+        mean, std = NORMALISATIONS[input_norm]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -121,7 +131,8 @@ class PConvUNet(nn.Module):
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self.check_input(image, mask)
         x = (image - self.mean) / self.std
-        return run_unet(self.encoder, self.decoder, x, mask) * self.std + self.mean
+        raw = output_activation(run_unet(self.encoder, self.decoder, x, mask), self.config.output_activation)
+        return raw * self.std + self.mean
 
     def partial_convs(self) -> list[PartialConv2d]:
         return [b.pconv for b in [*self.encoder, *self.decoder]]
@@ -145,6 +156,11 @@ def run_unet(encoder: nn.ModuleList, decoder: nn.ModuleList, x: torch.Tensor, ma
         m = torch.cat([F.interpolate(m, scale_factor=2.0, mode="nearest"), skip_mask], dim=1)
         h, m = layer(h, m)
     return h
+
+
+def output_activation(x: torch.Tensor, name: str) -> torch.Tensor:
+    """The configured output activation (shared by the model and the export graph)."""
+    return torch.tanh(x) if name == "tanh" else x
 
 
 def composite(image: torch.Tensor, mask: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
