@@ -1,10 +1,21 @@
-"""Backends: one small interface over ONNX Runtime, TensorRT and the PyTorch reference.
+"""Backends: one small interface over ONNX Runtime, TensorRT, the PyTorch reference and remote servers.
 
 A backend runs one padded batch of the model contract (DESIGN.md section 2):
 ``run(image [N,3,H,W] float32 RGB in [0,1], mask [N,1,H,W] float32 1 = known) -> [N,3,H,W]``,
-composited and clamped, with H and W already multiples of ``multiple``. Padding, batching
-and strategies live in :mod:`pconv_deploy.runtime.inpainter`, so a backend stays a thin
-wrapper that a new accelerator can implement in an afternoon.
+composited and clamped, with H and W already multiples of ``multiple``. Padding, batching,
+strategies and the memory budget live in :mod:`pconv_deploy.runtime.inpainter`, so a backend stays
+a thin wrapper that a new accelerator (or a client of a server) can implement in an afternoon:
+
+- ``name`` (str), ``multiple`` (int), ``metadata`` (the model's ``pconv.*`` metadata) and ``run``;
+- optional ``max_batch`` (int): the runtime never sends a larger batch;
+- optional ``bytes_per_pixel`` (int): this process's memory per input pixel of one call (a remote
+  backend holds only the I/O, ~50); without it the runtime estimates it from ``metadata``;
+- ``run`` may be called from several threads at once when the Inpainter's ``inflight`` > 1: only
+  offer that for a backend that is thread-safe (a server client). Local backends run one call at
+  a time (``inflight`` 1), which already uses every core or the whole GPU.
+
+Devices: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` for every backend. A CUDA request never runs
+on the CPU silently: it is checked after the session or engine exists, and refused with a message.
 
 Only the torch backend imports torch, and only when a ``.safetensors`` checkpoint is loaded.
 """
@@ -20,29 +31,49 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from pconv_deploy.contract import (
+    CHECKPOINT_SUFFIX,
+    ENGINE_SUFFIXES,
+    IMAGE,
+    INPUT_NAMES,
+    MASK,
+    ONNX_SUFFIX,
+    OUTPUT,
+    contract_metadata,
+)
 from pconv_deploy.errors import PConvError, first_line
 
 log = logging.getLogger("pconv_deploy.runtime")
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
-ENGINE_SUFFIXES = (".engine", ".plan")
-INPUT_NAMES = ("image", "mask")
-OUTPUT_NAME = "inpainted"
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """What every backend provides. ``max_batch`` (int) is optional: when present the runtime never exceeds it."""
+    """What every backend provides (see the module docstring for the optional attributes)."""
 
-    name: str  # "onnxruntime-cuda", "onnxruntime-cpu", "tensorrt", "torch"
+    name: str  # "onnxruntime-cuda", "onnxruntime-cpu", "tensorrt", "torch", "triton", ...
     multiple: int  # H and W of every batch are multiples of this
     metadata: dict[str, str]  # the model's pconv.* metadata (may be empty for old exports)
 
     def run(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
 
 
+def parse_device(device: str) -> tuple[str, int | None]:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> (kind, GPU index or None)."""
+    m = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", device.strip().lower())
+    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise PConvError(f"unknown device {device!r}: choose auto, cpu, cuda or cuda:N")
+    return m.group(1), None if m.group(2) is None else int(m.group(2))
+
+
 class OnnxRuntimeBackend:
-    """ONNX Runtime with CUDA when it really runs (checked with ``get_providers()``), else CPU."""
+    """ONNX Runtime with CUDA when it really runs (checked with ``get_providers()``), else CPU.
+
+    ``threads``: intra-op threads on the CPU (None: ONNX Runtime's default, one per core). The CPU
+    memory arena is off: with it, a second 12 MP call doubled the process's memory (2.4 -> 5.4 GiB
+    measured with the demo model), and calls of changing sizes kept every peak.
+    """
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -50,12 +81,18 @@ class OnnxRuntimeBackend:
         path = Path(path)
         if not path.is_file():
             raise PConvError(f"{path}: no such ONNX model file")
-        wanted = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            wanted.insert(0, "CUDAExecutionProvider")
+        kind, index = parse_device(device)
+        wanted: list = ["CPUExecutionProvider"]
+        cuda_available = "CUDAExecutionProvider" in ort.get_available_providers()
+        if kind == "cuda" and not cuda_available:
+            raise PConvError(f"{path}: {device} was requested but this ONNX Runtime has no CUDA (onnxruntime-gpu)")
+        if kind == "cuda" or (kind == "auto" and cuda_available):
+            wanted.insert(0, ("CUDAExecutionProvider", {"device_id": index or 0}))
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
         options.log_severity_level = 3  # warnings about unused CUDA libraries are not the user's problem
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
@@ -64,25 +101,38 @@ class OnnxRuntimeBackend:
         # onnxruntime-gpu silently falls back to CPU when CUDA libraries are missing: ask what runs.
         self.provider = self.session.get_providers()[0]
         self.name = "onnxruntime-cuda" if self.provider == "CUDAExecutionProvider" else "onnxruntime-cpu"
-        if device == "cuda" and self.name != "onnxruntime-cuda":
-            raise PConvError(f"{path}: CUDA was requested but ONNX Runtime runs on {self.provider}")
-        inputs = {i.name: i for i in self.session.get_inputs()}
+        if kind == "cuda":
+            self.check_cuda(path, device, index or 0)
+        self.check_io(path)
+        self.path = path
+        self.threads = threads
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        image_input = next(i for i in self.session.get_inputs() if i.name == IMAGE)
+        self.multiple = model_multiple(self.metadata, image_input.shape, path)
+
+    def check_cuda(self, path: Path, device: str, index: int) -> None:
+        """A CUDA request runs on that GPU or not at all (never silently on the CPU)."""
+        if self.name != "onnxruntime-cuda":
+            raise PConvError(f"{path}: {device} was requested but ONNX Runtime runs on {self.provider}")
+        options = self.session.get_provider_options().get("CUDAExecutionProvider", {})
+        if str(options.get("device_id", index)) != str(index):
+            raise PConvError(f"{path}: {device} was requested but ONNX Runtime uses GPU {options.get('device_id')}")
+
+    def check_io(self, path: Path) -> None:
+        inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        if set(INPUT_NAMES) - set(inputs) or OUTPUT_NAME not in outputs:
+        if set(INPUT_NAMES) - set(inputs) or OUTPUT not in outputs:
             raise PConvError(
                 f"{path}: not a pconv model (inputs {sorted(inputs)}, outputs {outputs}; "
-                f"expected inputs {list(INPUT_NAMES)} and output '{OUTPUT_NAME}')"
+                f"expected inputs {list(INPUT_NAMES)} and output '{OUTPUT}')"
             )
-        self.path = path
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.multiple = model_multiple(self.metadata, inputs["image"].shape, path)
 
     @property
     def provider_label(self) -> str:
         return "CUDA" if self.name == "onnxruntime-cuda" else "CPU"
 
     def run(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {"image": image, "mask": mask})[0]
+        return self.session.run([OUTPUT], {IMAGE: image, MASK: mask})[0]
 
 
 class TorchBackend:
@@ -90,28 +140,34 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+    def __init__(self, path: str | Path, device: str = "auto") -> None:
         import torch  # the only torch import in the runtime
 
         from pconv_deploy.contract import file_sha256
         from pconv_deploy.model import composite, load_checkpoint
 
+        kind, index = parse_device(device)
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise PConvError(f"{path}: {device} was requested but this torch has no usable CUDA GPU")
+        if kind == "cuda" and (index or 0) >= torch.cuda.device_count():
+            raise PConvError(f"{path}: {device} was requested but torch sees {torch.cuda.device_count()} GPU(s)")
+        if kind == "auto":
+            kind = "cuda" if torch.cuda.is_available() else "cpu"
         self.torch, self.composite = torch, composite
-        self.device = (
-            "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-        )
+        self.device = kind if index is None else f"{kind}:{index}"
         self.model = model = load_checkpoint(path, device=self.device)
         cfg = model.config
         self.multiple = cfg.multiple
-        self.metadata = {
-            "pconv.layers": str(cfg.layers),
-            "pconv.width": str(cfg.width),
-            "pconv.multiple": str(cfg.multiple),
-            "pconv.input_norm": cfg.input_norm,
-            "pconv.mask_convention": "1=known",
-            "pconv.precision": "fp32",
-            "pconv.checkpoint_sha256": file_sha256(path),
-        }
+        activation = getattr(cfg, "output_activation", "none")
+        extra = {"output_activation": activation} if activation != "none" else {}
+        self.metadata = contract_metadata(
+            layers=cfg.layers,
+            width=cfg.width,
+            input_norm=cfg.input_norm,
+            precision="fp32",
+            checkpoint_sha256=file_sha256(path),
+            **extra,
+        )
 
     def run(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         torch = self.torch
@@ -145,6 +201,7 @@ def load_backend(
     backend: str = "auto",
     device: str = "auto",
     on_fallback: Callable[[str], None] | None = None,
+    threads: int | None = None,
 ) -> Backend:
     """Open ``model_path`` with the requested backend; ``auto`` picks the fastest usable one.
 
@@ -152,60 +209,74 @@ def load_backend(
       the ONNX file named in the engine's sidecar JSON, announced through ``on_fallback``;
     - ``.onnx``: ONNX Runtime, CUDA when the session really runs on it, else CPU;
     - ``.safetensors``: the PyTorch reference (needs torch).
+
+    ``device``: auto | cpu | cuda | cuda:N (a CUDA request is never served by the CPU);
+    ``threads``: ONNX Runtime's CPU threads.
     """
     path = Path(model_path)
-    say = on_fallback or log.warning
     if backend not in BACKENDS:
         raise PConvError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    parse_device(device)
     if not path.exists():
         raise PConvError(f"{path}: no such model file")
     suffix = path.suffix.lower()
     if suffix in ENGINE_SUFFIXES:
-        if backend in ("auto", "tensorrt"):
-            reason = tensorrt_unavailable()
-            if reason is None:
-                from pconv_deploy.runtime.tensorrt_backend import TensorRTBackend
-
-                return TensorRTBackend(path)
-            if backend == "tensorrt":
-                raise PConvError(f"{path}: {reason}")
-            onnx_path = engine_source_onnx(path)
-            backend_ = OnnxRuntimeBackend(onnx_path, device)
-            say(f"TensorRT unavailable ({reason}): using ONNX Runtime {backend_.provider_label} on {onnx_path.name}")
-            return backend_
-        if backend == "onnxruntime":
-            return OnnxRuntimeBackend(engine_source_onnx(path), device)
-        raise PConvError(f"{path}: the torch backend needs a checkpoint (.safetensors), not an engine")
-    if suffix == ".onnx":
+        return load_engine(path, backend, device, on_fallback or log.warning, threads)
+    if suffix == ONNX_SUFFIX:
         if backend in ("auto", "onnxruntime"):
-            return OnnxRuntimeBackend(path, device)
+            return OnnxRuntimeBackend(path, device, threads)
         if backend == "tensorrt":
             raise PConvError(f"{path}: the tensorrt backend needs an engine: build one with `pconv build-engine`")
-        raise PConvError(f"{path}: the torch backend needs a checkpoint (.safetensors), not an ONNX file")
-    if suffix == ".safetensors":
+        raise PConvError(f"{path}: the torch backend needs a checkpoint ({CHECKPOINT_SUFFIX}), not an ONNX file")
+    if suffix == CHECKPOINT_SUFFIX:
         if backend in ("auto", "torch"):
-            try:
-                return TorchBackend(path, device)
-            except ModuleNotFoundError as e:
-                if e.name not in ("torch", "safetensors"):
-                    raise
-                raise PConvError(
-                    f"{path}: a checkpoint needs torch (pip install 'pconv-deploy[torch]'); "
-                    "or export it with `pconv export` and pass the .onnx file"
-                ) from None
+            return load_torch(path, device)
         raise PConvError(f"{path}: the {backend} backend needs an exported model: run `pconv export` first")
     raise PConvError(
-        f"{path}: unknown model type {suffix or '(no suffix)'}: expected .onnx, .engine, .plan or .safetensors"
+        f"{path}: unknown model type {suffix or '(no suffix)'}: expected {ONNX_SUFFIX}, "
+        f"{', '.join(ENGINE_SUFFIXES)} or {CHECKPOINT_SUFFIX}"
     )
+
+
+def load_engine(path: Path, backend: str, device: str, announce: Callable[[str], None], threads: int | None) -> Backend:
+    """A TensorRT engine on its GPU; with ``auto``, its source ONNX on ONNX Runtime when TensorRT cannot run."""
+    kind, index = parse_device(device)
+    if backend == "torch":
+        raise PConvError(f"{path}: the torch backend needs a checkpoint ({CHECKPOINT_SUFFIX}), not an engine")
+    if backend == "onnxruntime":
+        return OnnxRuntimeBackend(engine_source_onnx(path), device, threads)
+    reason = "--device cpu was requested" if kind == "cpu" else tensorrt_unavailable()
+    if reason is None:
+        from pconv_deploy.runtime.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path, device=index or 0)
+    if backend == "tensorrt":
+        raise PConvError(f"{path}: {reason}")
+    onnx_path = engine_source_onnx(path)
+    fallback = OnnxRuntimeBackend(onnx_path, device, threads)
+    announce(f"TensorRT unavailable ({reason}): using ONNX Runtime {fallback.provider_label} on {onnx_path.name}")
+    return fallback
+
+
+def load_torch(path: Path, device: str) -> Backend:
+    try:
+        return TorchBackend(path, device)
+    except ModuleNotFoundError as e:
+        if e.name not in ("torch", "safetensors"):
+            raise
+        raise PConvError(
+            f"{path}: a checkpoint needs torch (pip install 'pconv-deploy[torch]'); "
+            f"or export it with `pconv export` and pass the {ONNX_SUFFIX} file"
+        ) from None
 
 
 def tensorrt_unavailable() -> str | None:
     """None when TensorRT and a CUDA GPU are usable, else a one-line reason."""
     try:
-        from pconv_deploy.runtime.tensorrt_backend import tensorrt_status
+        from pconv_deploy.runtime.tensorrt_backend import tensorrt_readiness
     except ImportError as e:  # the module is optional (and lands with the engines issue)
         return f"TensorRT backend not available: {e}"
-    return tensorrt_status()
+    return None if (readiness := tensorrt_readiness()).usable else readiness.reason
 
 
 def engine_source_onnx(engine: Path) -> Path:

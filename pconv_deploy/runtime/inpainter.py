@@ -28,7 +28,13 @@ import numpy as np
 from pconv_deploy.errors import PConvError
 from pconv_deploy.runtime.backends import Backend, load_backend
 from pconv_deploy.runtime.batching import ShapeBatcher
-from pconv_deploy.runtime.tiles import Job, Tile, align_window, hole_windows, make_tile
+from pconv_deploy.runtime.memory import (
+    activation_bytes_per_pixel,
+    default_memory_limit,
+    format_bytes,
+    inference_budget,
+)
+from pconv_deploy.runtime.tiles import Job, Tile, align_window, hole_windows, make_tile, to_uint8
 
 __all__ = ["STRATEGIES", "Inpainter", "Job", "Tile", "align_window", "hole_windows"]
 
@@ -53,7 +59,9 @@ class Inpainter:
         max_side: int = 1024,
         margin: int = 128,
         inflight: int = 1,
+        memory_limit: int | None | str = "auto",
     ) -> None:
+        """``memory_limit``: bytes for the whole process ("auto": from MemAvailable; None: no limit)."""
         if strategy not in STRATEGIES:
             raise PConvError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
         if batch_size < 1 or max_side < 1 or margin < 0 or inflight < 1:
@@ -67,7 +75,13 @@ class Inpainter:
         self.max_side = max(self.multiple, max_side)
         self.margin = margin
         self.inflight = inflight
-        self.max_batch_pixels: int | None = None  # padded pixels per backend call; None = batch_size only
+        self.bytes_per_pixel = int(
+            getattr(backend, "bytes_per_pixel", 0) or activation_bytes_per_pixel(backend.metadata)
+        )
+        self.memory_limit = default_memory_limit() if memory_limit == "auto" else memory_limit
+        self.inference_budget = inference_budget(self.memory_limit)  # bytes for backend calls, shared by inflight
+        budget = self.inference_budget
+        self.max_batch_pixels = None if budget is None else budget // (self.bytes_per_pixel * inflight)
 
     @classmethod
     def from_path(
@@ -80,9 +94,15 @@ class Inpainter:
         margin: int = 128,
         device: str = "auto",
         inflight: int = 1,
+        memory_limit: int | None | str = "auto",
+        threads: int | None = None,
     ) -> Inpainter:
-        """Load an ONNX model, a TensorRT engine or (with torch installed) a checkpoint."""
-        return cls(load_backend(path, backend, device), batch_size, strategy, max_side, margin, inflight)
+        """Load an ONNX model, a TensorRT engine or (with torch installed) a checkpoint.
+
+        ``device``: auto | cpu | cuda | cuda:N; ``threads``: ONNX Runtime's CPU threads.
+        """
+        runner = load_backend(path, backend, device, threads=threads)
+        return cls(runner, batch_size, strategy, max_side, margin, inflight, memory_limit)
 
     def inpaint(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Fill the holes of each image; returns new uint8 arrays of the same shapes.
@@ -113,7 +133,21 @@ class Inpainter:
         for y0, y1, x0, x1 in windows:
             native = self.strategy == "full" or max(y1 - y0, x1 - x0) <= self.max_side
             job.tiles.append(make_tile(rgb, hole, (y0, y1, x0, x1), None if native else self.max_side))
+        for tile in job.tiles:
+            self.check_fits(tile)
         return job
+
+    def check_fits(self, tile: Tile) -> None:
+        """A tile that alone needs more than the memory budget is refused before anything runs."""
+        ph, pw = tile.padded_shape(self.multiple)
+        if self.max_batch_pixels is None or ph * pw <= self.max_batch_pixels:
+            return
+        per_call = (self.inference_budget or 0) // self.inflight
+        raise PConvError(
+            f"inference at {pw}x{ph} needs about {format_bytes(ph * pw * self.bytes_per_pixel)}, over the "
+            f"{format_bytes(per_call)} one call may use (memory limit {format_bytes(self.memory_limit or 0)}): "
+            "use --strategy crop or resize, or raise --memory-limit"
+        )
 
     def batcher(self, max_waiting: int | None = None) -> ShapeBatcher:
         """The batching rule of this inpainter (batch size, memory budget) for a stream of tiles."""
@@ -148,7 +182,9 @@ class Inpainter:
             raise PConvError(f"backend {self.backend.name} returned shape {out.shape} for input {image.shape}")
         for i, tile in enumerate(tiles):
             h, w = tile.hole.shape
-            tile.result = np.ascontiguousarray(out[i, :, :h, :w].transpose(1, 2, 0))
+            fill = out[i, :, :h, :w].transpose(1, 2, 0)
+            # Native tiles are quantised now (3 bytes a pixel while waiting to be written, not 12).
+            tile.result = np.ascontiguousarray(fill) if tile.resized else to_uint8(fill)
 
 
 def check_image(image: np.ndarray) -> None:

@@ -14,8 +14,6 @@ the others.
 from __future__ import annotations
 
 import json
-import resource
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from pconv_deploy.runtime.batching import Batch
 from pconv_deploy.runtime.images import DEFAULT_MAX_PIXELS, InputError, Picture, read_image, read_mask
 from pconv_deploy.runtime.inpainter import Inpainter, Job
 from pconv_deploy.runtime.inputs import FileResult, pair_files, visible_files
+from pconv_deploy.runtime.memory import peak_rss
 from pconv_deploy.runtime.outputs import OutputSettings, unstorable, write_image
 
 __all__ = ["FileResult", "Report", "pair_files", "run_folder", "visible_files", "write_report"]
@@ -48,7 +47,8 @@ class Report:
     output_format: str = "png"
     seconds: float = 0.0
     peak_memory_bytes: int = 0  # ru_maxrss of this process at the end of the run
-    memory_budget_bytes: int | None = None
+    memory_limit_bytes: int | None = None  # the whole-process limit batches were formed against
+    bytes_per_pixel: int = 0  # the estimated memory of one backend call per input pixel
     interrupted: bool = False
     temps_cleaned: int = 0
     totals: dict[str, int] = field(default_factory=dict)
@@ -115,7 +115,7 @@ def run_folder(
     files = pair_files(images, masks, output, overwrite, options.output.format)
     report = Report(files, strategy=inpainter.strategy, output_format=options.output.format)
     report.backend = inpainter.backend.name
-    report.memory_budget_bytes = getattr(inpainter, "memory_budget", None)
+    report.memory_limit_bytes, report.bytes_per_pixel = inpainter.memory_limit, inpainter.bytes_per_pixel
     report.temps_cleaned = clean_stale_temps(output, targets={Path(r.output).name for r in files if r.output})
     todo = [r for r in report.files if r.status == "pending"]
     started = time.monotonic()
@@ -127,7 +127,7 @@ def run_folder(
         todo = job.decode_shared_mask(masks, todo)
         report.interrupted = job.run(todo)
     report.seconds = round(time.monotonic() - started, 3)
-    report.peak_memory_bytes = peak_memory_bytes()
+    report.peak_memory_bytes = peak_rss()
     return report
 
 
@@ -236,12 +236,14 @@ class FolderRun:
         """Account finished backend calls; an image whose last tile ran goes to the writers."""
         if block and self.inferring:
             wait([f for _, f in self.inferring])
-        for entry in [e for e in self.inferring if e[1].done()]:
-            self.inferring.remove(entry)
-            batch, fut = entry
+        finished = [e for e in self.inferring if e[1].done()]
+        self.inferring = [e for e in self.inferring if all(e is not f for f in finished)]  # by identity: no array ==
+        for batch, fut in finished:
             try:
                 fut.result()
             except Exception as e:  # a backend failure fails these images, not the job
+                if getattr(e, "fatal", False):  # e.g. every Triton server is down: stop, write nothing more
+                    raise
                 error = PConvError(f"inference failed: {type(e).__name__}: {first_line(e)}")
                 for item in set(batch.owners):
                     if item.result.status == "pending":
@@ -280,12 +282,6 @@ class FolderRun:
         r.error = str(e) if isinstance(e, PConvError) else f"{type(e).__name__}: {first_line(e)}"
         self.print_line(f"failed: {r.image}: {r.error}")
         self.bar.advance()
-
-
-def peak_memory_bytes() -> int:
-    """Peak resident memory of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def write_report(report: Report, path: str | Path) -> Path:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
 
 @dataclass
 class Tile:
@@ -20,7 +22,8 @@ class Tile:
     window: tuple[int, int, int, int]  # y0, y1, x0, x1 in the full image
     rgb: np.ndarray  # uint8 h x w x 3 at network scale
     hole: np.ndarray  # bool h x w at network scale
-    result: np.ndarray | None = None  # float32 h x w x 3 in [0, 1], set by run_tiles
+    # Set by run_batch: uint8 h x w x 3 at native scale; float32 in [0, 1] when resized (upscaled in finish).
+    result: np.ndarray | None = None
 
     @property
     def resized(self) -> bool:
@@ -42,8 +45,6 @@ class Job:
 
     def finish(self) -> np.ndarray:
         """A copy of the image with each tile's fill pasted into the hole pixels of its window."""
-        import cv2
-
         out = self.image.copy()
         for tile in self.tiles:
             if tile.result is None:
@@ -51,68 +52,131 @@ class Job:
             y0, y1, x0, x1 = tile.window
             fill = tile.result
             if tile.resized:
-                fill = cv2.resize(fill, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
-            fill = np.clip(np.rint(fill * 255.0), 0, 255).astype(np.uint8)
-            if out.ndim == 2:
-                fill = cv2.cvtColor(fill, cv2.COLOR_RGB2GRAY)
+                fill = to_uint8(resize_float(fill, (y1 - y0, x1 - x0)))
+            if out.ndim == 2:  # grey images get the fill's luma (ITU-R BT.601, as Pillow's "L")
+                fill = to_uint8(fill @ LUMA, scale=1.0)
             hole = self.hole[y0:y1, x0:x1]
             region = out[y0:y1, x0:x1]
             if out.ndim == 2:
                 region[hole] = fill[hole]
             else:  # the alpha channel of RGBA images is kept, not inpainted
                 region[..., :3][hole] = fill[hole]
-            tile.result = None  # free the float buffer early
+            tile.result = None  # free the buffer early
         return out
 
 
+def to_uint8(values: np.ndarray, scale: float = 255.0) -> np.ndarray:
+    """``values * scale`` rounded to nearest, clipped to uint8 ([0, 1] fills by default)."""
+    return np.clip(np.rint(values * np.float32(scale)), 0, 255).astype(np.uint8)
+
+
+def resize_float(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic resize of a float32 HxWxC array to ``size`` (h, w), one channel at a time (Pillow mode F)."""
+    from PIL import Image
+
+    h, w = size
+    channels = [Image.fromarray(np.ascontiguousarray(array[..., c])) for c in range(array.shape[2])]
+    return np.stack([np.asarray(im.resize((w, h), Image.Resampling.BICUBIC)) for im in channels], axis=2)
+
+
 def make_tile(rgb: np.ndarray, hole: np.ndarray, window: tuple[int, int, int, int], max_side: int | None) -> Tile:
-    """The tile for one window; downscaled so its long side is ``max_side`` when that is given."""
-    import cv2
+    """The tile for one window; downscaled (area average) so its long side is ``max_side`` when that is given."""
+    from PIL import Image
 
     y0, y1, x0, x1 = window
     crop_rgb, crop_hole = rgb[y0:y1, x0:x1], hole[y0:y1, x0:x1]
     if max_side is None or max(y1 - y0, x1 - x0) <= max_side:
         return Tile(window, crop_rgb, crop_hole)
     scale = max_side / max(y1 - y0, x1 - x0)
-    size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))  # cv2 takes (w, h)
-    small_rgb = cv2.resize(crop_rgb, size, interpolation=cv2.INTER_AREA)
+    size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))  # Pillow takes (w, h)
+    small_rgb = np.asarray(Image.fromarray(np.ascontiguousarray(crop_rgb)).resize(size, Image.Resampling.BOX))
     # A small pixel is a hole if any of the pixels it covers is: the fill then covers every hole pixel.
-    small_hole = cv2.resize(crop_hole.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
-    return Tile(window, small_rgb, small_hole)
+    hole_share = Image.fromarray(crop_hole.astype(np.float32)).resize(size, Image.Resampling.BOX)
+    return Tile(window, small_rgb, np.asarray(hole_share) > 0)
 
 
 def hole_windows(hole: np.ndarray, margin: int, multiple: int) -> list[tuple[int, int, int, int]]:
     """Disjoint windows covering every hole with context, aligned to ``multiple`` where the image allows.
 
-    Holes closer than about twice the margin share a window. Each window gets the margin, or half
-    the hole's long side when that is larger, on every side.
+    Each hole (8-connected component) gets the margin, or half its long side when that is larger,
+    on every side (clipped to the image); holes whose context boxes overlap or touch share a window.
     """
-    import cv2
-
     h, w = hole.shape
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(hole.astype(np.uint8), connectivity=8)
-    cluster = np.arange(count)
-    if margin > 0 and count > 2:  # holes whose margins touch form one cluster
-        k = 2 * margin + 1
-        grown = cv2.dilate(hole.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
-        _, grown_labels = cv2.connectedComponents(grown, connectivity=8)
-        _, first = np.unique(labels.ravel(), return_index=True)  # one pixel of each hole component
-        cluster = grown_labels.ravel()[first]
-    union: dict[int, list[int]] = {}
-    for i in range(1, count):
-        x, y, bw, bh, _ = stats[i]
-        box = union.setdefault(int(cluster[i]), [y, y + bh, x, x + bw])
-        box[:] = [min(box[0], y), max(box[1], y + bh), min(box[2], x), max(box[3], x + bw)]
     boxes = []
-    for y0, y1, x0, x1 in union.values():
+    for y0, y1, x0, x1 in component_boxes(hole):
         extra = max(margin, max(y1 - y0, x1 - x0) // 2)
         boxes.append((max(0, y0 - extra), min(h, y1 + extra), max(0, x0 - extra), min(w, x1 + extra)))
+    boxes = union_of_boxes(boxes, h, w)
     while True:
         aligned = [align_window(b, h, w, multiple) for b in merge_overlapping(boxes)]
         merged = merge_overlapping(aligned)
         if len(merged) == len(aligned):
             return sorted(aligned)
         boxes = merged
+
+
+def union_of_boxes(boxes: list[tuple[int, int, int, int]], h: int, w: int, cell: int = 8) -> list[tuple[int, ...]]:
+    """Bounding boxes of the connected regions the boxes cover, on a grid of ``cell`` px (rounded outward).
+
+    Thousands of small holes (a noisy mask) become a few boxes in one pass over a small raster,
+    instead of a quadratic pairwise merge.
+    """
+    if len(boxes) <= 1:
+        return list(boxes)
+    gh, gw = -(-h // cell), -(-w // cell)
+    b = np.array(boxes)
+    y0, y1, x0, x1 = b[:, 0] // cell, -(-b[:, 1] // cell), b[:, 2] // cell, -(-b[:, 3] // cell)
+    corners = np.zeros((gh + 1, gw + 1), np.int32)  # 2-D difference array: +1/-1 at the box corners
+    np.add.at(corners, (y0, x0), 1)
+    np.add.at(corners, (y0, x1), -1)
+    np.add.at(corners, (y1, x0), -1)
+    np.add.at(corners, (y1, x1), 1)
+    covered = corners.cumsum(0).cumsum(1)[:gh, :gw] > 0
+    return [(a * cell, min(h, z * cell), c * cell, min(w, d * cell)) for a, z, c, d in component_boxes(covered)]
+
+
+def component_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes (y0, y1, x0, x1) of the 8-connected components of a bool mask, in numpy.
+
+    Works on runs of True per row: runs in adjacent rows that overlap or touch diagonally are joined
+    (vectorised union-find by hooking and pointer jumping).
+    """
+    h, w = mask.shape
+    edges = np.diff(np.pad(mask.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    rows, starts = np.nonzero(edges == 1)
+    _, ends = np.nonzero(edges == -1)  # exclusive; row-major order pairs them with the starts
+    n = len(rows)
+    if n == 0:
+        return []
+    # Run b (row y+1) touches run a (row y) when a.start <= b.end and b.start <= a.end (8-connectivity).
+    stride = w + 2
+    start_key, end_key = rows * stride + starts, rows * stride + ends
+    below = rows > 0
+    b_idx = np.nonzero(below)[0]
+    lo = np.searchsorted(end_key, (rows[b_idx] - 1) * stride + starts[b_idx], "left")
+    hi = np.searchsorted(start_key, (rows[b_idx] - 1) * stride + ends[b_idx], "right")
+    counts = np.maximum(hi - lo, 0)
+    src = np.repeat(b_idx, counts)
+    dst = np.repeat(lo, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    parent = np.arange(n)
+    while len(src):
+        ps, pd = parent[src], parent[dst]
+        differ = ps != pd
+        if not differ.any():
+            break
+        np.minimum.at(parent, np.maximum(ps, pd)[differ], np.minimum(ps, pd)[differ])
+        while not np.array_equal(jumped := parent[parent], parent):
+            parent = jumped
+    roots, label = np.unique(parent, return_inverse=True)
+    y0 = np.full(len(roots), h)
+    x0 = np.full(len(roots), w)
+    y1 = np.zeros(len(roots), np.int64)
+    x1 = np.zeros(len(roots), np.int64)
+    np.minimum.at(y0, label, rows)
+    np.maximum.at(y1, label, rows + 1)
+    np.minimum.at(x0, label, starts)
+    np.maximum.at(x1, label, ends)
+    return [(int(a), int(b), int(c), int(d)) for a, b, c, d in zip(y0, y1, x0, x1)]
 
 
 def merge_overlapping(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
