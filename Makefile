@@ -5,12 +5,23 @@ BIN := $(VENV)/bin
 # torch==2.13.0 is pinned first so that pip takes the local CPU wheel; see README for CUDA builds.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean serve-env
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+# `pconv serve` runs Triton (PyTriton, numpy<2) in a second venv without torch; built with the main one.
+SERVE_VENV := .venv-serve
+
+$(SERVE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/pip install -q -e '.[serve]'
+	touch $@
+
+serve-env: $(SERVE_VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate $(SERVE_VENV)/.installed
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e '.[dev]'
@@ -28,4 +39,4 @@ test: $(VENV)/.installed lint
 	$(BIN)/pytest -q -rs
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) $(SERVE_VENV) demo-out

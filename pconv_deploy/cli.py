@@ -287,6 +287,9 @@ def infer(
     overwrite: Annotated[bool, typer.Option(help="Redo images whose output exists (default: skip them).")] = False,
     report: Annotated[Path | None, typer.Option(help="Write a JSON report with every file's status.")] = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this.")] = 60_000_000,
+    server: Annotated[list[str] | None, typer.Option(help="Triton http://HOST:PORT | grpc://HOST:PORT; repeat")] = None,
+    server_model: Annotated[str, typer.Option(help="Model name on the --server(s).")] = "pconv",
+    inflight: Annotated[int | None, typer.Option(min=1, help="Batches at once [default: 1, 2 per --server].")] = None,
 ) -> None:
     """Inpaint a folder of images: one line per failed file, exit 1 if any failed, 130 if interrupted."""
     import signal
@@ -294,11 +297,13 @@ def infer(
     from pconv_deploy.runtime import Inpainter, load_backend
     from pconv_deploy.runtime.pipeline import run_folder, visible_files, write_report
 
-    if model is None:
+    if server and model is not None:
+        fail("--model and --server exclude each other: the servers hold the model", 2)
+    if model is None and not server:
         from pconv_deploy.model.checkpoint import default_checkpoint
 
         model = default_checkpoint()
-    for path, name in ((images, "--images"), (masks, "--masks"), (model, "--model")):
+    for path, name in ((images, "--images"), (masks, "--masks"), *([(model, "--model")] if model else [])):
         if not path.exists():
             fail(f"{name} {path}: no such file or folder", 2)
     if output.exists() and not output.is_dir():
@@ -306,12 +311,16 @@ def infer(
     if images.is_dir() and not visible_files(images):
         fail(f"--images {images}: no files to inpaint", 2)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
-    runner = load_backend(model, backend.value, on_fallback=lambda message: typer.echo(message, err=True))
-    inpainter = Inpainter(runner, batch_size, strategy.value, max_side)
+    if server:
+        runner = remote_runner(server, server_model)
+    else:
+        runner = load_backend(model, backend.value, on_fallback=lambda message: typer.echo(message, err=True))
+    inflight = inflight or (2 * len(server) if server else 1)
+    inpainter = Inpainter(runner, batch_size, strategy.value, max_side, inflight=inflight)
     result = run_folder(
         inpainter, images, masks, output, mask_convention.value, workers, overwrite, max_pixels, progress=True
     )
-    result.model = str(model)
+    result.model = str(model) if model else " ".join(server)
     if report is not None:
         write_report(result, report)
     ok, skipped, failed = (result.count(s) for s in ("ok", "skipped", "failed"))
@@ -322,6 +331,13 @@ def infer(
         fail(f"interrupted: {result.count('pending')} images not done; run the same command again to finish", 130)
     if failed:
         raise typer.Exit(1)
+
+
+def remote_runner(servers: list[str], model_name: str) -> object:
+    """The backend for `infer --server`: batches go to the Triton servers (thread-safe, retried across them)."""
+    from pconv_deploy.runtime.remote import TritonBackend
+
+    return TritonBackend(servers, model_name)
 
 
 @app.command("triton-repo")
@@ -341,6 +357,30 @@ def triton_repo(
     kind = "KIND_CPU" if cpu else "KIND_GPU"
     target = write_triton_repo(model, repo, name, version, max_batch_size, instances, kind, overwrite)
     typer.echo(f"wrote {target}/config.pbtxt and {target}/{version}/")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="Model to serve: .onnx, or a TensorRT .engine/.plan with its sidecar.")],
+    http_port: Annotated[int, typer.Option(min=1, max=65535, help="KServe v2 HTTP/REST port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(min=1, max=65535, help="KServe v2 gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(min=1, max=65535, help="Prometheus metrics port.")] = 8002,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")] = (
+        "127.0.0.1"
+    ),
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Largest batch Triton's dynamic batcher forms.")] = 8,
+    name: Annotated[str, typer.Option(help="Model name clients ask for.")] = "pconv",
+    instances: Annotated[int, typer.Option(min=1, help="Model instances (batches run at once).")] = 1,
+) -> None:
+    """Serve a model on a Triton Inference Server (PyTriton, in .venv-serve) until Ctrl-C or SIGTERM."""
+    from pconv_deploy.serve.launcher import run_server
+
+    code = run_server(
+        model, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host=host,
+        max_batch_size=max_batch_size, name=name, instances=instances,
+    )  # fmt: skip
+    if code:
+        raise typer.Exit(code)
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -1,0 +1,287 @@
+"""A backend that runs batches on Triton Inference Servers (``pconv serve``, or Triton on a ``pconv triton-repo``).
+
+``TritonBackend(["http://a:8000", "grpc://b:8001"]).run(image, mask)`` sends the padded contract
+batch to one server and returns its ``inpainted`` tensor, so the Inpainter and the folder pipeline
+run unchanged on top of it. Several threads may call ``run`` at once: each request goes to the
+server with the fewest requests in flight; a request that fails is retried on the next server,
+and a failing server rests for a while (doubling, up to a limit) before it gets traffic again.
+When a request has failed on every server, :class:`ServersUnavailable` (one line naming each server
+and its error) stops the job: nothing more is sent, nothing half-written is left.
+
+The model contract comes from the server: input/output names, dtypes and dims are checked against
+the model config, and ``pconv.multiple`` and the other ``pconv.*`` metadata are read from its
+``parameters`` (``pconv serve`` and ``pconv triton-repo`` both put them there). Every server must
+serve the same model (same ``pconv.*`` metadata).
+
+Needs ``tritonclient[http,grpc]`` (the ``client`` extra); imported when a backend is made.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from pconv_deploy.contract import CHANNELS, IMAGE, INPUT_NAMES, MASK, METADATA_KEYS, OUTPUT
+from pconv_deploy.errors import PConvError, first_line
+
+SCHEMES = ("http", "grpc")
+REST_SECONDS = (1.0, 30.0)  # a failed server rests this long first, doubling per failure up to the second value
+
+
+class ServersUnavailable(PConvError):
+    """Every server failed one request: the job cannot go on (the pipeline stops instead of failing each file)."""
+
+    fatal = True
+
+
+def parse_server(url: str) -> tuple[str, str]:
+    """``http://host:port`` / ``grpc://host:port`` -> (scheme, ``host:port``); the scheme picks the protocol."""
+    parts = urlsplit(url if "://" in url else f"//{url}")
+    scheme = parts.scheme or "http"
+    if scheme not in SCHEMES:
+        raise PConvError(f"--server {url}: unknown scheme {scheme!r}: use http://HOST:PORT or grpc://HOST:PORT")
+    if not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise PConvError(f"--server {url}: expected {scheme}://HOST:PORT")
+    try:
+        port = parts.port or (8000 if scheme == "http" else 8001)
+    except ValueError:
+        raise PConvError(f"--server {url}: invalid port") from None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return scheme, f"{host}:{port}"
+
+
+def error_line(e: BaseException) -> str:
+    """One line for a failed request: the served function's own error when Triton wraps a traceback around it."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for line in reversed(lines[1:]):
+        if re.match(r"[\w.]+(Error|Exception): ", line) and "Traceback" not in line:
+            return line
+    return f"{type(e).__name__}: {first_line(e)}"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What a server's model config promises: checked against the contract by :func:`check_config`."""
+
+    multiple: int
+    max_batch: int  # 0: no batching by Triton (the batch dim is in dims), any N accepted
+    metadata: dict[str, str]
+
+
+def config_dims(tensor: dict) -> list[int]:
+    return [int(d) for d in tensor.get("dims", [])]  # gRPC's JSON spells int64 as strings
+
+
+def check_config(config: dict, where: str) -> ServedModel:
+    """Check a model config (Triton's JSON form) against the contract; one-line PConvError naming ``where``."""
+    max_batch = int(config.get("max_batch_size", 0))
+    lead = [] if max_batch > 0 else [-1]
+    expected = {name: (lead + [CHANNELS[name], -1, -1]) for name in (*INPUT_NAMES, OUTPUT)}
+    found = {t.get("name"): t for t in [*config.get("input", []), *config.get("output", [])]}
+    for name, dims in expected.items():
+        tensor = found.get(name)
+        if tensor is None:
+            raise PConvError(f"{where}: the model has no tensor {name!r} (has {sorted(found)}): not a pconv model")
+        if tensor.get("data_type") != "TYPE_FP32" or config_dims(tensor) != dims:
+            raise PConvError(
+                f"{where}: tensor {name!r} is {tensor.get('data_type')} {config_dims(tensor)}, "
+                f"the contract needs TYPE_FP32 {dims}"
+            )
+    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items() if k.startswith("pconv.")}
+    try:
+        multiple = int(params.get("pconv.multiple", ""))
+    except ValueError:
+        multiple = 0
+    if multiple < 1:
+        raise PConvError(f"{where}: no valid pconv.multiple in the model config parameters (serve a pconv model)")
+    return ServedModel(multiple, max_batch, params)
+
+
+@dataclass
+class Server:
+    url: str
+    scheme: str
+    address: str
+    inflight: int = 0
+    failures: int = 0
+    resting_until: float = 0.0
+    model: ServedModel | None = None  # set once its config was read and checked
+    last_error: str = ""
+    clients: threading.local = field(default_factory=threading.local)  # one client per thread and server
+
+    def rest(self, error: str) -> None:
+        self.failures += 1
+        self.last_error = error
+        self.resting_until = time.monotonic() + min(REST_SECONDS[0] * 2 ** (self.failures - 1), REST_SECONDS[1])
+
+
+class TritonBackend:
+    """The runtime backend interface (name, multiple, metadata, max_batch, run) over one or more Triton servers."""
+
+    def __init__(self, urls: Sequence[str], model_name: str = "pconv", timeout: float = 120.0) -> None:
+        import tritonclient.grpc  # noqa: F401  (fail here, with the extra's name, not in a worker thread)
+        import tritonclient.http  # noqa: F401
+
+        if not urls:
+            raise PConvError("no --server given")
+        self.model_name = model_name
+        self.timeout = timeout
+        self.servers = [Server(url, *parse_server(url)) for url in dict.fromkeys(urls)]
+        self.lock = threading.Lock()
+        self.opened: list[object] = []  # every client made, closed by close()
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            found = list(pool.map(self.describe, self.servers))
+        reachable = [(s, m) for s, m in zip(self.servers, found) if m is not None]
+        if not reachable:
+            raise ServersUnavailable(self.all_failed_message("no server answered"))
+        first, model = reachable[0]
+        for server, other in reachable[1:]:
+            self.check_same(server, other, first, model)
+        self.reference, self.served = first, model
+        self.multiple = model.multiple
+        self.metadata = dict(model.metadata)
+        self.max_batch = model.max_batch or None
+        self.name = f"triton ({len(reachable)}/{len(self.servers)} servers)"
+
+    # -- talking to one server ---------------------------------------------------------------------------------
+    def client(self, server: Server) -> object:
+        client = getattr(server.clients, "client", None)
+        if client is None:
+            if server.scheme == "http":
+                import tritonclient.http as http
+
+                client = http.InferenceServerClient(
+                    server.address, connection_timeout=min(10.0, self.timeout), network_timeout=self.timeout
+                )
+            else:
+                import tritonclient.grpc as grpc
+
+                client = grpc.InferenceServerClient(server.address)
+            server.clients.client = client
+            with self.lock:
+                self.opened.append(client)
+        return client
+
+    def describe(self, server: Server) -> ServedModel | None:
+        """Read and check ``server``'s model config; None (and the server rests) when it does not answer."""
+        try:
+            client = self.client(server)
+            if server.scheme == "http":
+                config = client.get_model_config(self.model_name)
+            else:
+                config = client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout)["config"]
+        except Exception as e:  # connection refused, timeouts, unknown model: all mean "not usable now"
+            server.rest(error_line(e))
+            return None
+        server.model = check_config(config, f"{server.url} model {self.model_name!r}")
+        return server.model
+
+    def check_same(self, server: Server, model: ServedModel, first: Server, reference: ServedModel) -> None:
+        keys = [k for k in METADATA_KEYS if k != "pconv.producer"]
+        differs = [k for k in keys if model.metadata.get(k) != reference.metadata.get(k)]
+        if differs or model.max_batch != reference.max_batch:
+            what = ", ".join(differs) or "max_batch_size"
+            raise PConvError(f"{server.url} serves a different model than {first.url} ({what} differ)")
+
+    def request(self, server: Server, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One inference on one server (raises whatever tritonclient raises)."""
+        if server.model is None:  # it was down when we started: check what it serves before using it
+            if self.describe(server) is None:
+                raise ConnectionError(server.last_error)
+            self.check_same(server, server.model, self.reference, self.served)
+        client = self.client(server)
+        inputs, outputs = self.request_tensors(server.scheme, image, mask)
+        if server.scheme == "http":
+            result = client.infer(self.model_name, inputs, outputs=outputs)  # network_timeout bounds it
+        else:
+            result = client.infer(self.model_name, inputs, outputs=outputs, client_timeout=self.timeout)
+        out = result.as_numpy(OUTPUT)
+        if out is None or out.shape != image.shape or out.dtype != np.float32:
+            got = None if out is None else f"{out.dtype} {list(out.shape)}"
+            raise PConvError(f"{server.url}: returned {got} for input {list(image.shape)}")
+        return out
+
+    @staticmethod
+    def request_tensors(scheme: str, image: np.ndarray, mask: np.ndarray) -> tuple[list, list]:
+        """The request's InferInput/InferRequestedOutput objects (binary tensors): contract names, FP32, NCHW."""
+        if scheme == "http":
+            import tritonclient.http as lib
+
+            def add(name: str, array: np.ndarray) -> object:
+                tensor = lib.InferInput(name, list(array.shape), "FP32")
+                tensor.set_data_from_numpy(array, binary_data=True)
+                return tensor
+
+            outputs = [lib.InferRequestedOutput(OUTPUT, binary_data=True)]
+        else:
+            import tritonclient.grpc as lib
+
+            def add(name: str, array: np.ndarray) -> object:
+                tensor = lib.InferInput(name, list(array.shape), "FP32")
+                tensor.set_data_from_numpy(array)
+                return tensor
+
+            outputs = [lib.InferRequestedOutput(OUTPUT)]
+        return [add(IMAGE, image), add(MASK, mask)], outputs
+
+    # -- the backend interface ---------------------------------------------------------------------------------
+    def run(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Run one padded batch on the least busy server, retrying on the others; thread-safe."""
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        mask = np.ascontiguousarray(mask, dtype=np.float32)
+        if image.shape[2] % self.multiple or image.shape[3] % self.multiple:
+            raise PConvError(f"batch {list(image.shape)}: H and W must be multiples of {self.multiple}")
+        tried: set[int] = set()
+        while (server := self.pick(tried)) is not None:
+            try:
+                out = self.request(server, image, mask)
+            except Exception as e:
+                if isinstance(e, PConvError) and not isinstance(e, ServersUnavailable) and server.model is not None:
+                    self.release(server, None)
+                    raise  # a wrong answer or a different model: not the network's fault
+                self.release(server, error_line(e))
+                continue
+            self.release(server, None)
+            return out
+        raise ServersUnavailable(self.all_failed_message(f"a batch {list(image.shape)} failed on every server"))
+
+    def pick(self, tried: set[int]) -> Server | None:
+        """The server for the next attempt: not tried yet for this batch, awake before resting, fewest in flight."""
+        now = time.monotonic()
+        with self.lock:
+            options = [(s.resting_until > now, s.inflight, i) for i, s in enumerate(self.servers) if i not in tried]
+            if not options:
+                return None
+            _, _, index = min(options)
+            tried.add(index)
+            server = self.servers[index]
+            server.inflight += 1
+            return server
+
+    def release(self, server: Server, error: str | None) -> None:
+        with self.lock:
+            server.inflight -= 1
+            if error is None:
+                server.failures, server.resting_until = 0, 0.0
+            else:
+                server.rest(error)
+
+    def all_failed_message(self, what: str) -> str:
+        details = "; ".join(f"{s.url}: {s.last_error or 'not tried'}" for s in self.servers)
+        return f"Triton servers unavailable ({what}): {details}"
+
+    def close(self) -> None:
+        with self.lock:
+            clients, self.opened = self.opened, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # closing a client of a dead server may fail: nothing to do about it
+                pass

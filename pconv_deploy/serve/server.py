@@ -1,0 +1,202 @@
+"""The process behind `pconv serve`: a real Triton Inference Server (PyTriton) in front of the runtime.
+
+Runs in the serve environment (``.venv-serve``: numpy<2, onnxruntime, nvidia-pytriton, this package
+without torch), started by :mod:`pconv_deploy.serve.launcher`. It serves the model contract exactly
+as an exported ONNX file does in a ``pconv triton-repo`` repository: inputs ``image`` [N,3,H,W] and
+``mask`` [N,1,H,W] float32, output ``inpainted`` [N,3,H,W] float32, H and W multiples of
+``pconv.multiple`` (the caller pads; see docs/contract.md), the ``pconv.*`` metadata as model config
+``parameters``, dynamic batching up to ``max_batch_size``.
+
+    python -m pconv_deploy.serve.server --model model.onnx --host 127.0.0.1 --http-port 8000 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import sys
+import sysconfig
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pconv_deploy.contract import CHANNELS, IMAGE, MASK, OUTPUT
+from pconv_deploy.errors import PConvError, first_line
+
+log = logging.getLogger("pconv_deploy.serve")
+
+READY_MARK = "pconv serve: ready"  # the launcher and the tests wait for this line
+
+
+@dataclass
+class ServeOptions:
+    model: Path
+    name: str = "pconv"
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch_size: int = 8
+    queue_delay_us: int = 2000
+    instances: int = 1
+
+
+def check_batch(image: np.ndarray, mask: np.ndarray, multiple: int) -> str | None:
+    """Why a batch breaks the contract (one line), or None: the server refuses it before the model sees it."""
+    for name, array, channels in ((IMAGE, image, CHANNELS[IMAGE]), (MASK, mask, CHANNELS[MASK])):
+        if array.dtype != np.float32 or array.ndim != 4 or array.shape[1] != channels:
+            return f"{name} must be float32 [N,{channels},H,W], got {array.dtype} {list(array.shape)}"
+    if image.shape[0] != mask.shape[0] or image.shape[2:] != mask.shape[2:]:
+        return f"{IMAGE} {list(image.shape)} and {MASK} {list(mask.shape)} differ in N, H or W"
+    h, w = image.shape[2:]
+    if h % multiple or w % multiple:
+        return f"H and W must be multiples of {multiple} (pconv.multiple), got {h}x{w}: pad first (docs/contract.md)"
+    return None
+
+
+def make_infer(run: Callable[[np.ndarray, np.ndarray], np.ndarray], multiple: int) -> Callable:
+    """The served function: one dynamic batch (requests of equal H, W stacked by Triton) through the backend."""
+    from pytriton.decorators import batch
+    from pytriton.exceptions import PyTritonBadParameterError
+
+    @batch
+    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+        image, mask = inputs[IMAGE], inputs[MASK]
+        problem = check_batch(image, mask, multiple)
+        if problem:
+            raise PyTritonBadParameterError(problem)
+        return {OUTPUT: np.ascontiguousarray(run(image, mask), dtype=np.float32)}
+
+    return infer
+
+
+def add_parameters(triton: object, name: str, parameters: dict[str, str]) -> None:
+    """Put the ``pconv.*`` metadata into the served model's config ``parameters`` (as triton-repo does).
+
+    PyTriton 0.7.0 has no public hook for config parameters: its model config (generated once and
+    cached) carries ``backend_parameters`` into ``parameters``, so ours are added there before load.
+    tests/test_serve.py reads them back from the running server.
+    """
+    models = [m for m in triton._model_manager.models if m.model_name == name]  # noqa: SLF001
+    if len(models) != 1:
+        raise PConvError(f"internal: PyTriton has {len(models)} models named {name!r}")
+    models[0]._get_triton_model_config().backend_parameters.update(parameters)  # noqa: SLF001
+
+
+def python_backend_env() -> None:
+    """Let Triton's Python backend stub load this interpreter's libpython, not the system's (DESIGN.md 10).
+
+    The stub links ``libpython3.X.so.1.0``; with a non-system interpreter the system copy loads and
+    model load fails (``'_thread.RLock' object has no attribute '_recursion_count'``). The
+    environment is inherited by tritonserver and the stub it starts.
+    """
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and Path(libdir, sysconfig.get_config_var("INSTSONAME") or "").is_file():
+        current = os.environ.get("LD_LIBRARY_PATH", "")
+        if libdir not in current.split(":"):
+            os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}" if current else libdir
+
+
+def die_with_parent() -> None:
+    """Linux: SIGTERM this process when the launcher dies (even by SIGKILL), so no server outlives it."""
+    libc_name = ctypes.util.find_library("c")
+    if sys.platform.startswith("linux") and libc_name:
+        ctypes.CDLL(libc_name, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent is already gone
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def serve(options: ServeOptions, say: Callable[[str], None] = print) -> None:
+    """Load the model, start Triton on ``options``' ports and serve until SIGINT/SIGTERM, then stop it."""
+    from pconv_deploy.runtime.backends import load_backend
+
+    backend = load_backend(options.model, "auto", on_fallback=say)
+    metadata = dict(backend.metadata)
+    metadata.setdefault("pconv.multiple", str(backend.multiple))
+    python_backend_env()
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    config = TritonConfig(
+        http_address=options.host, http_port=options.http_port,
+        grpc_address=options.host, grpc_port=options.grpc_port,
+        metrics_address=options.host, metrics_port=options.metrics_port,
+        allow_gpu_metrics=False, exit_timeout_secs=5, log_verbose=0,
+    )  # fmt: skip
+    model_config = ModelConfig(
+        max_batch_size=options.max_batch_size,
+        batcher=DynamicBatcher(
+            max_queue_delay_microseconds=options.queue_delay_us,
+            preferred_batch_size=sorted({max(1, options.max_batch_size // 2), options.max_batch_size}),
+        ),
+    )
+    tensors = {n: Tensor(name=n, dtype=np.float32, shape=(CHANNELS[n], -1, -1)) for n in (IMAGE, MASK, OUTPUT)}
+    infer = make_infer(backend.run, backend.multiple)
+    triton = Triton(config=config)
+    try:
+        triton.bind(
+            model_name=options.name,
+            infer_func=[infer] * options.instances,
+            inputs=[tensors[IMAGE], tensors[MASK]],
+            outputs=[tensors[OUTPUT]],
+            config=model_config,
+            strict=True,
+        )
+        add_parameters(triton, options.name, metadata)
+        triton.run()  # starts tritonserver, loads the model, waits until it is ready
+        where = f"http://{options.host}:{options.http_port} grpc://{options.host}:{options.grpc_port}"
+        say(f"{READY_MARK}: model {options.name!r} ({options.model.name}, {backend.name}) at {where}, "
+            f"metrics http://{options.host}:{options.metrics_port}/metrics; Ctrl-C or SIGTERM stops it")  # fmt: skip
+        while triton.is_alive():  # KeyboardInterrupt (SIGINT, or SIGTERM via main) ends the wait
+            time.sleep(0.5)
+        raise PConvError("tritonserver exited unexpectedly")
+    except KeyboardInterrupt:
+        say("pconv serve: stopping")
+    finally:
+        triton.stop()
+    say("pconv serve: stopped")
+
+
+def parse_args(argv: list[str] | None) -> ServeOptions:
+    p = argparse.ArgumentParser(prog="python -m pconv_deploy.serve.server", description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--name", default="pconv")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--queue-delay-us", type=int, default=2000)
+    p.add_argument("--instances", type=int, default=1)
+    return ServeOptions(**vars(p.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the serve process: one line on stderr and exit 1 on a user error, never a traceback."""
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    die_with_parent()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
+    options = parse_args(argv)
+    try:
+        serve(options, say=lambda text: print(text, file=sys.stderr, flush=True))
+    except PConvError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("pconv serve: stopped before it was ready", file=sys.stderr, flush=True)
+        return 130
+    except Exception as e:  # PyTriton's own startup failures (port in use, model load) as one line
+        print(f"error: Triton did not start: {type(e).__name__}: {first_line(e)}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

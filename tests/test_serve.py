@@ -1,0 +1,359 @@
+"""`pconv serve` on a real Triton server (PyTriton, on loopback) and `pconv infer --server` against it.
+
+Every server is started through the CLI in its own process group and stopped in a ``finally``
+(SIGTERM, then SIGKILL of the group); every wait below has a deadline and a bounded number of polls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pconv_deploy.contract import IMAGE, MASK, OUTPUT
+from pconv_deploy.errors import PConvError
+from pconv_deploy.serve import launcher
+from pconv_deploy.serve.server import READY_MARK
+
+START_SECONDS = 120  # a cold tritonserver start with model load takes 5-15 s here
+RUN_SECONDS = 180
+POLL = 0.05
+SIZES = [(96, 128), (200, 160), (64, 64), (130, 70)]
+
+
+@pytest.fixture(scope="session")
+def serve_env() -> Path:
+    """The serve interpreter; `make serve-env` makes it if it is missing (skip only if that fails)."""
+    try:
+        return launcher.serve_python()
+    except PConvError as missing:
+        make = subprocess.run(
+            ["make", "-C", str(launcher.project_root()), "serve-env"], capture_output=True, text=True, timeout=900
+        )
+        try:
+            return launcher.serve_python()
+        except PConvError:
+            pytest.skip(f"no serve environment ({missing}) and `make serve-env` failed: {make.stderr[-300:]}")
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class Served:
+    """One `pconv serve` process group on loopback ports."""
+
+    def __init__(self, model: Path, log: Path) -> None:
+        self.http, self.grpc, self.metrics = free_ports(3)
+        self.log = log
+        command = [sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(model), "--max-batch-size", "4"]
+        command += ["--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://127.0.0.1:{self.grpc}"
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_SECONDS
+        for _ in range(int(START_SECONDS / 0.2)):
+            if READY_MARK in self.log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"pconv serve did not get ready; log tail:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """Kill the launcher, the server and tritonserver at once (a machine dying, not a clean stop)."""
+        import psutil
+
+        tree = [psutil.Process(self.proc.pid)]
+        tree += tree[0].children(recursive=True)
+        for p in reversed(tree):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        self.proc.wait(timeout=10)
+        wait_port_closed(self.http)
+
+    def served_requests(self) -> int:
+        """Successful inference requests so far, from Triton's Prometheus metrics."""
+        from urllib.request import urlopen
+
+        with urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        lines = [line for line in text.splitlines() if line.startswith("nv_inference_request_success{")]
+        return sum(int(float(line.rsplit(" ", 1)[1])) for line in lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
+        """Stop it (SIGTERM: the clean way); SIGKILL to the whole group if it does not stop in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in its group (normally nothing)
+        self.proc.wait(timeout=10)
+        wait_port_closed(self.http)  # the server process itself (its own session) stops with its launcher
+        return self.proc.returncode
+
+
+def wait_port_closed(port: int, timeout: float = 40) -> None:
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.2)):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"a server still listens on 127.0.0.1:{port} after its launcher stopped")
+
+
+@contextlib.contextmanager
+def serving(model: Path, folder: Path, count: int = 1):
+    servers = []
+    try:
+        for i in range(count):
+            servers.append(Served(model, folder / f"serve-{i}.log"))
+        for s in servers:
+            s.wait_ready()
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def make_folder(root: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
+    rng = np.random.default_rng(seed)
+    images, masks = root / "images", root / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for i in range(count):
+        h, w = SIZES[i % len(SIZES)]
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"p{i:03d}.png")
+        hole = np.zeros((h, w), np.uint8)
+        y, x = rng.integers(0, h - 24), rng.integers(0, w - 24)
+        hole[y : y + 24, x : x + 24] = 255
+        Image.fromarray(hole).save(masks / f"p{i:03d}.png")
+    return images, masks
+
+
+def infer_command(images: Path, masks: Path, output: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pconv_deploy.cli", "infer", "--images", str(images), "--masks", str(masks),
+            "--output", str(output), *args]  # fmt: skip
+
+
+def run_infer(*command_args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(infer_command(*command_args), capture_output=True, text=True, timeout=RUN_SECONDS)
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im).astype(np.int16)
+
+
+def assert_like_local(remote: Path, local: Path, images: Path) -> None:
+    names = sorted(p.stem for p in images.iterdir())
+    assert sorted(p.stem for p in remote.iterdir()) == names  # no file missing, no stray temp file
+    for name in names:
+        assert np.abs(pixels(remote / f"{name}.png") - pixels(local / f"{name}.png")).max() <= 1, name
+
+
+def assert_no_partial_file(output: Path) -> None:
+    for path in output.iterdir() if output.exists() else []:
+        assert not path.name.startswith("."), f"temp file left: {path.name}"
+        with Image.open(path) as im:
+            im.load()  # a truncated PNG raises here
+
+
+@pytest.fixture(scope="module")
+def work(small_onnx, tmp_path_factory):
+    """A folder of 12 images and its local inference (the reference for every remote run)."""
+    root = tmp_path_factory.mktemp("serve")
+    images, masks = make_folder(root, 12)
+    r = run_infer(images, masks, root / "local", "--model", str(small_onnx))
+    assert r.returncode == 0, r.stderr
+    return root, images, masks
+
+
+@pytest.fixture(scope="module")
+def one_server(serve_env, small_onnx, work):
+    with serving(small_onnx, work[0]) as (server,):
+        yield server
+
+
+def test_infer_over_http_and_grpc_matches_local(one_server, work, tmp_path):
+    root, images, masks = work
+    for url in (one_server.http_url, one_server.grpc_url):
+        out = tmp_path / url.split(":")[0]
+        r = run_infer(images, masks, out, "--server", url, "--report", str(tmp_path / "report.json"))
+        assert r.returncode == 0, r.stderr
+        assert "12 inpainted" in r.stdout and "triton (1/1 servers)" in r.stdout
+        assert_like_local(out, root / "local", images)
+    # resume exactly as locally: done files are skipped, missing ones are redone
+    for name in ("p000.png", "p005.png"):
+        (out / name).unlink()
+    r = run_infer(images, masks, out, "--server", one_server.grpc_url)
+    assert r.returncode == 0 and "2 inpainted, 10 skipped" in r.stdout, r.stdout + r.stderr
+    assert_like_local(out, root / "local", images)
+
+
+def test_served_config_matches_the_contract_and_triton_repo(one_server, small_onnx, tmp_path):
+    """The served model's config: the same tensors and pconv.* parameters as the triton-repo config, and the ONNX."""
+    import onnx
+    import tritonclient.http as http
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from pconv_deploy.runtime.remote import check_config
+    from pconv_deploy.triton import write_triton_repo
+
+    client = http.InferenceServerClient(f"127.0.0.1:{one_server.http}")
+    served = client.get_model_config("pconv")
+    client.close()
+    folder = write_triton_repo(small_onnx, tmp_path / "repo", max_batch_size=4, kind="KIND_CPU")
+    pbtxt = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    repo = json_format.MessageToDict(pbtxt, preserving_proto_field_name=True)
+
+    def tensors(config: dict) -> list:
+        return [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in config["input"] + config["output"]]
+
+    assert tensors(served) == tensors(repo) == [
+        (IMAGE, "TYPE_FP32", [3, -1, -1]), (MASK, "TYPE_FP32", [1, -1, -1]), (OUTPUT, "TYPE_FP32", [3, -1, -1])
+    ]  # fmt: skip
+    assert served["max_batch_size"] == repo["max_batch_size"] == 4
+    assert served["dynamic_batching"]["preferred_batch_size"] == [2, 4]
+    metadata = {p.key: p.value for p in onnx.load(str(small_onnx), load_external_data=False).metadata_props}
+    assert metadata["pconv.multiple"] == "32"
+    for config in (served, repo):
+        assert {k: v["string_value"] for k, v in config["parameters"].items() if k.startswith("pconv.")} == metadata
+        assert check_config(config, "x").multiple == 32
+
+
+def test_server_refuses_unpadded_batches_with_a_clear_error(one_server):
+    """The server serves the contract as the ONNX does: the caller pads to pconv.multiple."""
+    import tritonclient.http as http
+
+    from pconv_deploy.runtime.remote import TritonBackend, error_line
+
+    client = http.InferenceServerClient(f"127.0.0.1:{one_server.http}")
+    image, mask = np.zeros((1, 3, 40, 64), np.float32), np.ones((1, 1, 40, 64), np.float32)
+    inputs, outputs = TritonBackend.request_tensors("http", image, mask)
+    with pytest.raises(Exception) as raised:
+        client.infer("pconv", inputs, outputs=outputs)
+    client.close()
+    expected = "must be multiples of 32 (pconv.multiple), got 40x64: pad first (docs/contract.md)"
+    assert error_line(raised.value).endswith(expected), error_line(raised.value)
+
+
+def test_a_server_stopping_mid_run_leaves_the_folder_to_the_other(serve_env, small_onnx, tmp_path):
+    """Two servers; one dies while the folder runs: every file still comes out, through the other."""
+    images, masks = make_folder(tmp_path, 80, seed=1)
+    local = tmp_path / "local"
+    assert run_infer(images, masks, local, "--model", str(small_onnx)).returncode == 0
+    out = tmp_path / "remote"
+    with serving(small_onnx, tmp_path, count=2) as (a, b):
+        args = ["--server", a.http_url, "--server", b.grpc_url, "--batch-size", "1"]
+        args += ["--report", str(tmp_path / "r.json")]
+        with open(tmp_path / "infer.log", "wb") as log:
+            proc = subprocess.Popen(infer_command(images, masks, out, *args), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            done_when_stopped = wait_for_outputs(out, 3, proc)
+            served_by_a = a.served_requests()
+            a.kill()  # requests in flight on it fail, later ones find it refusing connections
+            running_when_stopped = proc.poll() is None
+            assert proc.wait(timeout=RUN_SECONDS) == 0, (tmp_path / "infer.log").read_text()
+            served_by_b = b.served_requests()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert running_when_stopped and done_when_stopped < 80, "the run ended before a server died: use more images"
+    assert served_by_a > 0 and 0 < served_by_b < 80  # both served: some outputs came through the one that died
+    assert "80 inpainted" in (tmp_path / "infer.log").read_text()
+    assert_like_local(out, local, images)
+    assert json.loads((tmp_path / "r.json").read_text())["totals"]["ok"] == 80
+
+
+def wait_for_outputs(folder: Path, count: int, proc: subprocess.Popen) -> int:
+    """Poll (bounded) until ``count`` outputs exist; returns how many there are then."""
+    deadline = time.monotonic() + RUN_SECONDS
+    for _ in range(int(RUN_SECONDS / POLL)):
+        done = len([p for p in folder.glob("*.png")]) if folder.exists() else 0
+        if done >= count or proc.poll() is not None or time.monotonic() > deadline:
+            return done
+        time.sleep(POLL)
+    return done
+
+
+def test_every_server_down_at_start(serve_env, work, tmp_path):
+    _, images, masks = work
+    http_port, grpc_port = free_ports(2)
+    r = run_infer(images, masks, tmp_path / "out", "--server", f"http://127.0.0.1:{http_port}",
+                  "--server", f"grpc://127.0.0.1:{grpc_port}")  # fmt: skip
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Triton servers unavailable"), r.stderr
+    assert f"127.0.0.1:{http_port}" in lines[0] and f"127.0.0.1:{grpc_port}" in lines[0]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_every_server_stopping_mid_run_stops_the_job_and_resume_finishes_it(serve_env, small_onnx, tmp_path):
+    images, masks = make_folder(tmp_path, 80, seed=2)
+    out = tmp_path / "remote"
+    with serving(small_onnx, tmp_path) as (server,):
+        with open(tmp_path / "infer.log", "wb") as log:
+            command = infer_command(images, masks, out, "--server", server.http_url, "--batch-size", "1")
+            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            wait_for_outputs(out, 3, proc)
+            server.kill()  # the only server dies
+            code = proc.wait(timeout=RUN_SECONDS)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    stderr = (tmp_path / "infer.log").read_text()
+    assert code == 1, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: Triton servers unavailable"), stderr
+    assert "Traceback" not in stderr and "failed:" not in stderr
+    assert_no_partial_file(out)
+    done = len(list(out.glob("*.png")))
+    assert 0 < done < 80
+    local = tmp_path / "local"
+    assert run_infer(images, masks, local, "--model", str(small_onnx)).returncode == 0
+    (tmp_path / "again").mkdir()
+    with serving(small_onnx, tmp_path / "again") as (server,):
+        r = run_infer(images, masks, out, "--server", server.grpc_url)
+    assert r.returncode == 0 and f"{80 - done} inpainted, {done} skipped" in r.stdout, r.stdout + r.stderr
+    assert_like_local(out, local, images)
+
+
+def test_serve_without_model_file_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(tmp_path / "none.onnx")],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 1 and r.stderr.strip() == f"error: --model {tmp_path / 'none.onnx'}: no such model file"
