@@ -140,7 +140,14 @@ def build_engine_command(
     timing_cache: Annotated[Path | None, typer.Option(help="Timing cache to reuse and update.")] = None,
     workspace: Annotated[float | None, typer.Option(help="Builder workspace limit in GiB.")] = None,
     version_compatible: Annotated[
-        bool, typer.Option(help="Build an engine that later TensorRT versions of the same major can run.")
+        bool,
+        typer.Option(
+            help="Embed a lean runtime: later TensorRT of the same major, or tensorrt_lean alone, can run the engine."
+        ),
+    ] = False,
+    exclude_lean_runtime: Annotated[
+        bool,
+        typer.Option(help="With --version-compatible: leave the lean runtime out (smaller; needs this exact version)."),
     ] = False,
     device: Annotated[int, typer.Option(help="CUDA device to build for.")] = 0,
 ) -> None:
@@ -157,6 +164,7 @@ def build_engine_command(
         timing_cache=timing_cache,
         workspace_gib=workspace,
         version_compatible=version_compatible,
+        exclude_lean_runtime=exclude_lean_runtime,
     )
     sidecar = build_engine(plan, device=device)
     typer.echo(

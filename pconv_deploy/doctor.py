@@ -18,6 +18,8 @@ import subprocess
 import sys
 import warnings
 
+from pconv_deploy.errors import first_line
+
 # y = x + x, float32 [1], opset 13, IR 7: old enough for any onnxruntime >= 1.8. Made with
 #   onnx.helper.make_model(make_graph([make_node("Add", ["x", "x"], ["y"])], "doctor", [x], [y]),
 #                          opset_imports=[make_opsetid("", 13)], ir_version=7, producer_name="")
@@ -53,8 +55,7 @@ def provider_status(provider: str) -> str:
             session = ort.InferenceSession(TINY_MODEL, options, providers=[provider])
             (y,) = session.run(None, {"x": np.array([2.0], dtype=np.float32)})
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"fails: {first[:160]}"
+        return f"fails: {first_line(e)[:160]}"
     used = session.get_providers()
     if not used or used[0] != provider:
         return f"not usable (the session fell back to {', '.join(used)})"
@@ -96,10 +97,28 @@ def _gpus() -> list[str]:
     return [f"nvidia-smi failed: {message[0] if message else f'exit {r.returncode}'}"]
 
 
+def _tensorrt_rows() -> tuple[list[tuple[str, str]], bool]:
+    """Which TensorRT module is here (full or lean), whether it can run plans, and the CUDA bindings."""
+    from pconv_deploy.engines.trt_api import tensorrt_readiness
+
+    readiness = tensorrt_readiness()
+    if readiness.module is None:
+        found = f"not usable: {readiness.reason}"
+    else:
+        kind = "lean runtime: runs version-compatible engines only, cannot build" if readiness.lean else "full"
+        found = f"{readiness.module} {readiness.version} ({kind})"
+    rows = [("tensorrt", found)]
+    if readiness.module is not None:
+        plans = "yes" if readiness.usable else "no"
+        rows.append(("  runs plans", f"{plans}: {readiness.reason}"))
+    rows.append(("polygraphy", _version("polygraphy") or "not installed"))
+    rows.append(("cuda-python", _version("cuda-python") or _version("cuda-bindings") or "not installed"))
+    return rows, readiness.usable
+
+
 def collect() -> list[tuple[str, str]]:
     """(label, finding) pairs, in the order printed."""
     from pconv_deploy import __version__
-    from pconv_deploy.runtime.tensorrt_backend import tensorrt_status
 
     rows = [
         ("pconv-deploy", __version__),
@@ -123,14 +142,11 @@ def collect() -> list[tuple[str, str]]:
             rows.append((f"  {provider}", status))
             if status == "works":
                 working.append(provider)
-    problem = tensorrt_status()
-    trt_version = _version("tensorrt") or _version("tensorrt-cu12") or _version("tensorrt-cu13")
-    rows.append(("tensorrt", f"{trt_version}, usable" if problem is None else f"not usable: {problem}"))
-    rows.append(("polygraphy", _version("polygraphy") or "not installed"))
-    rows.append(("cuda-python", _version("cuda-python") or _version("cuda-bindings") or "not installed"))
+    trt_rows, trt_usable = _tensorrt_rows()
+    rows += trt_rows
     for i, line in enumerate(_gpus()):
         rows.append(("GPUs" if i == 0 else "", line))
-    if problem is None:
+    if trt_usable:
         auto = "tensorrt for .engine files; ONNX Runtime for .onnx"
     else:
         ort_choice = next((p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in working), None)

@@ -1,4 +1,4 @@
-"""`pconv doctor` on this machine: CPU provider working, TensorRT missing, no GPU."""
+"""`pconv doctor` on this machine: CPU provider working, the lean TensorRT runtime found but no GPU to run plans."""
 
 import re
 import shutil
@@ -9,7 +9,9 @@ import onnx
 import pytest
 
 from pconv_deploy import doctor
-from pconv_deploy.runtime.tensorrt_backend import tensorrt_status
+from pconv_deploy.engines.trt_api import tensorrt_readiness
+
+READINESS = tensorrt_readiness()
 
 
 def test_tiny_model_is_the_documented_graph():
@@ -29,7 +31,7 @@ def test_provider_status(capfd):
     assert capfd.readouterr() == ("", "")  # and quietly
 
 
-@pytest.mark.skipif(tensorrt_status() is None or shutil.which("nvidia-smi"), reason="checks a machine without GPU")
+@pytest.mark.skipif(READINESS.usable or shutil.which("nvidia-smi"), reason="checks a machine without GPU")
 def test_doctor_on_this_machine():
     r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "doctor"], capture_output=True, text=True)
     assert (r.returncode, r.stderr) == (0, "")
@@ -38,8 +40,14 @@ def test_doctor_on_this_machine():
         re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in r.stdout.splitlines() if line[:2] == "  "
     )
     assert providers["CPUExecutionProvider"] == "works"
-    assert rows["tensorrt"] == f"not usable: {tensorrt_status()}"
-    assert rows["tensorrt"].endswith("pip install 'pconv-deploy[gpu]' on a CUDA machine")
+    if READINESS.module is None:
+        assert rows["tensorrt"] == f"not usable: {READINESS.reason}"
+    else:  # which module, and whether it can run plans
+        kind = "lean runtime: runs version-compatible engines only, cannot build" if READINESS.lean else "full"
+        assert rows["tensorrt"] == f"{READINESS.module} {READINESS.version} ({kind})"
+        assert providers["runs plans"] == f"no: {READINESS.reason}"
+        assert providers["runs plans"].startswith("no: no CUDA GPU (cudaGetDeviceCount: cudaError")
+    assert READINESS.reason.endswith("pip install 'pconv-deploy[gpu]' on a CUDA machine")
     assert rows["GPUs"] == "none found (nvidia-smi is not on PATH: no NVIDIA driver)"
     assert rows["backend auto"] == "onnxruntime with CPUExecutionProvider"
     assert rows["torch"].endswith("no CUDA device")  # torch is in this venv; its CUDA state is said

@@ -1,14 +1,16 @@
 """TensorRT on a real GPU: build small FP32 and FP16 engines, run them, compare with ONNX Runtime.
 
-Marked ``gpu`` and skipped, with the reason, unless `tensorrt_status()` finds TensorRT, the
-CUDA bindings and a CUDA device. On this project's CPU machines only
-`test_comparison_harness_on_cpu` runs: it drives the same Polygraphy comparison with ONNX
-Runtime in place of TensorRT, so the harness itself is known to work.
+Marked ``gpu`` and skipped, with the reason, unless `tensorrt_readiness()` finds TensorRT, the
+CUDA bindings and a CUDA device (and, to build, the full ``tensorrt``). On this project's CPU
+machines only the harness tests run: the same Polygraphy comparison with ONNX Runtime in place of
+TensorRT, which must pass for the model against itself and must FAIL for a deliberately wrong
+runner (`Shifted`) just beyond each threshold, so a passing GPU comparison means something.
 
 Accuracy bar (DESIGN.md section 6): FP32 engine within 1e-3 of ONNX Runtime FP32 (TF32 is
 off in Polygraphy's config); FP16 engine PSNR >= 40 dB against ONNX Runtime FP32.
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -16,10 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from polygraphy.backend.base import BaseRunner
 
-from pconv_deploy.runtime.tensorrt_backend import tensorrt_status
+from pconv_deploy.engines.trt_api import tensorrt_readiness
 
-STATUS = tensorrt_status()
+READINESS = tensorrt_readiness()
+CAN_BUILD = READINESS.usable and importlib.util.find_spec("tensorrt") is not None
 SHAPES = {"min_shapes": ["1x64x64"], "opt_shapes": ["2x128x128"], "max_shapes": ["4x256x256"]}  # multiple 32
 FP32_ATOL, FP16_PSNR = 1e-3, 40.0
 
@@ -65,20 +69,50 @@ def compare(runner, fp32_onnx, precision: str) -> bool:
     return bool(Comparator.compare_accuracy(results, compare_func=func))
 
 
-def test_comparison_harness_on_cpu(small_onnx):
-    """Runs everywhere: the comparison used below, with ONNX Runtime standing in for TensorRT (both metrics)."""
+class Shifted(BaseRunner):
+    """A deliberately wrong runner: another runner's outputs plus a constant (a biased engine)."""
+
+    def __init__(self, inner, shift: float):
+        super().__init__(name=f"{inner.name}+{shift:g}")
+        self.inner, self.shift = inner, shift
+
+    def activate_impl(self):
+        self.inner.activate()
+
+    def get_input_metadata_impl(self):
+        return self.inner.get_input_metadata(use_numpy_dtypes=False)
+
+    def infer_impl(self, feed_dict):
+        outputs = self.inner.infer(feed_dict)
+        self.inference_time = self.inner.last_inference_time()
+        return {name: out + np.float32(self.shift) for name, out in outputs.items()}
+
+    def deactivate_impl(self):
+        self.inner.deactivate()
+
+
+# Shifts inside and outside each bar: FP32 |a-b| <= 1e-3 + 1e-3 |b| (|b| <= 1); FP16 Polygraphy PSNR
+# 20 log10(peak of the output) - 10 log10(shift^2) against 40 dB: 0.001 passes, 0.02 (<= 34 dB) fails.
+HARNESS_CASES = [("fp32", 0.0, True), ("fp32", 2e-4, True), ("fp32", 3e-3, False),
+                 ("fp16", 0.0, True), ("fp16", 0.001, True), ("fp16", 0.02, False)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("precision", "shift", "passes"), HARNESS_CASES)
+def test_comparison_harness_on_cpu_passes_and_fails(small_onnx, precision, shift, passes):
+    """Runs everywhere: the comparison used below, with ONNX Runtime standing in for TensorRT."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-    for precision in ("fp32", "fp16"):
-        runner = OnnxrtRunner(SessionFromOnnx(str(small_onnx), providers=["cpu"]), name=f"stand-in-{precision}")
-        assert compare(runner, small_onnx, precision)
+    runner = OnnxrtRunner(SessionFromOnnx(str(small_onnx), providers=["cpu"]), name=f"stand-in-{precision}")
+    assert compare(Shifted(runner, shift) if shift else runner, small_onnx, precision) is passes
 
 
 @pytest.fixture(scope="module")
 def onnx_models(tmp_path_factory, request):
     """Copies of the session's FP32 and FP16 exports in one folder (engines go beside them); GPU machines only."""
-    if STATUS is not None:
-        pytest.skip(f"no CUDA GPU usable by TensorRT: {STATUS}")
+    if not READINESS.usable:
+        pytest.skip(f"no CUDA GPU usable by TensorRT: {READINESS.reason}")
+    if not CAN_BUILD:
+        pytest.skip(f"building engines needs the full tensorrt; found {READINESS.module} {READINESS.version}")
     folder = tmp_path_factory.mktemp("gpu-onnx")
     models = {}
     for precision, fixture in (("fp32", "small_onnx"), ("fp16", "small_onnx_fp16")):
@@ -109,11 +143,11 @@ def test_sidecar_describes_the_build(engine, onnx_models):
     from reference import sha256_of as file_sha256
 
     from pconv_deploy.engines.sidecar import read_sidecar
-    from pconv_deploy.runtime.tensorrt_backend import gpu_info
+    from pconv_deploy.engines.trt_api import use_device
 
     precision, path = engine
     data = read_sidecar(path)
-    gpu = gpu_info(0)
+    gpu = use_device(0)
     assert (data["precision"], data["tensorrt_version"]) == (precision, trt.__version__)
     assert (data["gpu_name"], data["compute_capability"]) == (gpu.name, gpu.compute_capability)
     assert data["onnx_file"] == f"small-{precision}.onnx"
@@ -130,6 +164,9 @@ def test_polygraphy_trt_runner_matches_onnxruntime(engine, onnx_models):
     precision, path = engine
     runner = TrtRunner(EngineFromBytes(path.read_bytes()), name=f"trt-{precision}")
     assert compare(runner, onnx_models["fp32"], precision)
+    wrong = Shifted(TrtRunner(EngineFromBytes(path.read_bytes()), name=f"trt-{precision}"), 3e-3 if precision == "fp32"
+                    else 0.02)  # fmt: skip
+    assert not compare(wrong, onnx_models["fp32"], precision)  # the same comparison catches a biased engine
 
 
 @pytest.mark.gpu

@@ -6,11 +6,35 @@ Two halves:
   fully tested here.
 - `build_engine` is the thin GPU half: a strongly typed network (the graph's types decide
   the precision, so TensorRT 10 and 11 take the same path), the profiles, the timing cache,
-  then the engine and its sidecar written atomically. Runs only with TensorRT and a GPU.
+  then the engine and its sidecar written atomically. Runs only with the full TensorRT and a GPU.
 
 FP16: the precision lives in the ONNX graph. ``--fp16`` asks for an FP16 graph; given an
 FP32 one we refuse and say to run ``pconv export --fp16`` (the FP16 graph is exported from
 the checkpoint with float32 masks and I/O, not converted afterwards).
+
+Where each builder call comes from (checked against the installed Polygraphy and the
+``tensorrt_lean`` 11.4 enums in tests/test_engines_build.py):
+
+- Polygraphy's loaders (polygraphy.backend.trt, 0.49+): ``NetworkFromOnnxPath(path,
+  strongly_typed=True)``, ``Profile().add(name, min, opt, max)``, ``CreateConfig(profiles=...,
+  load_timing_cache=..., memory_pool_limits=..., version_compatible=..., exclude_lean_runtime=...)``,
+  ``EngineBytesFromNetwork(network, config, save_timing_cache=...)``. They wrap the raw API
+  (``Builder.create_network``, ``OnnxParser.parse_from_file``, ``create_builder_config``,
+  ``create_optimization_profile`` + ``set_shape``, ``build_serialized_network``).
+- TensorRT 10.x "Strongly Typed Networks": NetworkDefinitionCreationFlag.STRONGLY_TYPED makes the
+  graph's types binding. TensorRT 11.x (Migrating 10.x to 11.x, "Strongly Typed Networks Are Now
+  Required"): every network is strongly typed, the flag is accepted and ignored; BuilderFlag.FP16,
+  INT8, BF16, OBEY/PREFER_PRECISION_CONSTRAINTS, calibrators and algorithm selectors are removed.
+  So we never pass ``fp16=True`` to CreateConfig, and TF32 stays off (Polygraphy clears it unless asked).
+- Builder memory: ``IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)`` (10.x
+  and 11.x), through ``memory_pool_limits``.
+- Timing cache: ``create_timing_cache`` / ``set_timing_cache`` (10.x, 11.x), through Polygraphy's
+  load/save: a missing file is an empty cache, and the file is locked while it is updated.
+- Version Compatibility (10.x "Version Compatibility", 11.x "Engine Compatibility"):
+  ``BuilderFlag.VERSION_COMPATIBLE`` embeds a lean runtime in the plan, so later TensorRT of the same
+  major (full or ``tensorrt_lean``) runs it with ``Runtime.engine_host_code_allowed = True``;
+  ``BuilderFlag.EXCLUDE_LEAN_RUNTIME`` leaves it out (smaller plan), and then only the builder's
+  own version's runtime (e.g. ``tensorrt-lean-cu12==<version>``) can run it.
 """
 
 from __future__ import annotations
@@ -19,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pconv_deploy.contract import file_sha256
+from pconv_deploy.contract import INPUT_NAMES, ONNX_SUFFIX, OUTPUT_NAMES, file_sha256
 from pconv_deploy.engines.profiles import ShapeRange, make_profiles
 from pconv_deploy.engines.sidecar import (
     check_contract_metadata,
@@ -27,10 +51,8 @@ from pconv_deploy.engines.sidecar import (
     sidecar_path,
     write_sidecar,
 )
-from pconv_deploy.errors import PConvError
-
-CONTRACT_INPUTS = ("image", "mask")
-CONTRACT_OUTPUTS = ("inpainted",)
+from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.files import write_bytes_atomic
 
 
 class BuildError(PConvError, ValueError):
@@ -49,6 +71,7 @@ class BuildPlan:
     timing_cache: Path | None
     workspace_bytes: int | None
     version_compatible: bool
+    exclude_lean_runtime: bool = False
 
 
 def read_onnx_contract(onnx_path: Path) -> dict[str, str]:
@@ -65,10 +88,10 @@ def read_onnx_contract(onnx_path: Path) -> dict[str, str]:
         raise BuildError(f"{onnx_path}: not an ONNX model ({type(e).__name__}: {e})") from None
     inputs = tuple(i.name for i in model.graph.input)
     outputs = tuple(o.name for o in model.graph.output)
-    if (inputs, outputs) != (CONTRACT_INPUTS, CONTRACT_OUTPUTS):
+    if (inputs, outputs) != (INPUT_NAMES, OUTPUT_NAMES):
         raise BuildError(
             f"{onnx_path}: inputs {list(inputs)} and outputs {list(outputs)} are not the model contract's "
-            f"{list(CONTRACT_INPUTS)} -> {list(CONTRACT_OUTPUTS)}"
+            f"{list(INPUT_NAMES)} -> {list(OUTPUT_NAMES)}"
         )
     metadata = {p.key: p.value for p in model.metadata_props if p.key.startswith("pconv.")}
     check_contract_metadata(metadata, str(onnx_path))
@@ -86,6 +109,7 @@ def plan_build(
     timing_cache: str | Path | None = None,
     workspace_gib: float | None = None,
     version_compatible: bool = False,
+    exclude_lean_runtime: bool = False,
 ) -> BuildPlan:
     """Check the ONNX and every option; nothing is written."""
     onnx_path, output = Path(onnx_path), Path(output)
@@ -96,12 +120,14 @@ def plan_build(
             f"{onnx_path}: --fp16 needs an FP16 graph but this one is {precision} (TensorRT takes the precision "
             f"from the graph): run `pconv export --fp16` and build from that file"
         )
-    if output.resolve() == onnx_path.resolve() or output.suffix.lower() == ".onnx":
+    if output.resolve() == onnx_path.resolve() or output.suffix.lower() == ONNX_SUFFIX:
         raise BuildError(f"{output}: the engine must not overwrite or look like an ONNX file; use e.g. model.engine")
     if output.is_dir():
         raise BuildError(f"{output}: is a directory; give the engine file's path")
     if workspace_gib is not None and not workspace_gib > 0:
         raise BuildError(f"--workspace must be > 0 GiB, got {workspace_gib}")
+    if exclude_lean_runtime and not version_compatible:
+        raise BuildError("--exclude-lean-runtime needs --version-compatible (TensorRT's EXCLUDE_LEAN_RUNTIME does)")
     profiles = make_profiles(min_shapes or [], opt_shapes or [], max_shapes or [], int(metadata["pconv.multiple"]))
     return BuildPlan(
         onnx_path=onnx_path,
@@ -112,70 +138,64 @@ def plan_build(
         timing_cache=Path(timing_cache) if timing_cache else None,
         workspace_bytes=int(workspace_gib * 2**30) if workspace_gib else None,
         version_compatible=version_compatible,
+        exclude_lean_runtime=exclude_lean_runtime,
     )
 
 
-def build_engine(plan: BuildPlan, device: int = 0) -> dict[str, Any]:
-    """Build and write ``plan.output`` and its sidecar; returns the sidecar. Needs TensorRT and a GPU."""
-    from pconv_deploy.runtime.tensorrt_backend import (
-        TensorRTUnavailable,
-        cuda_call,
-        cuda_runtime,
-        gpu_info,
-        tensorrt_status,
-    )
+def polygraphy_loaders(plan: BuildPlan, trt: Any) -> tuple[Any, Any]:
+    """(network loader, builder config loader) for ``plan``: Polygraphy's lazy loaders, nothing built yet."""
+    from polygraphy.backend.trt import CreateConfig, NetworkFromOnnxPath, Profile
 
-    problem = tensorrt_status()
-    if problem:
-        raise TensorRTUnavailable(problem)
-    try:
-        from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
-        from polygraphy.exception import PolygraphyException
-    except ImportError:
-        raise TensorRTUnavailable("Polygraphy is not installed: pip install 'pconv-deploy[gpu]'") from None
-    import tensorrt as trt
-
-    cuda_call(cuda_runtime().cudaSetDevice(device))
-    gpu = gpu_info(device)
     trt_profiles = []
     for shape_range in plan.profiles:
         profile = Profile()
         for name, (lo, opt, hi) in shape_range.input_shapes().items():
             profile.add(name, min=lo, opt=opt, max=hi)
         trt_profiles.append(profile)
-    cache = str(plan.timing_cache) if plan.timing_cache else None
     config = CreateConfig(
-        profiles=trt_profiles,
-        load_timing_cache=cache,  # a missing file is a warning and an empty cache
+        profiles=trt_profiles,  # one per --min/--opt/--max-shape triple, each covering both inputs
+        load_timing_cache=str(plan.timing_cache) if plan.timing_cache else None,  # missing file: empty cache
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: plan.workspace_bytes} if plan.workspace_bytes else None,
         version_compatible=plan.version_compatible or None,
-    )
-    network = NetworkFromOnnxPath(str(plan.onnx_path), strongly_typed=True)
+        exclude_lean_runtime=plan.exclude_lean_runtime or None,
+    )  # no fp16=...: TensorRT 11 removed the flag; the graph's types decide (strongly typed)
+    network = NetworkFromOnnxPath(str(plan.onnx_path), strongly_typed=True)  # 10.x: opt in; 11.x: always
+    return network, config
 
-    onnx_sha256 = file_sha256(plan.onnx_path)  # of the file as TensorRT is about to read it
-    plan.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan.output.with_name(f".{plan.output.name}.tmp")
+
+def build_engine(plan: BuildPlan, device: int = 0) -> dict[str, Any]:
+    """Build and write ``plan.output`` and its sidecar; returns the sidecar. Needs the full TensorRT and a GPU."""
+    from pconv_deploy.engines.trt_api import import_tensorrt, use_device
+
+    trt = import_tensorrt(builder=True)
     try:
-        try:
-            engine = EngineFromNetwork(network, config=config, save_timing_cache=cache)()
-            SaveEngine(engine, str(tmp))()
-        except PolygraphyException as e:  # Polygraphy has logged the details already
-            raise BuildError(f"{plan.onnx_path}: TensorRT build failed: {str(e).strip().splitlines()[0]}") from None
-        sidecar = make_sidecar(
-            onnx_path=plan.onnx_path,
-            onnx_sha256=onnx_sha256,
-            engine_path=plan.output,
-            metadata=plan.metadata,
-            profiles=plan.profiles,
-            tensorrt_version=trt.__version__,
-            gpu_name=gpu.name,
-            compute_capability=gpu.compute_capability,
-            version_compatible=plan.version_compatible,
-        )
-        # Never leave a new engine beside an old sidecar: drop the sidecar, move the engine, write the sidecar.
-        sidecar_path(plan.output).unlink(missing_ok=True)
-        tmp.replace(plan.output)
-        write_sidecar(plan.output, sidecar)
-    finally:
-        tmp.unlink(missing_ok=True)  # after a failure or interruption: no partial engine
+        from polygraphy.backend.trt import EngineBytesFromNetwork
+        from polygraphy.exception import PolygraphyException
+    except ImportError:
+        raise BuildError("Polygraphy is not installed: pip install 'pconv-deploy[gpu]'") from None
+    gpu = use_device(device)  # the builder tunes kernels for this GPU; the sidecar records it
+    network, config = polygraphy_loaders(plan, trt.module)
+    onnx_sha256 = file_sha256(plan.onnx_path)  # of the file as TensorRT is about to read it
+    cache = str(plan.timing_cache) if plan.timing_cache else None
+    try:
+        serialised = EngineBytesFromNetwork(network, config=config, save_timing_cache=cache)()
+    except PolygraphyException as e:  # Polygraphy has logged the details already
+        raise BuildError(f"{plan.onnx_path}: TensorRT build failed: {first_line(e)}") from None
+    sidecar = make_sidecar(
+        onnx_path=plan.onnx_path,
+        onnx_sha256=onnx_sha256,
+        engine_path=plan.output,
+        metadata=plan.metadata,
+        profiles=plan.profiles,
+        tensorrt_version=trt.version,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        version_compatible=plan.version_compatible,
+        exclude_lean_runtime=plan.exclude_lean_runtime,
+    )
+    plan.output.parent.mkdir(parents=True, exist_ok=True)
+    # Never leave a new engine beside an old sidecar: drop the sidecar, write the engine, write the sidecar.
+    sidecar_path(plan.output).unlink(missing_ok=True)
+    write_bytes_atomic(plan.output, memoryview(serialised))
+    write_sidecar(plan.output, sidecar)
     return sidecar

@@ -3,7 +3,7 @@
 An engine built from a graph with dynamic N, H, W only runs shapes inside one of its
 profiles, and TensorRT tunes its kernels for each profile's `opt` shape. Users give shapes
 as ``BxHxW`` (batch x height x width); the channel counts come from the model contract
-(``image`` has 3, ``mask`` 1). H and W must be multiples of the model's 2^layers.
+(pconv_deploy.contract: ``image`` has 3, ``mask`` 1). H and W must be multiples of the model's 2^layers.
 
 Pure Python, no TensorRT: the runtime uses `select_profile` too.
 """
@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pconv_deploy.contract import CHANNELS, IMAGE, INPUT_NAMES, MASK
 from pconv_deploy.errors import PConvError
 
 Shape = tuple[int, int, int]  # (batch, height, width)
 
 # The contract's inputs and their channel counts (DESIGN.md section 2).
-INPUT_CHANNELS = {"image": 3, "mask": 1}
+INPUT_CHANNELS = {name: CHANNELS[name] for name in INPUT_NAMES}
 
 
 class ProfileError(PConvError, ValueError):
@@ -69,9 +70,9 @@ class ShapeRange:
             if not ok or any(s[1] != channels for s in value):
                 raise ProfileError(f"{where}: {name!r} needs [min, opt, max] shapes [N, {channels}, H, W], got {value}")
             triples[name] = tuple((s[0], s[2], s[3]) for s in value)
-        if triples["image"] != triples["mask"]:
-            raise ProfileError(f"{where}: image and mask have different shapes: {shapes}")
-        return cls(*triples["image"])
+        if triples[IMAGE] != triples[MASK]:
+            raise ProfileError(f"{where}: {IMAGE} and {MASK} have different shapes: {shapes}")
+        return cls(*triples[IMAGE])
 
     def contains(self, batch: int, height: int, width: int) -> bool:
         return all(lo <= v <= hi for lo, v, hi in zip(self.min, (batch, height, width), self.max))

@@ -21,6 +21,7 @@ from typing import Any
 from pconv_deploy.contract import METADATA_KEYS, file_sha256
 from pconv_deploy.engines.profiles import ProfileError, ShapeRange, validate
 from pconv_deploy.errors import PConvError
+from pconv_deploy.files import write_text_atomic
 
 FORMAT = "pconv-deploy.engine/1"
 KEYS = (
@@ -33,6 +34,7 @@ KEYS = (
     "precision",
     "profiles",
     "version_compatible",
+    "exclude_lean_runtime",
     "metadata",
     "created",
 )
@@ -79,6 +81,7 @@ def make_sidecar(
     gpu_name: str,
     compute_capability: str,
     version_compatible: bool,
+    exclude_lean_runtime: bool = False,
 ) -> dict[str, Any]:
     """The sidecar's content. `onnx_file` is stored relative to the engine's folder when possible."""
     try:
@@ -95,6 +98,7 @@ def make_sidecar(
         "precision": metadata["pconv.precision"],
         "profiles": [p.input_shapes() for p in profiles],
         "version_compatible": bool(version_compatible),
+        "exclude_lean_runtime": bool(exclude_lean_runtime),
         "metadata": dict(metadata),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -103,12 +107,8 @@ def make_sidecar(
 
 
 def write_sidecar(engine_path: str | Path, data: dict[str, Any]) -> Path:
-    """Write ``<engine>.json`` atomically (temp file + rename)."""
-    path = sidecar_path(engine_path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    """Write ``<engine>.json`` atomically (pconv_deploy.files: temp file, fsync, rename)."""
+    return write_text_atomic(sidecar_path(engine_path), json.dumps(data, indent=2) + "\n")
 
 
 def validate_sidecar(data: Any, where: str) -> list[ShapeRange]:
@@ -122,6 +122,11 @@ def validate_sidecar(data: Any, where: str) -> list[ShapeRange]:
     for key in ("onnx_file", "onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability", "precision"):
         if not isinstance(data[key], str):
             raise SidecarError(f"{where}: sidecar key {key!r} must be a string")
+    for key in ("version_compatible", "exclude_lean_runtime"):
+        if not isinstance(data[key], bool):
+            raise SidecarError(f"{where}: sidecar key {key!r} must be true or false")
+    if data["exclude_lean_runtime"] and not data["version_compatible"]:
+        raise SidecarError(f"{where}: exclude_lean_runtime needs version_compatible (TensorRT refuses it otherwise)")
     if not isinstance(data["metadata"], dict) or not all(isinstance(v, str) for v in data["metadata"].values()):
         raise SidecarError(f"{where}: sidecar 'metadata' must map names to strings")
     multiple = check_contract_metadata(data["metadata"], where)
@@ -161,44 +166,62 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
 
 
-def check_compatible(
+def check_runtime(data: dict[str, Any], engine_path: str | Path, *, tensorrt_version: str, lean: bool = False) -> None:
+    """Refuse an engine this TensorRT cannot run, before any GPU is touched (TensorRT's Version Compatibility page).
+
+    - Not version-compatible: only the exact TensorRT version that built it, and never the lean runtime
+      (it runs version-compatible plans only).
+    - Version-compatible with its lean runtime embedded: TensorRT (full or lean) of the same major, at
+      least as new as the builder.
+    - Version-compatible without the lean runtime (``--exclude-lean-runtime``): the runtime itself must be
+      the builder's version (``pip install tensorrt-lean-cu12==<that version>``).
+    """
+    where, built = str(engine_path), data["tensorrt_version"]
+    runtime = f"{'tensorrt_lean' if lean else 'TensorRT'} {tensorrt_version}"
+    if not data["version_compatible"]:
+        if lean:
+            raise SidecarError(
+                f"{where}: the lean runtime (tensorrt_lean) runs only version-compatible engines; rebuild with "
+                f"`pconv build-engine --version-compatible`, or install the full TensorRT {built}"
+            )
+        if built != tensorrt_version:
+            raise SidecarError(
+                f"{where}: built with TensorRT {built}, this is TensorRT {tensorrt_version}; an engine only runs on "
+                f"the TensorRT version that built it: {REBUILD} (or build with --version-compatible)"
+            )
+        return
+    if data["exclude_lean_runtime"]:
+        if _version(built) != _version(tensorrt_version):
+            raise SidecarError(
+                f"{where}: built version-compatible without its lean runtime by TensorRT {built}, so it needs that "
+                f"version's runtime; this is {runtime}: pip install 'tensorrt-lean-cu12=={built}' or {REBUILD}"
+            )
+        return
+    b, h = _version(built), _version(tensorrt_version)
+    if not b or not h or h[0] != b[0] or h < b:
+        raise SidecarError(
+            f"{where}: built version-compatible with TensorRT {built}, which runs on TensorRT "
+            f"{'.'.join(map(str, b))} to {b[0] if b else '?'}.x; this is {runtime}: {REBUILD}"
+        )
+
+
+def check_gpu(data: dict[str, Any], engine_path: str | Path, *, gpu_name: str, compute_capability: str) -> None:
+    """Same GPU name and compute capability as the build (TensorRT picks kernels for the exact GPU)."""
+    if (data["gpu_name"], data["compute_capability"]) != (gpu_name, compute_capability):
+        raise SidecarError(
+            f"{engine_path}: built for {data['gpu_name']} (compute capability {data['compute_capability']}), this "
+            f"GPU is {gpu_name} (compute capability {compute_capability}): {REBUILD}"
+        )
+
+
+def check_model(
     data: dict[str, Any],
     engine_path: str | Path,
-    *,
-    tensorrt_version: str,
-    gpu_name: str,
-    compute_capability: str,
     expected_metadata: dict[str, str] | None = None,
     check_onnx: bool = True,
 ) -> None:
-    """Refuse an engine built for another TensorRT, GPU, model or ONNX, saying what differs and what to do.
-
-    - TensorRT: the exact version, or for a version-compatible engine the same major and a
-      runtime at least as new as the builder.
-    - GPU: same name and compute capability (TensorRT picks kernels for the exact GPU).
-    - expected_metadata: any pconv.* values the caller relies on (e.g. the checkpoint sha256).
-    - ONNX: if the ONNX the engine was built from is still beside it and has changed, the
-      engine is stale.
-    """
+    """The pconv.* values the caller relies on match; the ONNX beside the engine (if any) is the one it came from."""
     where = str(engine_path)
-    built = data["tensorrt_version"]
-    if data["version_compatible"]:
-        b, h = _version(built), _version(tensorrt_version)
-        if not b or not h or h[0] != b[0] or h < b:
-            raise SidecarError(
-                f"{where}: built version-compatible with TensorRT {built}, which runs on TensorRT "
-                f"{'.'.join(map(str, b))} to {b[0] if b else '?'}.x; this is TensorRT {tensorrt_version}: {REBUILD}"
-            )
-    elif built != tensorrt_version:
-        raise SidecarError(
-            f"{where}: built with TensorRT {built}, this is TensorRT {tensorrt_version}; an engine only runs on the "
-            f"TensorRT version that built it: {REBUILD} (or build with --version-compatible)"
-        )
-    if (data["gpu_name"], data["compute_capability"]) != (gpu_name, compute_capability):
-        raise SidecarError(
-            f"{where}: built for {data['gpu_name']} (compute capability {data['compute_capability']}), this GPU is "
-            f"{gpu_name} (compute capability {compute_capability}): {REBUILD}"
-        )
     for key, value in (expected_metadata or {}).items():
         found = data["metadata"].get(key)
         if found != value:
@@ -210,3 +233,20 @@ def check_compatible(
                 f"{where}: {onnx_path} has changed since the engine was built from it "
                 f"(sha256 {data['onnx_sha256'][:12]}..., now {file_sha256(onnx_path)[:12]}...): {REBUILD}"
             )
+
+
+def check_compatible(
+    data: dict[str, Any],
+    engine_path: str | Path,
+    *,
+    tensorrt_version: str,
+    gpu_name: str,
+    compute_capability: str,
+    lean: bool = False,
+    expected_metadata: dict[str, str] | None = None,
+    check_onnx: bool = True,
+) -> None:
+    """All three checks: runtime, GPU, model. Each refusal says what differs and what to do."""
+    check_runtime(data, engine_path, tensorrt_version=tensorrt_version, lean=lean)
+    check_gpu(data, engine_path, gpu_name=gpu_name, compute_capability=compute_capability)
+    check_model(data, engine_path, expected_metadata, check_onnx)
