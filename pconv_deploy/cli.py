@@ -271,11 +271,24 @@ class Strategy(str, Enum):
     full = "full"
 
 
+class OutputFormat(str, Enum):
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+    same = "same"
+
+
+OUTPUT_FORMAT_HELP = (
+    "png: lossless, known pixels byte-identical. jpg, webp: lossy, so the KNOWN pixels are re-encoded too. "
+    "same: each input's own format."
+)
+
+
 @app.command()
 def infer(
     images: Annotated[Path, typer.Option(help="A folder of images (PNG, JPEG, WebP, BMP, TIFF) or one image file.")],
     masks: Annotated[Path, typer.Option(help="A folder of masks paired by file stem, or one mask for all images.")],
-    output: Annotated[Path, typer.Option(help="Folder for OUTPUT/<stem>.png (lossless, same size as the input).")],
+    output: Annotated[Path, typer.Option(help="Folder for OUTPUT/<stem>.<format> (same size as the input).")],
     model: Annotated[
         Path | None,
         typer.Option(help="Model: .onnx, TensorRT .engine/.plan, or .safetensors (torch). Default: the bundled model."),
@@ -298,11 +311,19 @@ def infer(
     server: Annotated[list[str] | None, typer.Option(help="Triton http://HOST:PORT | grpc://HOST:PORT; repeat")] = None,
     server_model: Annotated[str, typer.Option(help="Model name on the --server(s).")] = "pconv",
     inflight: Annotated[int | None, typer.Option(min=1, help="Batches at once [default: 1, 2 per --server].")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (cuda: that GPU or an error).")] = "auto",
+    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime CPU threads [default: all cores].")] = None,
+    memory_limit: Annotated[str | None, typer.Option(help="Memory for the run, e.g. 6GiB [default: 80% free].")] = None,
+    output_format: Annotated[OutputFormat, typer.Option(help=OUTPUT_FORMAT_HELP)] = OutputFormat.png,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG / WebP quality (100: lossless WebP).")] = 95,
+    png_level: Annotated[int, typer.Option(min=0, max=9, help="PNG zlib level (1: ~3x faster than 6).")] = 1,
 ) -> None:
     """Inpaint a folder of images: one line per failed file, exit 1 if any failed, 130 if interrupted."""
     import signal
 
     from pconv_deploy.runtime import Inpainter, load_backend
+    from pconv_deploy.runtime.memory import parse_memory
+    from pconv_deploy.runtime.outputs import OutputSettings
     from pconv_deploy.runtime.pipeline import run_folder, visible_files, write_report
 
     if server and model is not None:
@@ -322,12 +343,16 @@ def infer(
     if server:
         runner = remote_runner(server, server_model)
     else:
-        runner = load_backend(model, backend.value, on_fallback=lambda message: typer.echo(message, err=True))
+        announce = lambda line: typer.echo(line, err=True)  # noqa: E731
+        runner = load_backend(model, backend.value, device, on_fallback=announce, threads=threads)
     inflight = inflight or (2 * len(server) if server else 1)
-    inpainter = Inpainter(runner, batch_size, strategy.value, max_side, inflight=inflight)
+    limit = parse_memory(memory_limit) if memory_limit else "auto"
+    inpainter = Inpainter(runner, batch_size, strategy.value, max_side, inflight=inflight, memory_limit=limit)
+    settings = OutputSettings(output_format.value, quality, png_level)
     result = run_folder(
-        inpainter, images, masks, output, mask_convention.value, workers, overwrite, max_pixels, progress=True
-    )
+        inpainter, images, masks, output, mask_convention.value, workers, overwrite, max_pixels, progress=True,
+        output_settings=settings,
+    )  # fmt: skip
     result.model = str(model) if model else " ".join(server)
     if report is not None:
         write_report(result, report)
