@@ -3,42 +3,56 @@
 Layout (DESIGN.md section 10): ``REPO/NAME/config.pbtxt`` and ``REPO/NAME/VERSION/model.onnx``
 (platform ``onnxruntime_onnx``) or ``model.plan`` (platform ``tensorrt_plan``). With
 ``max_batch_size`` set, Triton owns the batch dimension, so ``dims`` leave it out. The
-model contract's metadata travels as config ``parameters`` so that a client can read the
-required size multiple from the server.
+model contract's metadata travels as config ``parameters`` so that a client (``pconv infer
+--server``, :mod:`pconv_deploy.runtime.remote`) can read the required size multiple from the server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
 
-from pconv_deploy.engines.sidecar import read_sidecar, validate_sidecar
-from pconv_deploy.errors import PConvError
+from pconv_deploy.contract import CHANNELS, ENGINE_SUFFIXES, INPUT_NAMES, OUTPUT_NAMES
+from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.files import fsync_dir, pid_alive, stale_temp_of, temp_path, write_text_atomic
 
-ENGINE_SUFFIXES = (".engine", ".plan")
+INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
 
 
 def model_metadata(model: Path) -> dict[str, str]:
     """The ``pconv.*`` contract metadata: from the ONNX file, or from an engine's sidecar JSON."""
     if model.suffix in ENGINE_SUFFIXES:
+        from pconv_deploy.engines.sidecar import read_sidecar
+
         return dict(read_sidecar(model)["metadata"])
     import onnxruntime as ort
 
     try:
         session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for bad files
-        raise PConvError(f"{model}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+        raise PConvError(f"{model}: not a loadable ONNX model ({first_line(e)})") from None
     meta = dict(session.get_modelmeta().custom_metadata_map)
-    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-    if names != (["image", "mask"], ["inpainted"]) or "pconv.multiple" not in meta:
-        raise PConvError(f"{model}: not a pconv-deploy model (inputs image, mask; output inpainted; pconv.* metadata)")
+    names = (tuple(i.name for i in session.get_inputs()), tuple(o.name for o in session.get_outputs()))
+    if names != (INPUT_NAMES, OUTPUT_NAMES) or "pconv.multiple" not in meta:
+        raise PConvError(
+            f"{model}: not a pconv-deploy model (inputs {', '.join(INPUT_NAMES)}; output {', '.join(OUTPUT_NAMES)}; "
+            "pconv.* metadata)"
+        )
     return meta
 
 
 def engine_max_batch(engine: Path) -> int:
     """The largest batch every optimization profile accepts (Triton may send any batch up to it)."""
+    from pconv_deploy.engines.sidecar import read_sidecar, validate_sidecar
+
     return min(profile.max[0] for profile in validate_sidecar(read_sidecar(engine), str(engine)))
+
+
+def tensor_lines(names: tuple[str, ...]) -> str:
+    """``{ name: "image" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] }`` entries: [C, H, W], Triton adds the batch."""
+    return ",\n".join(f'  {{ name: "{n}" data_type: TYPE_FP32 dims: [ {CHANNELS[n]}, -1, -1 ] }}' for n in names)
 
 
 def config_text(name: str, platform: str, max_batch_size: int, instances: int, kind: str, meta: dict[str, str]) -> str:
@@ -48,11 +62,10 @@ def config_text(name: str, platform: str, max_batch_size: int, instances: int, k
 platform: "{platform}"
 max_batch_size: {max_batch_size}
 input [
-  {{ name: "image" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] }},
-  {{ name: "mask" data_type: TYPE_FP32 dims: [ 1, -1, -1 ] }}
+{tensor_lines(INPUT_NAMES)}
 ]
 output [
-  {{ name: "inpainted" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] }}
+{tensor_lines(OUTPUT_NAMES)}
 ]
 dynamic_batching {{
   preferred_batch_size: [ {", ".join(map(str, preferred))} ]
@@ -61,6 +74,17 @@ dynamic_batching {{
 instance_group [ {{ count: {instances} kind: {kind} }} ]
 {params}
 """
+
+
+def check_arguments(model: Path, name: str, version: int, max_batch_size: int, instances: int, kind: str) -> None:
+    if not model.is_file():
+        raise PConvError(f"{model}: no such model file")
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise PConvError(f"invalid model name {name!r}: a plain folder name is needed")
+    if kind not in INSTANCE_KINDS:
+        raise PConvError(f"invalid instance kind {kind!r}: {' or '.join(INSTANCE_KINDS)}")
+    if max_batch_size < 1 or instances < 1 or version < 1:
+        raise PConvError("max batch size, instances and version must be at least 1")
 
 
 def write_triton_repo(
@@ -75,18 +99,12 @@ def write_triton_repo(
 ) -> Path:
     """Copy ``model`` into ``repo/name/version/`` and write ``config.pbtxt``; returns the model folder.
 
-    The folder is assembled beside its final place and renamed into it, so Triton (which may
-    poll the repository) never sees a half-written model.
+    The folder is assembled beside its final place under a temp name and renamed into it, so Triton
+    (which may poll the repository) never sees a half-written model, and a killed run leaves only a
+    recognisable temp folder that the next run removes.
     """
     model, repo = Path(model), Path(repo)
-    if not model.is_file():
-        raise PConvError(f"{model}: no such model file")
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise PConvError(f"invalid model name {name!r}: a plain folder name is needed")
-    if kind not in ("KIND_GPU", "KIND_CPU"):
-        raise PConvError(f"invalid instance kind {kind!r}: KIND_GPU or KIND_CPU")
-    if max_batch_size < 1 or instances < 1 or version < 1:
-        raise PConvError("max batch size, instances and version must be at least 1")
+    check_arguments(model, name, version, max_batch_size, instances, kind)
     is_engine = model.suffix in ENGINE_SUFFIXES
     meta = model_metadata(model)
     if is_engine and max_batch_size > (limit := engine_max_batch(model)):
@@ -96,15 +114,40 @@ def write_triton_repo(
         raise PConvError(f"{target}: already exists (use --overwrite to replace it)")
 
     platform, file_name = ("tensorrt_plan", "model.plan") if is_engine else ("onnxruntime_onnx", "model.onnx")
-    staging = repo / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / str(version)).mkdir(parents=True)
+    repo.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(repo, name)
+    staging = temp_path(target)
     try:
+        (staging / str(version)).mkdir(parents=True)
         shutil.copyfile(model, staging / str(version) / file_name)
-        (staging / "config.pbtxt").write_text(config_text(name, platform, max_batch_size, instances, kind, meta))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        write_text_atomic(staging / "config.pbtxt", config_text(name, platform, max_batch_size, instances, kind, meta))
+        fsync_dir(staging / str(version))
+        replace_folder(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put ``staging`` at ``target``: the old folder is moved aside first, so ``target`` is never half-deleted."""
+    old = temp_path(target) if target.exists() else None
+    if old is not None:
+        os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_staging(repo: Path, name: str) -> None:
+    """Remove the temp folders of ``name`` that killed runs left (their process is gone)."""
+    for entry in os.scandir(repo):
+        parsed = stale_temp_of(entry.name)
+        if parsed and parsed[0] == name and entry.is_dir(follow_symlinks=False) and not pid_alive(parsed[1]):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(entry.path)

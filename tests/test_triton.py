@@ -85,3 +85,78 @@ def test_cli(small_onnx, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and "already exists" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def as_json(folder):
+    """The config in Triton's JSON form (what a server returns for GET /v2/models/NAME/config)."""
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(parse(folder), preserving_proto_field_name=True)
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_client_requests_match_the_repository_config(small_onnx, tmp_path, scheme):
+    """What `pconv infer --server` sends fits the config `pconv triton-repo` writes: names, dtypes, dims, batch."""
+    import numpy as np
+
+    from pconv_deploy.runtime.remote import TritonBackend, check_config
+
+    folder = write_triton_repo(small_onnx, tmp_path / "repo", max_batch_size=4, kind="KIND_CPU")
+    config = parse(folder)
+    served = check_config(as_json(folder), "repo")
+    assert (served.multiple, served.max_batch) == (32, 4)
+    assert served.metadata["pconv.mask_convention"] == "1=known,0=hole"
+    batch = (np.zeros((4, 3, 64, 96), np.float32), np.ones((4, 1, 64, 96), np.float32))
+    inputs, outputs = TritonBackend.request_tensors(scheme, *batch)
+    declared = {i.name: i for i in config.input}
+    assert [t.name() for t in inputs] == [i.name for i in config.input]
+    for tensor in inputs:
+        spec = declared[tensor.name()]
+        assert "TYPE_" + tensor.datatype() == model_config_pb2.DataType.Name(spec.data_type) == "TYPE_FP32"
+        shape = tensor.shape()
+        assert shape[0] <= config.max_batch_size and len(shape) == len(spec.dims) + 1
+        assert all(d == -1 or d == s for d, s in zip(spec.dims, shape[1:]))
+        assert shape[2] % served.multiple == 0 and shape[3] % served.multiple == 0
+    assert [o.name() for o in outputs] == [o.name for o in config.output]
+
+
+def test_check_config_refuses_what_breaks_the_contract(small_onnx, tmp_path):
+    from pconv_deploy.runtime.remote import check_config
+
+    good = as_json(write_triton_repo(small_onnx, tmp_path / "repo"))
+    wrong_dims = {**good, "input": [dict(good["input"][0], dims=["3", "-1"]), good["input"][1]]}
+    with pytest.raises(PConvError, match=r"srv: tensor 'image' is TYPE_FP32 \[3, -1\], the contract needs"):
+        check_config(wrong_dims, "srv")
+    with pytest.raises(PConvError, match="no tensor 'mask'"):
+        check_config({**good, "input": good["input"][:1]}, "srv")
+    with pytest.raises(PConvError, match="no valid pconv.multiple"):
+        check_config({**good, "parameters": {}}, "srv")
+    unbatched = {**good, "max_batch_size": 0}  # then the batch dimension is part of dims
+    for t in unbatched["input"] + unbatched["output"]:
+        t["dims"] = ["-1", *t["dims"]]
+    assert check_config(unbatched, "srv").max_batch == 0
+
+
+def test_server_urls():
+    from pconv_deploy.runtime.remote import parse_server
+
+    assert parse_server("http://10.0.0.5:9000") == ("http", "10.0.0.5:9000")
+    assert parse_server("grpc://host") == ("grpc", "host:8001")
+    assert parse_server("localhost:8000") == ("http", "localhost:8000")
+    assert parse_server("grpc://[::1]:8101") == ("grpc", "[::1]:8101")
+    bad_urls = [("ftp://h:1", "unknown scheme"), ("http://h:x", "invalid port"), ("http://h:1/v2", "expected")]
+    for bad, message in bad_urls:
+        with pytest.raises(PConvError, match=message):
+            parse_server(bad)
+
+
+def test_a_killed_run_leaves_nothing_the_next_run_keeps(small_onnx, tmp_path):
+    repo = tmp_path / "repo"
+    dead = repo / ".pconv.pconv-tmp-99999999-0123abcd"  # a staging folder of a process that no longer exists
+    (dead / "1").mkdir(parents=True)
+    alive = repo / ".pconv.pconv-tmp-1-0123abcd"  # pid 1 is alive: maybe another run in progress, kept
+    alive.mkdir()
+    write_triton_repo(small_onnx, repo)
+    assert sorted(p.name for p in repo.iterdir()) == [alive.name, "pconv"]
+    write_triton_repo(small_onnx, repo, max_batch_size=2, overwrite=True)
+    assert sorted(p.name for p in repo.iterdir()) == [alive.name, "pconv"] and parse(repo / "pconv").max_batch_size == 2
