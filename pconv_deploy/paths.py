@@ -1,0 +1,169 @@
+"""Checking a command's file and folder arguments up front, before any model is loaded or work done.
+
+A bad path must cost the user one clear line and nothing else: not a traceback, not minutes of
+work followed by a failed write, not a half-created folder or a stray temp file. So every
+command validates where it will read and write first. Output folders that do not exist yet are
+created and removed again as a probe, and existing ones get a probe file created and deleted:
+only a real write knows about read-only mounts, /proc and /sys, or permissions that root's
+``os.access`` does not see.
+
+Torch-free and dependency-free: the runtime uses it too.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from pconv_deploy.errors import PConvError
+
+
+class PathArgumentError(PConvError):
+    """A file or folder argument that cannot work; the CLI exits 2 (a usage error)."""
+
+    exit_code = 2
+
+
+def _dangling(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
+def describe(path: Path) -> str:
+    """What is at ``path``, for messages: 'a folder', 'a file', 'a dangling symbolic link', ..."""
+    if _dangling(path):
+        return f"a dangling symbolic link (to {os.readlink(path)})"
+    if path.is_dir():
+        return "a folder"
+    if path.is_file():
+        return "a file"
+    return "not a regular file" if path.exists() else "missing"
+
+
+def check_input_file(path: Path, option: str, suffixes: Sequence[str] = (), missing: bool = False) -> Path:
+    """A non-empty regular file (with one of ``suffixes`` when given), not a folder or a dangling link.
+
+    A path that does not exist at all passes unless ``missing``: every loader reports that itself,
+    in words the tests and users already know ("no such checkpoint file").
+    """
+    path = Path(path)
+    if not path.exists() and not _dangling(path) and not missing:
+        return path
+    if not path.is_file():
+        what = "no such file" if not path.exists() and not _dangling(path) else f"is {describe(path)}, not a file"
+        raise PathArgumentError(f"{option} {path}: {what}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise PathArgumentError(f"{option} {path}: expected a {' or '.join(suffixes)} file")
+    if path.stat().st_size == 0:
+        raise PathArgumentError(f"{option} {path}: the file is empty (0 bytes)")
+    return path
+
+
+def check_input_dir(path: Path, option: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        what = "no such folder" if not path.exists() and not _dangling(path) else f"is {describe(path)}, not a folder"
+        raise PathArgumentError(f"{option} {path}: {what}")
+    return path
+
+
+def _probe_create(folder: Path, option: str, shown: Path) -> None:
+    """Create the missing part of ``folder`` and remove it again: proves it can be made, leaves nothing."""
+    missing = []
+    existing = folder
+    while not existing.exists():
+        if _dangling(existing):
+            raise PathArgumentError(f"{option} {shown}: {existing} is {describe(existing)}")
+        missing.append(existing)
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PathArgumentError(f"{option} {shown}: {existing} is {describe(existing)}, not a folder")
+    created = []
+    try:
+        for level in reversed(missing):
+            level.mkdir()
+            created.append(level)
+    except OSError as e:
+        raise PathArgumentError(f"{option} {shown}: cannot create folder {level} ({e.strerror or e})") from None
+    finally:
+        for level in reversed(created):
+            try:
+                level.rmdir()
+            except OSError:
+                pass
+
+
+def _probe_write(folder: Path, option: str, shown: Path) -> None:
+    """Create and delete a file in ``folder``: only a real write knows (root passes ``os.access`` on /sys)."""
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".pconv-probe-")
+    except OSError as e:
+        raise PathArgumentError(f"{option} {shown}: cannot write in {folder} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def check_output_dir(path: Path, option: str, inputs: Iterable[tuple[Path, str]] = ()) -> Path:
+    """A folder this command may create or write into, and not one of its ``inputs`` (path, option)."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise PathArgumentError(f"{option} {path}: exists and is {describe(path)}, not a folder")
+        _probe_write(path, option, path)
+    else:
+        _probe_create(path, option, path)
+    for other, other_option in inputs:
+        if path.exists() and Path(other).exists() and os.path.samefile(path, other):
+            raise PathArgumentError(f"{option} {path}: is the same folder as {other_option} {other}; choose another")
+    return path
+
+
+def check_output_file(
+    path: Path, option: str, inputs: Iterable[tuple[Path, str]] = (), suffixes: Sequence[str] = ()
+) -> Path:
+    """A file this command may (atomically) write: its folder can be made or written, it is no folder itself,
+    not a device, not one of ``inputs`` (path, option), and has one of ``suffixes`` when given."""
+    path = Path(path)
+    if path.is_dir():
+        raise PathArgumentError(f"{option} {path}: is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        raise PathArgumentError(f"{option} {path}: exists and is not a regular file")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise PathArgumentError(f"{option} {path}: the file name must end in {' or '.join(suffixes)}")
+    parent = path.parent
+    if parent.exists():
+        if not parent.is_dir():
+            raise PathArgumentError(f"{option} {path}: {parent} is {describe(parent)}, not a folder")
+        _probe_write(parent, option, path)
+    else:
+        _probe_create(parent, option, path)
+    for other, other_option in inputs:
+        if path.exists() and Path(other).exists() and os.path.samefile(path, other):
+            raise PathArgumentError(f"{option} {path}: is {other_option} {other}; it would be replaced")
+    return path
+
+
+def check_folder_job(images: Path, masks: Path, output: Path, report: Path | None = None) -> None:
+    """``pconv infer``'s paths, before the model loads: inputs exist, output and report can be written.
+
+    The output folder must not be the images or masks folder: outputs would become inputs (the
+    next run fails on "same stem") or replace masks. Nesting is allowed: discovery does not recurse,
+    so ``--output images/out`` never reads its own outputs. A report must not replace an input
+    and must not land in the images or masks folder, where the next run would take it for an input.
+    """
+    images, masks, output = Path(images), Path(masks), Path(output)
+    for path, option in ((images, "--images"), (masks, "--masks")):
+        if not path.exists():
+            what = describe(path) if _dangling(path) else "no such file or folder"
+            raise PathArgumentError(f"{option} {path}: {what}")
+    inputs = [(images, "--images"), (masks, "--masks")]
+    check_output_dir(output, "--output", inputs)
+    if report is None:
+        return
+    check_output_file(Path(report), "--report", inputs)
+    for folder, option in inputs:
+        if folder.is_dir() and Path(report).parent.exists() and os.path.samefile(Path(report).parent, folder):
+            raise PathArgumentError(f"--report {report}: is inside the {option} folder; put the report elsewhere")

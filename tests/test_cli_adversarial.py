@@ -1,0 +1,214 @@
+"""Every command, run as a careless or hostile user would: bad arguments and bad files.
+
+Each case runs the real CLI in-process (``pconv_deploy.cli.main``, the console script) and must
+end with exactly one ``error: ...`` line on stderr, no traceback, exit 1 (bad file contents) or
+2 (unusable argument), and nothing written or changed anywhere in the working folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from pconv_deploy.cli import main
+
+
+@pytest.fixture
+def bad(tmp_path, small_checkpoint, small_onnx, monkeypatch):
+    """A working folder of bad files (and the good ones), as the current directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dir.onnx").mkdir()
+    (tmp_path / "dir.safetensors").mkdir()
+    (tmp_path / "zero.onnx").write_bytes(b"")
+    (tmp_path / "zero.safetensors").write_bytes(b"")
+    (tmp_path / "zero.engine").write_bytes(b"")
+    (tmp_path / "garbage.onnx").write_bytes(b"\x08\x07not an onnx model at all" * 40)
+    (tmp_path / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    (tmp_path / "garbage.engine").write_bytes(b"not an engine" * 10)
+    (tmp_path / "file.txt").write_text("a regular file\n")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"")
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "good.onnx").write_bytes(small_onnx.read_bytes())
+    (tmp_path / "good.safetensors").write_bytes(small_checkpoint.read_bytes())
+    (tmp_path / "good.txt").write_bytes(small_onnx.read_bytes())  # an ONNX model under a wrong suffix
+    return tmp_path
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` (hidden ones too) with a digest of its contents."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            state[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
+        for f in filenames:
+            p = Path(dirpath, f)
+            digest = f"link to {os.readlink(p)}" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+            state[os.path.relpath(p, root)] = digest
+    return state
+
+
+def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """The console script in-process: its exit code and stderr. Any escaping exception fails the test."""
+    monkeypatch.setattr(sys, "argv", ["pconv", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException as e:  # noqa: BLE001 - a traceback for the user
+        pytest.fail(f"{args}: escaped as a traceback: {type(e).__name__}: {e}")
+    return code, capsys.readouterr().err
+
+
+G_ONNX, G_CKPT = "good.onnx", "good.safetensors"
+INFER = ["infer", "--images", "images", "--masks", "masks"]
+CASES = {
+    # export: bad checkpoints, bad outputs, output == input
+    "export-ckpt-missing": ["export", "-o", "o.onnx", "--checkpoint", "nope.safetensors"],
+    "export-ckpt-dir": ["export", "-o", "o.onnx", "--checkpoint", "dir.safetensors"],
+    "export-ckpt-zero": ["export", "-o", "o.onnx", "--checkpoint", "zero.safetensors"],
+    "export-ckpt-garbage": ["export", "-o", "o.onnx", "--checkpoint", "garbage.safetensors"],
+    "export-ckpt-is-onnx": ["export", "-o", "o.onnx", "--checkpoint", G_ONNX],
+    "export-out-under-file": ["export", "-o", "file.txt/o.onnx", "--checkpoint", G_CKPT],
+    "export-out-is-dir": ["export", "-o", "dir.onnx", "--checkpoint", G_CKPT],
+    "export-out-is-input": ["export", "-o", G_CKPT, "--checkpoint", G_CKPT],
+    "export-out-wrong-suffix": ["export", "-o", "o.txt", "--checkpoint", G_CKPT],
+    "export-out-unwritable": ["export", "-o", "/proc/pconv/o.onnx", "--checkpoint", G_CKPT],
+    "export-parity-dir-under-file": ["export", "-o", "o.onnx", "--checkpoint", G_CKPT, "--parity-dir", "file.txt/p"],
+    # check: bad models and checkpoints
+    "check-missing": ["check", "nope.onnx", "--checkpoint", G_CKPT],
+    "check-dir": ["check", "dir.onnx", "--checkpoint", G_CKPT],
+    "check-zero": ["check", "zero.onnx", "--checkpoint", G_CKPT],
+    "check-garbage": ["check", "garbage.onnx", "--checkpoint", G_CKPT],
+    "check-checkpoint-as-model": ["check", G_CKPT, "--checkpoint", G_CKPT],
+    "check-wrong-suffix": ["check", "good.txt", "--checkpoint", G_CKPT],
+    "check-ckpt-garbage": ["check", G_ONNX, "--checkpoint", "garbage.safetensors"],
+    "check-ckpt-dir": ["check", G_ONNX, "--checkpoint", "dir.safetensors"],
+    "check-save-dir-under-file": ["check", G_ONNX, "--checkpoint", G_CKPT, "--save-dir", "file.txt/p"],
+    # build-engine: bad models, bad outputs (fails before TensorRT is needed)
+    "build-missing": ["build-engine", "nope.onnx", "-o", "m.engine"],
+    "build-dir": ["build-engine", "dir.onnx", "-o", "m.engine"],
+    "build-zero": ["build-engine", "zero.onnx", "-o", "m.engine"],
+    "build-garbage": ["build-engine", "garbage.onnx", "-o", "m.engine"],
+    "build-out-is-input": ["build-engine", G_ONNX, "-o", G_ONNX],
+    "build-out-under-file": ["build-engine", G_ONNX, "-o", "file.txt/m.engine"],
+    "build-out-is-dir": ["build-engine", G_ONNX, "-o", "images"],
+    "build-timing-cache-dir": ["build-engine", G_ONNX, "-o", "m.engine", "--timing-cache", "images"],
+    # train: bad data, outputs and starting points
+    "train-data-missing": ["train", "--data", "nope", "--output", "run", "--steps", "1"],
+    "train-data-file": ["train", "--data", "file.txt", "--output", "run", "--steps", "1"],
+    "train-data-no-images": ["train", "--data", "dir.onnx", "--output", "run", "--steps", "1"],
+    "train-out-is-file": ["train", "--data", "builtin", "--output", "file.txt", "--steps", "1"],
+    "train-out-under-file": ["train", "--data", "builtin", "--output", "file.txt/run", "--steps", "1"],
+    "train-init-missing": ["train", "--data", "builtin", "--output", "run", "--steps", "1", "--init", "nope"],
+    "train-init-garbage": [
+        "train",
+        "--data",
+        "builtin",
+        "--output",
+        "run",
+        "--steps",
+        "1",
+        "--init",
+        "garbage.safetensors",
+    ],  # fmt: skip
+    "train-vgg-zero": [
+        "train",
+        "--data",
+        "builtin",
+        "--output",
+        "run",
+        "--steps",
+        "1",
+        "--vgg-weights",
+        "zero.safetensors",
+    ],  # fmt: skip
+    "train-size": ["train", "--data", "builtin", "--output", "run", "--steps", "1", "--size", "100"],
+    # evaluate: bad data, models, outputs
+    "eval-data-missing": ["evaluate", "--data", "nope", "--checkpoint", G_CKPT, "--output", "ev"],
+    "eval-ckpt-garbage": ["evaluate", "--data", "builtin", "--checkpoint", "garbage.safetensors", "--output", "ev"],
+    "eval-model-garbage": ["evaluate", "--data", "builtin", "--model", "garbage.onnx", "--output", "ev"],
+    "eval-model-dir": ["evaluate", "--data", "builtin", "--model", "dir.onnx", "--output", "ev"],
+    "eval-out-is-file": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--output", "file.txt"],
+    "eval-out-under-file": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--output", "file.txt/ev"],
+    "eval-both-models": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--model", G_ONNX],
+    # triton-repo: bad models, bad repositories
+    "triton-missing": ["triton-repo", "nope.onnx", "--repo", "repo", "--cpu"],
+    "triton-dir": ["triton-repo", "dir.onnx", "--repo", "repo", "--cpu"],
+    "triton-zero": ["triton-repo", "zero.onnx", "--repo", "repo", "--cpu"],
+    "triton-garbage": ["triton-repo", "garbage.onnx", "--repo", "repo", "--cpu"],
+    "triton-garbage-engine": ["triton-repo", "garbage.engine", "--repo", "repo"],
+    "triton-zero-engine": ["triton-repo", "zero.engine", "--repo", "repo"],
+    "triton-wrong-suffix": ["triton-repo", "good.txt", "--repo", "repo", "--cpu"],
+    "triton-checkpoint": ["triton-repo", G_CKPT, "--repo", "repo", "--cpu"],
+    "triton-repo-is-file": ["triton-repo", G_ONNX, "--repo", "file.txt", "--cpu"],
+    "triton-repo-under-file": ["triton-repo", G_ONNX, "--repo", "file.txt/repo", "--cpu"],
+    "triton-bad-name": ["triton-repo", G_ONNX, "--repo", "repo", "--name", "../escape", "--cpu"],
+    # info and init
+    "info-missing": ["info", "nope.safetensors"],
+    "info-garbage": ["info", "garbage.safetensors"],
+    "info-dir": ["info", "dir.safetensors"],
+    "init-out-is-dir": ["init", "dir.safetensors", "--layers", "5", "--width", "0.125"],
+    "init-out-under-file": ["init", "file.txt/m.safetensors", "--layers", "5", "--width", "0.125"],
+    "init-out-wrong-suffix": ["init", "m.onnx", "--layers", "5", "--width", "0.125"],
+    # infer: argument paths (the per-file cases are in test_infer_adversarial.py)
+    "infer-model-garbage": [*INFER, "--output", "o", "--model", "garbage.onnx"],
+    "infer-model-dir": [*INFER, "--output", "o", "--model", "dir.onnx"],
+    "infer-model-zero": [*INFER, "--output", "o", "--model", "zero.onnx"],
+    "infer-out-under-file": [
+        *INFER,
+        "--output",
+        "file.txt/o",
+        "--model",
+        G_ONNX,
+    ],  # fmt: skip
+    "infer-out-is-images": [*INFER, "--output", "images", "--model", G_ONNX],
+    "infer-report-is-dir": [
+        *INFER,
+        "--output",
+        "o",
+        "--model",
+        G_ONNX,
+        "--report",
+        "images",
+    ],  # fmt: skip
+    "infer-report-under-file": [
+        *INFER,
+        "--output",
+        "o",
+        "--model",
+        G_ONNX,
+        "--report",
+        "file.txt/r.json",
+    ],  # fmt: skip
+    "infer-out-is-masks": [*INFER, "--output", "masks", "--model", G_ONNX],
+    "infer-out-dangling-link": [*INFER, "--output", "dangling", "--model", G_ONNX],
+    "infer-report-is-input": [
+        *INFER,
+        "--output",
+        "o",
+        "--model",
+        G_ONNX,
+        "--report",
+        "images/a.png",
+    ],  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_arguments_one_line_nothing_written(case, bad, small_checkpoint, small_onnx, monkeypatch, capsys):
+    before = snapshot(bad)
+    good = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (small_checkpoint, small_onnx)}
+    code, err = run_cli(CASES[case], monkeypatch, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code in (1, 2), (code, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert snapshot(bad) == before, "something was written, changed or left behind"
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in good} == good
