@@ -184,7 +184,9 @@ def doctor() -> None:
 
 @app.command()
 def train(
-    data: Annotated[str, typer.Option(help="A folder of training images, or 'builtin' (photos shipped in packages).")],
+    data: Annotated[
+        str, typer.Option(help="A folder of images, 'builtin', or a recorded split: demo-train (photos in packages).")
+    ],
     output: Annotated[Path, typer.Option(help="Run directory; an existing run in it is resumed.")],
     layers: Annotated[int, typer.Option(help="Encoder levels (7 = the common 256 setup, 8 = the paper at 512).")] = 7,
     width: Annotated[float, typer.Option(help="Channel width multiplier (1.0 = the paper).")] = 1.0,
@@ -203,8 +205,17 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for the initialisation, crops and masks.")] = 0,
     log_every: Annotated[int, typer.Option(help="Steps between log lines when output is not a terminal.")] = 10,
     sample_every: Annotated[int, typer.Option(help="Steps between checkpoints, loss curve and sample grid.")] = 100,
+    loss: Annotated[str, typer.Option(help="paper (eq. 7, VGG16 terms) | pixel (valid + 6 hole + 0.1 TV).")] = "paper",
+    hole_bins: Annotated[
+        int | None, typer.Option(help="Masks from the first N hole-ratio bins (1-10 %, ..., 50-60 %) [default: 6].")
+    ] = None,
+    keep_every: Annotated[int, typer.Option(help="Keep RUN/snapshots/step-N.safetensors every N steps.")] = 0,
 ) -> None:
-    """Train with the paper's loss; also under `torchrun --nproc-per-node N -m pconv_deploy.cli train ...`."""
+    """Train with the paper's loss; also under `torchrun --nproc-per-node N -m pconv_deploy.cli train ...`.
+
+    Resuming keeps the run's recipe: a different seed, size, batch size, layers, width, loss, hole bins
+    or data is refused; --lr on resume overrides the run's learning rate (and says so).
+    """
     from pconv_deploy.train.loop import TrainConfig, train
 
     cfg = TrainConfig(
@@ -223,7 +234,9 @@ def train(
         seed=seed,
         log_every=log_every,
         sample_every=sample_every,
-        checkpoint_every=sample_every,
+        loss=loss,
+        hole_bins=hole_bins,
+        keep_every=keep_every,
     )
     result = train(cfg, log=typer.echo)
     if result.history:
@@ -236,7 +249,9 @@ def train(
 
 @app.command()
 def evaluate(
-    data: Annotated[str, typer.Option(help="A folder of test images, or 'builtin'.")],
+    data: Annotated[
+        str, typer.Option(help="A folder of test images, 'builtin', or demo-heldout (photos training never saw).")
+    ],
     checkpoint: Annotated[Path | None, typer.Option(help="A checkpoint, evaluated in PyTorch.")] = None,
     model: Annotated[Path | None, typer.Option(help="An ONNX model or engine, evaluated through the runtime.")] = None,
     output: Annotated[Path, typer.Option(help="Where evaluation.md and evaluation.png go.")] = Path("eval-out"),
@@ -245,7 +260,7 @@ def evaluate(
     size: Annotated[int, typer.Option(help="Square centre crop of each image.")] = 256,
     max_images: Annotated[int | None, typer.Option(help="Use only the first N images.")] = None,
 ) -> None:
-    """L1 (%), PSNR and SSIM per hole-ratio bin on composited outputs, with OpenCV Telea as a baseline."""
+    """Hole L1 (0-255), L1 (%), PSNR and SSIM per hole-ratio bin on composited outputs, beside OpenCV Telea."""
     from pconv_deploy.train.evaluate import evaluate as run_evaluation
 
     report = run_evaluation(data, output, checkpoint, model, masks_per_bin, seed, size, max_images)

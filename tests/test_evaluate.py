@@ -9,6 +9,8 @@ import pytest
 from pconv_deploy.train.evaluate import (
     checkpoint_predictor,
     evaluate,
+    hole_bias,
+    hole_l1,
     l1_percent,
     make_samples,
     psnr,
@@ -34,6 +36,19 @@ def test_metrics_against_formulas():
     assert psnr(noisy, truth) == pytest.approx(10 * np.log10(255**2 / (diff**2).mean()))
     assert ssim(truth, truth) == pytest.approx(1.0)
     assert 0 < ssim(noisy, truth) < 0.99
+
+
+def test_hole_l1_and_colour_bias_count_only_hole_pixels():
+    truth = np.full((4, 4, 3), 100, np.uint8)
+    out = truth.copy()
+    hole = np.zeros((4, 4), bool)
+    hole[0, :2] = True  # two hole pixels
+    out[0, 0] = (110, 100, 70)  # errors +10, 0, -30
+    out[0, 1] = (100, 120, 100)  # errors 0, +20, 0
+    out[3, 3] = (0, 0, 0)  # a known pixel: must not count
+    assert hole_l1(out, truth, hole) == pytest.approx((10 + 30 + 20) / 6)
+    np.testing.assert_allclose(hole_bias(out, truth, hole), [5.0, 10.0, -15.0])
+    assert l1_percent(out, truth) > 0  # the whole-image metric does see the known pixel
 
 
 def test_samples_cover_every_bin_and_are_seeded():
@@ -93,7 +108,8 @@ def test_cli_prints_the_table_with_telea(small_checkpoint, tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     header = (
-        "| hole ratio | n | PConv L1 (%) | PConv PSNR (dB) | PConv SSIM | Telea L1 (%) | Telea PSNR (dB) | Telea SSIM |"
+        "| hole ratio | n | PConv hole L1 | PConv L1 (%) | PConv PSNR (dB) | PConv SSIM "
+        "| Telea hole L1 | Telea L1 (%) | Telea PSNR (dB) | Telea SSIM |"
     )
     assert header in r.stdout
     for label in ("(0.01, 0.1]", "(0.1, 0.2]", "(0.5, 0.6]"):

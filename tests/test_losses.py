@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pconv_deploy.model.losses import WEIGHTS, InpaintingLoss, dilated_holes, gram_matrix, total_variation
+from pconv_deploy.train.losses import WEIGHTS, InpaintingLoss, dilated_holes, gram_matrix, total_variation
 
 
 class TwoLayerFeatures(torch.nn.Module):
@@ -138,8 +138,36 @@ def test_perfect_prediction_has_only_tv_left(batch):
 
 
 def test_gradients_reach_only_through_raw(batch):
+    """The feature network is frozen and I_gt's features are targets: only raw (the network's output) is trained."""
     image, mask, raw = batch
-    raw_t = torch.tensor(raw, requires_grad=True)
-    InpaintingLoss(TwoLayerFeatures().double())(torch.tensor(image), torch.tensor(mask), raw_t)["total"].backward()
+    image_t, raw_t = torch.tensor(image, requires_grad=True), torch.tensor(raw, requires_grad=True)
+    features = TwoLayerFeatures().double()  # parameters require grad: any gradient into them would show
+    terms = InpaintingLoss(features)(image_t, torch.tensor(mask), raw_t)
+    terms["total"].backward(retain_graph=True)
     grad = raw_t.grad.numpy()
     assert np.abs(grad).sum() > 0 and np.isfinite(grad).all()
+    assert all(p.grad is None for p in features.parameters())
+    # At hole pixels I_gt enters the VGG terms only through its own feature pass; that pass is a
+    # constant target (no grad), so those terms give I_gt no gradient there. (Known pixels reach
+    # the VGG through I_comp, which copies them from I_gt.)
+    hole = ~mask.astype(bool).repeat(3, axis=1)
+    for key in ("perceptual", "style_out", "style_comp"):
+        (g,) = torch.autograd.grad(terms[key], image_t, retain_graph=True, allow_unused=True)
+        assert g is None or np.all(g.numpy()[hole] == 0), key
+
+
+def test_composite_terms_give_known_pixels_no_gradient(batch):
+    """Through I_comp only the hole pixels of raw are reached: known pixels come from I_gt."""
+    image, mask, raw = batch
+    known = mask.astype(bool).repeat(3, axis=1)
+    raw_t = torch.tensor(raw, requires_grad=True)
+    terms = InpaintingLoss(TwoLayerFeatures().double())(torch.tensor(image), torch.tensor(mask), raw_t)
+    for key in ("style_comp", "tv"):  # terms computed on I_comp alone
+        (grad,) = torch.autograd.grad(terms[key], raw_t, retain_graph=True)
+        grad = grad.numpy()
+        assert np.all(grad[known] == 0), key
+        assert np.abs(grad[~known]).sum() > 0, key
+    (grad,) = torch.autograd.grad(terms["hole"], raw_t, retain_graph=True)
+    assert np.all(grad.numpy()[known] == 0) and np.abs(grad.numpy()[~known]).sum() > 0
+    (grad,) = torch.autograd.grad(terms["valid"], raw_t, retain_graph=True)
+    assert np.all(grad.numpy()[~known] == 0) and np.abs(grad.numpy()[known]).sum() > 0

@@ -15,10 +15,10 @@ import torch
 
 from pconv_deploy.errors import PConvError
 from pconv_deploy.model import load_checkpoint
-from pconv_deploy.model.losses import InpaintingLoss
-from pconv_deploy.model.vgg import load_vgg16
 from pconv_deploy.train.data import CropDataset, image_paths
 from pconv_deploy.train.loop import TrainConfig, train
+from pconv_deploy.train.losses import InpaintingLoss
+from pconv_deploy.train.vgg import load_vgg16
 
 TINY = {"layers": 4, "width": 0.125, "size": 32, "batch_size": 2}  # H, W multiples of 16
 
@@ -35,7 +35,7 @@ def one_image(tmp_path_factory) -> Path:
 
 
 def config(data, output, **kw) -> TrainConfig:
-    values = {**TINY, "steps": 4, "log_every": 1000, "sample_every": 1000, "checkpoint_every": 1000, **kw}
+    values = {**TINY, "steps": 4, "log_every": 1000, "sample_every": 1000, **kw}
     return TrainConfig(data=str(data), output=Path(output), **values)
 
 
@@ -110,6 +110,52 @@ def test_finetune_freezes_encoder_batchnorm_only(one_image, tmp_path):
     assert state["optimizer"]["param_groups"][0]["lr"] == 5e-5  # the paper's fine-tuning rate by default
     with pytest.raises(PConvError, match="trained with finetune=True"):
         train(config(one_image, tmp_path / "ft", steps=3, finetune=False), log=lambda s: None)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"seed": 1}, "trained with seed=0, not seed=1"),
+        ({"size": 64}, "trained with size=32, not size=64"),
+        ({"batch_size": 3}, "trained with batch_size=2, not batch_size=3"),
+        ({"layers": 5}, "trained with layers=4, not layers=5"),
+        ({"width": 0.25}, "trained with width=0.125, not width=0.25"),
+    ],
+)
+def test_resume_refuses_a_different_recipe(one_image, tmp_path, change, message):
+    run = tmp_path / "run"
+    train(config(one_image, run, steps=2, lr=1e-3), log=lambda s: None)
+    before = (run / "state.pt").read_bytes()
+    with pytest.raises(PConvError, match=message) as info:
+        train(config(one_image, run, steps=3, lr=1e-3, **change), log=lambda s: None)
+    assert "\n" not in str(info.value) and str(run) in str(info.value)
+    assert (run / "state.pt").read_bytes() == before  # nothing written
+
+
+def test_resume_keeps_the_runs_lr_and_says_when_lr_overrides(one_image, tmp_path):
+    run = tmp_path / "run"
+    train(config(one_image, run, steps=2, lr=1e-3), log=lambda s: None)
+    messages = []
+    train(config(one_image, run, steps=3), log=messages.append)  # no --lr: the run's own 1e-3, not 2e-4
+    assert torch.load(run / "state.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] == 1e-3
+    assert not any("overrides" in m for m in messages)
+    train(config(one_image, run, steps=4, lr=3e-4), log=messages.append)
+    assert any(m.startswith("--lr 0.0003 overrides this run's learning rate 0.001") for m in messages)
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == 3e-4 and json.loads(state["settings"])["lr"] == 3e-4
+
+
+def test_pixel_loss_trains_without_vgg_and_keeps_snapshots(one_image, tmp_path):
+    run = tmp_path / "run"
+    result = train(config(one_image, run, steps=4, loss="pixel", keep_every=2, sample_every=2), log=lambda s: None)
+    assert all(r["perceptual"] == 0 and r["style_out"] == 0 and r["hole"] > 0 for r in result.history)
+    for row in result.history:  # total = L_valid + 6 L_hole + 0.1 L_tv
+        assert row["total"] == pytest.approx(row["valid"] + 6 * row["hole"] + 0.1 * row["tv"], rel=1e-5)
+    snapshots = sorted(p.name for p in (run / "snapshots").iterdir())
+    assert snapshots == ["step-000002.safetensors", "step-000004.safetensors"]
+    assert not [p for p in run.rglob("*") if ".pconv-tmp-" in p.name]  # atomic writes leave no temp files
+    last, snap = load_checkpoint(run / "last.safetensors"), load_checkpoint(run / "snapshots" / snapshots[-1])
+    assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), snap.state_dict().values()))
 
 
 def pconv(*args, cwd=None, env=None):

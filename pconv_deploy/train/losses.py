@@ -48,21 +48,19 @@ class InpaintingLoss(nn.Module):
     """``forward(image, mask, raw) -> {"valid", "hole", "perceptual", "style_out", "style_comp", "tv", "total"}``.
 
     ``image`` is I_gt in [0, 1], ``mask`` 1 = known, ``raw`` the network's I_out. ``vgg`` maps
-    [0, 1] RGB to a list of feature maps (see :mod:`pconv_deploy.model.vgg`).
+    [0, 1] RGB to a list of feature maps (see :mod:`pconv_deploy.train.vgg`).
     """
 
-    def __init__(self, vgg: nn.Module) -> None:
+    def __init__(self, vgg: nn.Module | None, weights: dict[str, float] | None = None) -> None:
         super().__init__()
-        self.vgg = vgg
+        self.vgg = vgg  # None: the pixel terms only (perceptual and style are reported as 0)
+        if vgg is not None:  # a fixed feature extractor: the loss trains only the network behind raw
+            vgg.requires_grad_(False)
+        self.weights = dict(weights or WEIGHTS)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor, raw: torch.Tensor) -> dict[str, torch.Tensor]:
         comp = composite(image, mask, raw)
         n = image.shape[0]
-        # I_gt's features need no gradient: a separate no-grad pass saves a third of VGG's backward,
-        # which dominates a training step of a small model.
-        with torch.no_grad():
-            feats_gt = self.vgg(image)
-        feats_pred = self.vgg(torch.cat([raw, comp], dim=0))
         terms = {
             "valid": (mask * (raw - image)).abs().mean(),
             "hole": ((1 - mask) * (raw - image)).abs().mean(),
@@ -70,12 +68,22 @@ class InpaintingLoss(nn.Module):
             "style_out": raw.new_zeros(()),
             "style_comp": raw.new_zeros(()),
         }
-        for f, f_gt in zip(feats_pred, feats_gt):
+        for f, f_gt in self._features(image, raw, comp):
             f_out, f_comp = f[:n], f[n:]
             terms["perceptual"] = terms["perceptual"] + (f_out - f_gt).abs().mean() + (f_comp - f_gt).abs().mean()
             g_gt = gram_matrix(f_gt)
             terms["style_out"] = terms["style_out"] + (gram_matrix(f_out) - g_gt).abs().mean()
             terms["style_comp"] = terms["style_comp"] + (gram_matrix(f_comp) - g_gt).abs().mean()
         terms["tv"] = total_variation(comp, mask)
-        terms["total"] = sum(WEIGHTS[k] * terms[k] for k in WEIGHTS)
+        terms["total"] = sum(self.weights[k] * terms[k] for k in self.weights)
         return terms
+
+    def _features(self, image: torch.Tensor, raw: torch.Tensor, comp: torch.Tensor) -> list:
+        """[(features of cat(raw, comp), features of image)] per VGG layer; [] without a VGG."""
+        if self.vgg is None:
+            return []
+        # I_gt's features need no gradient: a separate no-grad pass saves a third of VGG's backward,
+        # which dominates a training step of a small model.
+        with torch.no_grad():
+            feats_gt = self.vgg(image)
+        return list(zip(self.vgg(torch.cat([raw, comp], dim=0)), feats_gt))

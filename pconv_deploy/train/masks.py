@@ -85,6 +85,6 @@ def _draw_shape(cv2, canvas: np.ndarray, rng: np.random.Generator, scale: float)
         cv2.line(canvas, p1, p2, 1, max(1, thickness // 2), lineType=cv2.LINE_8)
 
 
-def training_mask(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """A mask from a uniformly chosen paper bin, so training sees small and large holes alike."""
-    return random_mask(height, width, rng, HOLE_BINS[int(rng.integers(len(HOLE_BINS)))])
+def training_mask(height: int, width: int, rng: np.random.Generator, bins: int | None = None) -> np.ndarray:
+    """A mask from a uniformly chosen paper bin (of the first ``bins``), so training sees small and large holes."""
+    return random_mask(height, width, rng, HOLE_BINS[int(rng.integers(bins or len(HOLE_BINS)))])

@@ -22,11 +22,12 @@ def _font(size: int = 12):
 
 def _save(image, path: str | Path) -> Path:
     """Write atomically: a half-written PNG is never visible under the final name."""
+    from pconv_deploy.files import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        image.save(tmp, format="PNG")
     return path
 
 

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from pconv_deploy.errors import PConvError
+from pconv_deploy.files import atomic_write, write_text_atomic
 
 CHECKPOINT = "last.safetensors"
 STATE = "state.pt"
@@ -25,16 +26,23 @@ def has_state(run_dir: Path) -> bool:
     return (run_dir / STATE).is_file() and (run_dir / CHECKPOINT).is_file()
 
 
-def save_state(run_dir: Path, model, optimizer, step: int, settings: dict) -> None:
-    """Checkpoint first, then the state that points at it; each written to a temp file and renamed."""
-    import torch
-
+def save_model(model, path: Path, step: int, settings: dict) -> Path:
+    """A checkpoint with the run's step and settings in its header, written atomically."""
     from pconv_deploy.model.checkpoint import save_checkpoint
 
-    save_checkpoint(model, run_dir / CHECKPOINT, extra={"step": str(step), "settings": json.dumps(settings)})
-    tmp = run_dir / f".{STATE}.tmp"
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "settings": json.dumps(settings)}, tmp)
-    tmp.replace(run_dir / STATE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        save_checkpoint(model, tmp, extra={"step": str(step), "settings": json.dumps(settings)})
+    return path
+
+
+def save_state(run_dir: Path, model, optimizer, step: int, settings: dict) -> None:
+    """Checkpoint first, then the state that points at it; each atomically (fsynced temp file, rename)."""
+    import torch
+
+    save_model(model, run_dir / CHECKPOINT, step, settings)
+    with atomic_write(run_dir / STATE) as tmp:
+        torch.save({"optimizer": optimizer.state_dict(), "step": step, "settings": json.dumps(settings)}, tmp)
 
 
 def load_state(run_dir: Path, device: str = "cpu"):
@@ -61,17 +69,21 @@ def read_history(run_dir: Path, before_step: int | None = None) -> list[dict[str
     path = run_dir / HISTORY
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # the last line of a killed run may be cut short
+            continue
     return [r for r in rows if before_step is None or r["step"] < before_step]
 
 
 def write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
     """Rewrite the whole file (after a resume drops steps past the checkpoint)."""
-    tmp = run_dir / f".{HISTORY}.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(run_dir / HISTORY)
+    write_text_atomic(run_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def append_history(run_dir: Path, row: dict[str, float]) -> None:
+    """One line appended per step; a line cut by a kill is dropped on read, and resume rewrites the file."""
     with open(run_dir / HISTORY, "a") as f:
         f.write(json.dumps(row) + "\n")
