@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch==2.13.0 is pinned first so that pip takes the local CPU wheel; see README for CUDA builds.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint install clean serve-env
+.PHONY: demo test lint install clean serve-env gpu-check
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: $(VENV)/.installed
 
 test: $(VENV)/.installed lint
 	$(BIN)/pytest -q -rs
+
+# On a CUDA machine: the gpu extra, `pytest -m gpu -rs`, an FP16 engine and `pconv bench`, then a short report.
+gpu-check: $(VENV)/.installed
+	BIN=$(BIN) bash scripts/gpu_smoke.sh
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) demo-out

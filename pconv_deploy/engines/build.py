@@ -167,14 +167,14 @@ def build_engine(plan: BuildPlan, device: int = 0) -> dict[str, Any]:
     """Build and write ``plan.output`` and its sidecar; returns the sidecar. Needs the full TensorRT and a GPU."""
     from pconv_deploy.engines.trt_api import import_tensorrt, use_device
 
-    trt = import_tensorrt(builder=True)
+    found = import_tensorrt(builder=True)  # the full tensorrt: tensorrt_lean cannot build
     try:
         from polygraphy.backend.trt import EngineBytesFromNetwork
         from polygraphy.exception import PolygraphyException
     except ImportError:
         raise BuildError("Polygraphy is not installed: pip install 'pconv-deploy[gpu]'") from None
     gpu = use_device(device)  # the builder tunes kernels for this GPU; the sidecar records it
-    network, config = polygraphy_loaders(plan, trt.module)
+    network, config = polygraphy_loaders(plan, found.module)
     onnx_sha256 = file_sha256(plan.onnx_path)  # of the file as TensorRT is about to read it
     cache = str(plan.timing_cache) if plan.timing_cache else None
     try:
@@ -187,7 +187,7 @@ def build_engine(plan: BuildPlan, device: int = 0) -> dict[str, Any]:
         engine_path=plan.output,
         metadata=plan.metadata,
         profiles=plan.profiles,
-        tensorrt_version=trt.version,
+        tensorrt_version=found.version,
         gpu_name=gpu.name,
         compute_capability=gpu.compute_capability,
         version_compatible=plan.version_compatible,

@@ -104,8 +104,8 @@ class TensorRTBackend:
         check_engine_io(self._loaded.io_tensors(trt), self._loaded.profiles, len(self.profiles), where)
         self._free: queue.Queue[EngineContext] = queue.Queue()
         self._contexts = [EngineContext(self._loaded, device) for _ in range(streams)]
-        for context in self._contexts:
-            self._free.put(context)
+        for pooled in self._contexts:
+            self._free.put(pooled)
 
     def _deserialise(self) -> LoadedEngine:
         """The GPU starts here: the device (no CUDA GPU -> one line), its match with the sidecar, then TensorRT."""
@@ -133,15 +133,15 @@ class TensorRTBackend:
         image = np.ascontiguousarray(image, dtype=np.float32)
         mask = np.ascontiguousarray(mask, dtype=np.float32)
         plan = plan_batches(self.profiles, n, h, w)
-        context = self._free.get()
+        pooled = self._free.get()
         try:
-            parts = [context.run(profile, image[a:b], mask[a:b]) for a, b, profile in plan]
+            parts = [pooled.run(profile, image[a:b], mask[a:b]) for a, b, profile in plan]
         finally:
-            self._free.put(context)
+            self._free.put(pooled)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def close(self) -> None:
         """Free the contexts, streams and buffers (also done when the process exits)."""
-        for context in self._contexts:
-            context.close()
+        for pooled in self._contexts:
+            pooled.close()
         self._contexts = []

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The first thing to run on a CUDA machine (`make gpu-check`): installs the `gpu` extra, runs the GPU
+# tests (`pytest -m gpu -rs`), builds an FP16 engine of the bundled model and benchmarks it with
+# `pconv bench` (if this checkout has it), then prints a short report. Exit status: non-zero when any
+# step failed; 2 when this is not a CUDA machine. Work files go to ${GPU_CHECK_DIR:-gpu-check-out}/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+OUT=${GPU_CHECK_DIR:-gpu-check-out}
+BENCH_ARGS=${BENCH_ARGS:-}   # extra `pconv bench` options; the default run is small
+declare -a REPORT=()
+FAILED=0
+note() { REPORT+=("$1"); echo "== $1"; }
+step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, remember the outcome
+    local name=$1; shift
+    if "$@" >"$OUT/$name.log" 2>&1; then note "$name: ok"; else note "$name: FAILED (exit $?, see $OUT/$name.log)"; FAILED=1; fi
+}
+
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "gpu-check: no NVIDIA driver or GPU here (nvidia-smi fails); run this on a CUDA machine" >&2
+    exit 2
+fi
+mkdir -p "$OUT"
+note "GPU: $(nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader | head -n 1)"
+
+# onnxruntime and onnxruntime-gpu install the same module: keep only the GPU one.
+step install "$BIN/pip" install -q -e '.[gpu,dev]'
+if "$BIN/pip" show -q onnxruntime >/dev/null 2>&1; then
+    step onnxruntime-gpu bash -c "'$BIN/pip' uninstall -q -y onnxruntime && '$BIN/pip' install -q --force-reinstall --no-deps onnxruntime-gpu"
+fi
+"$BIN/pconv" doctor >"$OUT/doctor.log" 2>&1
+note "doctor: $(grep -E '^(tensorrt|  runs plans|  CUDAExecutionProvider)' "$OUT/doctor.log" | tr -s ' ' | paste -sd ';' -)"
+
+step pytest-gpu "$BIN/pytest" -m gpu -rs -q
+note "pytest -m gpu: $(tail -n 1 "$OUT/pytest-gpu.log")"
+if ! tail -n 1 "$OUT/pytest-gpu.log" | grep -q passed; then
+    note "pytest -m gpu: FAILED: no GPU test ran on a GPU machine (reasons below)"; FAILED=1
+fi
+grep -E '^SKIPPED' "$OUT/pytest-gpu.log" | head -n 5 | while read -r line; do echo "   $line"; done
+
+step export "$BIN/pconv" export --fp16 -o "$OUT/demo-fp16.onnx"
+step build-engine "$BIN/pconv" build-engine "$OUT/demo-fp16.onnx" -o "$OUT/demo-fp16.engine" --fp16 \
+    --min-shape 1x256x256 --opt-shape 2x256x256 --max-shape 4x512x512 --timing-cache "$OUT/timing.cache"
+if "$BIN/pconv" bench --help >/dev/null 2>&1; then
+    # shellcheck disable=SC2086 # BENCH_ARGS is a list of options
+    step bench "$BIN/pconv" bench --model "$OUT/demo-fp16.engine" $BENCH_ARGS
+    note "bench: $(tail -n 3 "$OUT/bench.log" | paste -sd ' ' -)"
+else
+    note "bench: skipped: this checkout has no \`pconv bench\` yet (issue 11)"
+fi
+
+echo
+echo "gpu-check report ($(date -u +%Y-%m-%dT%H:%MZ), logs in $OUT/)"
+for line in "${REPORT[@]}"; do echo "  $line"; done
+exit "$FAILED"
