@@ -133,7 +133,7 @@ def check_trt_call(func, args: tuple, kwargs: dict, *, has_self: bool = True) ->
         if problem is None:
             return
         problems.append(problem)
-    raise AssertionError(f"{func.__qualname__}{args!r} {kwargs!r} fits no overload: {problems}")
+    raise AssertionError(f"{func.__name__}{args!r} {kwargs!r} fits no overload: {problems}")
 
 
 def check_recorded_trt_calls(fake, real_class) -> int:
@@ -234,7 +234,7 @@ class SimulatedGpu:
         self._lock = threading.Lock()
         self.cuda = self._cuda_namespace()
         self.runtime = mock.create_autospec(REAL_RUNTIME, instance=True, spec_set=True)
-        self.runtime.deserialize_cuda_engine.side_effect = self._deserialise
+        self._checked(self.runtime, REAL_RUNTIME, {"deserialize_cuda_engine": self._deserialise})
         self.runtime_class = mock.create_autospec(REAL_RUNTIME, spec_set=True)
         self.runtime_class.return_value = self.runtime
         self.engine = self._engine()
@@ -326,6 +326,17 @@ class SimulatedGpu:
         return (SUCCESS,)
 
     # -- TensorRT
+    @staticmethod
+    def _checked(fake, real_class, impls: dict) -> None:
+        """Give each method its behaviour, validating every call against the real signature as it happens."""
+        for name, impl in impls.items():
+
+            def call(*args, _name=name, _impl=impl, **kwargs):
+                check_trt_call(getattr(real_class, _name), args, kwargs)
+                return _impl(*args, **kwargs)
+
+            getattr(fake, name).side_effect = call
+
     def _deserialise(self, serialized_engine):
         self.deserialised.append(bytes(serialized_engine))
         return self.engine
@@ -334,24 +345,24 @@ class SimulatedGpu:
         engine = mock.create_autospec(trt.ICudaEngine, instance=True, spec_set=True)
         engine.num_io_tensors = len(self.tensors)
         engine.num_optimization_profiles = len(self.profiles)
-        engine.get_tensor_name.side_effect = lambda index: self.tensors[index]
-        engine.get_tensor_mode.side_effect = lambda name: (
-            trt.TensorIOMode.OUTPUT if name == OUTPUT else trt.TensorIOMode.INPUT
-        )
-        engine.get_tensor_dtype.side_effect = lambda name: trt.DataType.FLOAT
-        engine.create_execution_context.side_effect = self._context
+        self._checked(engine, trt.ICudaEngine, {
+            "get_tensor_name": lambda index: self.tensors[index],
+            "get_tensor_mode": lambda name: trt.TensorIOMode.OUTPUT if name == OUTPUT else trt.TensorIOMode.INPUT,
+            "get_tensor_dtype": lambda name: trt.DataType.FLOAT,
+            "create_execution_context": self._context,
+        })  # fmt: skip
         return engine
 
     def _context(self, *args, **kwargs):
         context = mock.create_autospec(trt.IExecutionContext, instance=True, spec_set=True)
         state = {"profile": 0, "shapes": {}, "addresses": {}}
-        context.set_optimization_profile_async.side_effect = lambda index, stream: self._set_profile(
-            state, index, stream
-        )
-        context.set_input_shape.side_effect = lambda name, shape: self._set_shape(state, name, shape)
-        context.get_tensor_shape.side_effect = lambda name: trt.Dims(self._shape_of(state, name))
-        context.set_tensor_address.side_effect = lambda name, memory: self._set_address(state, name, memory)
-        context.execute_async_v3.side_effect = lambda stream: self._execute(state, stream)
+        self._checked(context, trt.IExecutionContext, {
+            "set_optimization_profile_async": lambda index, stream: self._set_profile(state, index, stream),
+            "set_input_shape": lambda name, shape: self._set_shape(state, name, shape),
+            "get_tensor_shape": lambda name: trt.Dims(self._shape_of(state, name)),
+            "set_tensor_address": lambda name, memory: self._set_address(state, name, memory),
+            "execute_async_v3": lambda stream: self._execute(state, stream),
+        })  # fmt: skip
         self.contexts.append(context)
         return context
 

@@ -247,10 +247,10 @@ def test_mismatches_are_refused_before_deserialising(gpu, tmp_path):
 
 
 def test_engine_tensors_must_be_the_contract(gpu, tmp_path):
-    gpu.engine.get_tensor_name.side_effect = lambda index: ("input", "mask", "inpainted")[index]
+    gpu.tensors = ("input", "mask", "inpainted")
     with pytest.raises(PConvError, match=r"model contract mismatch: engine has \['inpainted', 'input', 'mask'\]"):
         TensorRTBackend(engine_with_sidecar(tmp_path))
-    gpu.engine.get_tensor_name.side_effect = lambda index: ("image", "mask", "inpainted")[index]
+    gpu.tensors = ("image", "mask", "inpainted")
     gpu.engine.get_tensor_dtype.side_effect = lambda name: tensorrt_lean.DataType.HALF
     with pytest.raises(PConvError, match=r"'image' must be a float32 input"):
         TensorRTBackend(engine_with_sidecar(tmp_path))
@@ -258,7 +258,7 @@ def test_engine_tensors_must_be_the_contract(gpu, tmp_path):
 
 
 def test_a_failed_deserialisation_is_one_line(gpu, tmp_path):
-    gpu.runtime.deserialize_cuda_engine.side_effect = lambda data: None  # what TensorRT returns on a bad plan
+    SimulatedGpu._checked(gpu.runtime, REAL_RUNTIME, {"deserialize_cuda_engine": lambda data: None})  # a bad plan
     engine = engine_with_sidecar(tmp_path)
     with pytest.raises(PConvError) as e:
         TensorRTBackend(engine)

@@ -265,6 +265,11 @@ class EngineContext:
             self.buffers[name] = (ptr, size)
         return ptr
 
+    def _bind(self, name: str, ptr: int) -> None:
+        context = self.context
+        if not context.set_tensor_address(name, ptr):
+            raise PConvError(f"TensorRT refused the device address of {name!r}")
+
     def run(self, profile: int, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Copy in, execute on this context's stream, copy out, synchronise."""
         cudart, context = cuda_runtime(), self.context
@@ -280,12 +285,12 @@ class EngineContext:
                 raise PConvError(f"TensorRT rejected input shape {array.shape} for {name!r}")
             ptr = self._buffer(name, array.nbytes)
             check(cudart.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, h2d, self.stream), "cudaMemcpyAsync")
-            context.set_tensor_address(name, ptr)
+            self._bind(name, ptr)
         out = np.empty(tuple(context.get_tensor_shape(OUTPUT)), dtype=np.float32)
         if out.ndim != 4 or out.shape[1] != CHANNELS[OUTPUT]:
             raise PConvError(f"TensorRT reports output shape {out.shape}, expected [N, {CHANNELS[OUTPUT]}, H, W]")
         out_ptr = self._buffer(OUTPUT, out.nbytes)
-        context.set_tensor_address(OUTPUT, out_ptr)
+        self._bind(OUTPUT, out_ptr)
         if not context.execute_async_v3(stream):
             raise PConvError("TensorRT execution failed (see the TensorRT log above)")
         check(cudart.cudaMemcpyAsync(out.ctypes.data, out_ptr, out.nbytes, d2h, self.stream), "cudaMemcpyAsync")
