@@ -13,7 +13,9 @@ from typing import Annotated
 
 import typer
 
+from pconv_deploy.contract import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, ONNX_SUFFIX
 from pconv_deploy.errors import PConvError
+from pconv_deploy.paths import check_folder_job, check_input_file, check_output_dir, check_output_file
 
 app = typer.Typer(
     name="pconv",
@@ -38,6 +40,7 @@ def init(
     seed: Annotated[int, typer.Option(help="Seed for the random initialisation.")] = 0,
 ) -> None:
     """Write a randomly initialised checkpoint (a starting point for training, or for tests)."""
+    check_output_file(output, "OUTPUT", suffixes=(CHECKPOINT_SUFFIX,))
     import torch
 
     from pconv_deploy.model import PConvUNet, save_checkpoint
@@ -57,6 +60,7 @@ def info(
     size: Annotated[str, typer.Option(help="HxW at which to count MACs.")] = "512x512",
 ) -> None:
     """Print a checkpoint's config, parameter count and MACs at a given size."""
+    check_input_file(checkpoint, "CHECKPOINT", (CHECKPOINT_SUFFIX,))
     from pconv_deploy.model import feature_macs, load_checkpoint, parameter_count
 
     model = load_checkpoint(checkpoint)
@@ -82,6 +86,10 @@ def export_command(
     ] = None,
 ) -> None:
     """Export a checkpoint to ONNX (model contract in the README), graph-checked and parity-checked."""
+    checkpoint = check_input_file(checkpoint or bundled_checkpoint(), "--checkpoint", (CHECKPOINT_SUFFIX,))
+    check_output_file(output, "--output", [(checkpoint, "--checkpoint")], (ONNX_SUFFIX,))
+    if parity_dir is not None:
+        check_output_dir(parity_dir, "--parity-dir")
     from pconv_deploy.export import export_checkpoint
     from pconv_deploy.export.parity import ParityError
     from pconv_deploy.model.checkpoint import default_checkpoint
@@ -118,6 +126,11 @@ def check_command(
     ] = False,
 ) -> None:
     """Check an ONNX model against PyTorch under ONNX Runtime through Polygraphy; exit 1 on a mismatch."""
+    check_input_file(model, "MODEL", (ONNX_SUFFIX,))
+    if checkpoint is not None:
+        check_input_file(checkpoint, "--checkpoint", (CHECKPOINT_SUFFIX,))
+    if save_dir is not None:
+        check_output_dir(save_dir, "--save-dir", [(model.parent, "MODEL's folder")])
     from pconv_deploy.export.parity import check_onnx
 
     report = check_onnx(model, checkpoint, save_dir=save_dir, fp64_reference=fp64_reference)
@@ -152,6 +165,10 @@ def build_engine_command(
     device: Annotated[int, typer.Option(help="CUDA device to build for.")] = 0,
 ) -> None:
     """Build a TensorRT engine (strongly typed, precision from the graph) and its sidecar JSON. Needs a GPU."""
+    check_input_file(model, "MODEL", (ONNX_SUFFIX,))
+    check_output_file(output, "--output", [(model, "MODEL")])
+    if timing_cache is not None:
+        check_output_file(timing_cache, "--timing-cache", [(model, "MODEL"), (output, "--output")])
     from pconv_deploy.engines.build import build_engine, plan_build
 
     plan = plan_build(
@@ -216,6 +233,10 @@ def train(
     Resuming keeps the run's recipe: a different seed, size, batch size, layers, width, loss, hole bins
     or data is refused; --lr on resume overrides the run's learning rate (and says so).
     """
+    check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [])
+    for path, option in ((init, "--init"), (vgg_weights, "--vgg-weights")):
+        if path is not None:
+            check_input_file(path, option)
     from pconv_deploy.train.loop import TrainConfig, train
 
     cfg = TrainConfig(
@@ -261,6 +282,11 @@ def evaluate(
     max_images: Annotated[int | None, typer.Option(help="Use only the first N images.")] = None,
 ) -> None:
     """Hole L1 (0-255), L1 (%), PSNR and SSIM per hole-ratio bin on composited outputs, beside OpenCV Telea."""
+    if checkpoint is not None:
+        check_input_file(checkpoint, "--checkpoint", (CHECKPOINT_SUFFIX,))
+    if model is not None:
+        check_input_file(model, "--model", (ONNX_SUFFIX, *ENGINE_SUFFIXES))
+    check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [])
     from pconv_deploy.train.evaluate import evaluate as run_evaluation
 
     report = run_evaluation(data, output, checkpoint, model, masks_per_bin, seed, size, max_images)
@@ -337,6 +363,7 @@ def infer(
     import signal
 
     from pconv_deploy.runtime import Inpainter, load_backend
+    from pconv_deploy.runtime.inputs import orphan_masks
     from pconv_deploy.runtime.memory import parse_memory
     from pconv_deploy.runtime.outputs import OutputSettings
     from pconv_deploy.runtime.pipeline import run_folder, visible_files, write_report
@@ -344,16 +371,18 @@ def infer(
     if server and model is not None:
         fail("--model and --server exclude each other: the servers hold the model", 2)
     if model is None and not server:
-        from pconv_deploy.model.checkpoint import default_checkpoint
-
-        model = default_checkpoint()
+        model = bundled_checkpoint()
     for path, name in ((images, "--images"), (masks, "--masks"), *([(model, "--model")] if model else [])):
         if not path.exists():
             fail(f"{name} {path}: no such file or folder", 2)
-    if output.exists() and not output.is_dir():
-        fail(f"--output {output}: exists and is not a folder", 2)
+    check_folder_job(images, masks, output, report)  # before the model loads: exit 2, nothing written
+    if model is not None:
+        check_input_file(model, "--model")
     if images.is_dir() and not visible_files(images):
         fail(f"--images {images}: no files to inpaint", 2)
+    warnings = [f"mask {m} has no image in {images}" for m in orphan_masks(images, masks)]
+    for line in warnings:
+        typer.echo(f"warning: {line}", err=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
     if server:
         runner = remote_runner(server, server_model)
@@ -369,12 +398,17 @@ def infer(
         output_settings=settings,
     )  # fmt: skip
     result.model = str(model) if model else " ".join(server)
-    if report is not None:
-        write_report(result, report)
+    result.warnings = warnings
     ok, skipped, failed = (result.count(s) for s in ("ok", "skipped", "failed"))
     rate = ok / result.seconds if result.seconds > 0 else 0.0
     summary = f"{ok} inpainted, {skipped} skipped (output exists), {failed} failed in {result.seconds:.1f} s"
-    typer.echo(f"{summary} ({rate:.1f} images/s, {inpainter.backend.name})" + (f"; report: {report}" if report else ""))
+    typer.echo(f"{summary} ({rate:.1f} images/s, {inpainter.backend.name})")  # first: never lost to a bad --report
+    if report is not None:
+        try:
+            write_report(result, report)
+        except OSError as e:
+            fail(f"--report {report}: cannot write the report ({e.strerror or e})")
+        typer.echo(f"report: {report}")
     if result.interrupted:
         fail(f"interrupted: {result.count('pending')} images not done; run the same command again to finish", 130)
     if failed:
@@ -400,6 +434,8 @@ def triton_repo(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
 ) -> None:
     """Write a Triton model repository entry (config.pbtxt + the model) for ONNX Runtime or TensorRT."""
+    check_input_file(model, "MODEL", (ONNX_SUFFIX, *ENGINE_SUFFIXES))
+    check_output_dir(repo, "--repo")
     from pconv_deploy.triton import write_triton_repo
 
     kind = "KIND_CPU" if cpu else "KIND_GPU"
@@ -431,6 +467,26 @@ def serve(
         raise typer.Exit(code)
 
 
+OPTIONAL_MODULES = {  # module -> the extra that installs it
+    "torch": "torch", "onnx": "torch", "onnxscript": "torch", "safetensors": "torch", "polygraphy": "torch",
+    "cv2": "train", "skimage": "train", "tensorrt": "gpu", "tritonclient": "client",
+}  # fmt: skip
+
+
+def bundled_checkpoint() -> Path:
+    """The bundled demo model (a PyTorch checkpoint): without torch, one line saying what to do instead."""
+    try:
+        from pconv_deploy.model.checkpoint import default_checkpoint
+    except ModuleNotFoundError as e:
+        if e.name not in ("torch", "safetensors"):
+            raise
+        raise PConvError(
+            "the bundled model is a PyTorch checkpoint and needs torch (pip install 'pconv-deploy[torch]'); "
+            "or pass --model an exported .onnx (from `pconv export` where torch is installed)"
+        ) from None
+    return default_checkpoint()
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'512' or '512x768' -> (H, W)."""
     parts = text.lower().split("x")
@@ -449,6 +505,12 @@ def main() -> None:
         app()  # standalone: typer prints usage errors itself and exits 2
     except PConvError as e:
         typer.echo(f"error: {e}", err=True)
+        sys.exit(getattr(e, "exit_code", 1))  # PathArgumentError: 2, like typer's usage errors
+    except ModuleNotFoundError as e:
+        extra = OPTIONAL_MODULES.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        typer.echo(f"error: this command needs {e.name} (pip install 'pconv-deploy[{extra}]')", err=True)
         sys.exit(1)
 
 

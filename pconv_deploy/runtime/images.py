@@ -59,6 +59,8 @@ def precheck(path: Path, what: str = "image") -> None:
     if not path.is_file():
         if path.is_symlink() and not path.exists():
             raise InputError(f"{what} is a dangling symbolic link (to {os.readlink(path)})")
+        if path.is_dir():
+            raise InputError(f"{what} is a folder, not a file")
         raise InputError(f"{what} not found" if not path.exists() else f"{what} is not a regular file")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         kind = path.suffix or "no extension"

@@ -180,6 +180,8 @@ class Inpainter:
         out = self.backend.run(image, mask)
         if out.shape != image.shape:
             raise PConvError(f"backend {self.backend.name} returned shape {out.shape} for input {image.shape}")
+        if not np.isfinite(out).all():  # NaN weights or an FP16 overflow: the holes would silently turn black
+            raise PConvError(f"the model returned NaN or infinite values ({self.backend.name}): its weights are broken")
         for i, tile in enumerate(tiles):
             h, w = tile.hole.shape
             fill = out[i, :, :h, :w].transpose(1, 2, 0)

@@ -1,8 +1,11 @@
 """Input discovery for the folder job: which images to inpaint, with which mask, into which output file.
 
 Pairing is by file stem (IOPaint's rule); a single mask file serves every image. Hidden files are
-ignored. Every image gets a :class:`FileResult`, already ``failed`` or ``skipped`` when that can be
-decided without decoding, so the report lists every input.
+ignored; so are subfolders, unless named like an image (then they fail, as a dangling link does).
+An existing folder at an output path fails its image (it is not "skipped"). Masks without an
+image are listed by :func:`orphan_masks` (the CLI warns about them). Every image gets a
+:class:`FileResult`, already ``failed`` or ``skipped`` when that can be decided without decoding,
+so the report lists every input.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pconv_deploy.runtime.images import InputError, precheck
+from pconv_deploy.runtime.images import IMAGE_SUFFIXES, InputError, precheck
 from pconv_deploy.runtime.outputs import output_name
 
 
@@ -70,14 +73,36 @@ def pair_files(
             r.status, r.error = "failed", f"several masks for {f.stem}: {names}"
         elif out.resolve() in inputs:
             r.status, r.error = "failed", f"output {out} would overwrite an input file: choose another --output"
+        elif out.is_dir() or (out.exists() and not out.is_file()):
+            what = "a folder" if out.is_dir() else "not a regular file"
+            r.status, r.error = "failed", f"output {out} exists and is {what}: remove it or choose another --output"
         elif out.exists() and not overwrite:
             r.status = "skipped"
     return results
 
 
+def orphan_masks(images: Path, masks: Path) -> list[Path]:
+    """Masks in a masks folder that no image of an images folder pairs with (a typo'd or missing image)."""
+    if not images.is_dir() or not masks.is_dir():
+        return []
+    stems = {f.stem for f in visible_files(images)}
+    return [m for m in visible_files(masks) if m.stem not in stems]
+
+
 def visible_files(folder: Path) -> list[Path]:
-    return sorted(Path(e.path) for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file())
+    """Visible regular files, and visible entries named like images that are not regular files.
+
+    A folder called ``x.png``, a dangling symbolic link or a FIFO named like an image is listed so
+    that it fails with a message; other subfolders are not inputs (discovery does not recurse).
+    """
+    return sorted(
+        Path(e.path)
+        for e in os.scandir(folder)
+        if not e.name.startswith(".") and (e.is_file() or Path(e.name).suffix.lower() in IMAGE_SUFFIXES)
+    )
 
 
 def valid_stem(stem: str) -> bool:
-    return bool(stem) and stem not in (".", "..") and not any(c in stem for c in "/\\\0")
+    """A stem that names a file inside the output folder: only this system's separators are refused."""
+    separators = {os.sep, os.altsep or os.sep, "\0"}
+    return bool(stem) and stem not in (".", "..") and not any(c in stem for c in separators)

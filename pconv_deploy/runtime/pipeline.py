@@ -51,6 +51,7 @@ class Report:
     bytes_per_pixel: int = 0  # the estimated memory of one backend call per input pixel
     interrupted: bool = False
     temps_cleaned: int = 0
+    warnings: list[str] = field(default_factory=list)  # e.g. masks no image pairs with
     totals: dict[str, int] = field(default_factory=dict)
 
     def count(self, status: str) -> int:
