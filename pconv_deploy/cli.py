@@ -62,6 +62,7 @@ def info(
     """Print a checkpoint's config, parameter count and MACs at a given size."""
     check_input_file(checkpoint, "CHECKPOINT", (CHECKPOINT_SUFFIX,))
     from pconv_deploy.model import feature_macs, load_checkpoint, parameter_count
+    from pconv_deploy.model.checkpoint import read_metadata
 
     model = load_checkpoint(checkpoint)
     h, w = parse_size(size)
@@ -70,8 +71,48 @@ def info(
     typer.echo(f"layers:       {cfg.layers}  (H, W multiples of {cfg.multiple})")
     typer.echo(f"width:        {cfg.width}")
     typer.echo(f"input_norm:   {cfg.input_norm}")
+    typer.echo(f"output_act.:  {cfg.output_activation}")
+    header = read_metadata(checkpoint)
+    if "source_format" in header:
+        origin = f"{header['source_format']} {header['source_file']}"
+        typer.echo(f"imported:     {origin} (sha256 {header['source_sha256'][:12]}...)")
     typer.echo(f"parameters:   {parameter_count(model):,}")
     typer.echo(f"GMACs @ {h}x{w}: {feature_macs(model, h, w) / 1e9:.2f}")
+
+
+class ImportFormat(str, Enum):
+    auto = "auto"
+    xiefan_guo = "xiefan-guo"
+    naoto0804 = "naoto0804"
+    mmagic = "mmagic"
+    state_dict = "state-dict"
+
+
+@app.command("import-checkpoint")
+def import_checkpoint_command(
+    source: Annotated[
+        Path, typer.Argument(help="A PyTorch checkpoint (.pth/.pt/.ckpt) or state dict of a PConv U-Net.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="pconv-deploy checkpoint to write (.safetensors).")],
+    format: Annotated[
+        ImportFormat, typer.Option("--format", help="Source layout; auto recognises it from the key names.")
+    ] = ImportFormat.auto,
+    layers: Annotated[int | None, typer.Option(help="Expected encoder levels (checked against the file).")] = None,
+) -> None:
+    """Convert a checkpoint of xiefan-guo/PConv, naoto0804, mmagic (or a bare state dict); loads no code."""
+    from pconv_deploy.model.importers import import_checkpoint
+
+    result = import_checkpoint(source, output, format.value, layers)
+    cfg = result.config
+    how = "recognised from its keys" if result.detected else "as given"
+    typer.echo(f"format:       {result.format} ({how})")
+    typer.echo(
+        f"config:       layers {cfg.layers}, width {cfg.width:g}, input_norm {cfg.input_norm}, "
+        f"output_activation {cfg.output_activation}"
+    )
+    if result.ignored_keys:
+        typer.echo(f"ignored:      {result.ignored_keys} keys outside the generator (training-only modules)")
+    typer.echo(f"wrote {result.path}")
 
 
 @app.command("export")

@@ -71,13 +71,23 @@ def test_grouped_mask_equals_explicit_multichannel_mask():
 
 
 def test_mask_path_has_no_epsilon_and_stays_finite_in_float16():
-    """Windows holding a single valid pixel give ratio C*k*k, representable in fp16; no 1/eps blow-up."""
-    layer = _layer(3, 2, 3, 1, 1, True)
-    mask = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
-    mask[0, 0, 4, 4] = 1
-    out, new_mask = layer(torch.randn(1, 3, 9, 9, dtype=torch.float64), mask)
+    """Run in float16 (tiny sizes: fp16 convolutions are slow on CPU): windows holding a single valid pixel
+    give ratio C*k*k (576 here), all-hole windows give exactly 0; no 1/eps blow-up, no 0 * inf."""
+    layer = _layer(64, 4, 3, 1, 1, True)
+    mask = torch.zeros(2, 1, 9, 9, dtype=torch.float64)
+    mask[0, 0, 4, 4] = 1  # item 0: one valid pixel; item 1: all hole
+    x = torch.randn(2, 64, 9, 9, dtype=torch.float64)
+    ref_out, ref_mask = layer(x, mask)  # float64, checked against the paper's formula above
+    half = layer.half()
+    out, new_mask = half(x.half(), mask.half())
+    assert out.dtype == torch.float16 and new_mask.dtype == torch.float16
     assert torch.isfinite(out).all()
-    assert new_mask.sum() == 9  # the 3x3 neighbourhood of the single valid pixel
+    assert new_mask[0].sum() == 9 and new_mask[1].sum() == 0  # the 3x3 neighbourhood of the single valid pixel
+    assert not out[1].any()  # all-hole: exactly zero, bias included
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-2, atol=1e-2)
+    # what an epsilon would do here: 1e-8 is 0 in float16, so an all-hole window divides by zero
+    eps_ratio = torch.tensor(576.0, dtype=torch.float16) / (torch.tensor(0.0, dtype=torch.float16) + 1e-8)
+    assert torch.isinf(eps_ratio) and torch.isnan(eps_ratio * 0)
 
 
 def test_rejects_bad_groups_and_mask_channels():
