@@ -226,6 +226,7 @@ class SimulatedGpu:
     def __post_init__(self) -> None:
         self.memory: dict[int, np.ndarray] = {}
         self.streams: set[int] = set()
+        self.malloc_devices: list[int] = []  # the current device at each cudaMalloc
         self.calls: list[tuple[str, tuple, dict, tuple]] = []
         self.runs: list[tuple[int, int, int]] = []  # (profile, batch, device) per execute_async_v3
         self.deserialised: list[bytes] = []
@@ -305,6 +306,7 @@ class SimulatedGpu:
         buffer = np.zeros(max(size, 1), np.uint8)
         with self._lock:
             self.memory[buffer.ctypes.data] = buffer
+            self.malloc_devices.append(self.device())
         return SUCCESS, buffer.ctypes.data
 
     def _free(self, ptr):

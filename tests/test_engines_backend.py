@@ -228,6 +228,7 @@ def test_the_device_index_is_used_on_every_thread_and_checked_against_the_sideca
     with ThreadPoolExecutor(3) as pool:  # fresh threads start on CUDA's default device 0
         list(pool.map(lambda _: backend.run(image, mask), range(6)))
     assert len(gpu.runs) == 6 and {device for _, _, device in gpu.runs} == {1}
+    assert gpu.malloc_devices and set(gpu.malloc_devices) == {1}  # buffers live on that device too
     backend.close()
     gpu.check_all_calls()
 

@@ -300,6 +300,7 @@ class EngineContext:
     def close(self) -> None:
         """Free buffers and the stream; errors are ignored (the process may be exiting)."""
         cudart = cuda_runtime()
+        cudart.cudaSetDevice(self.device)  # close() may run on another thread than the one that allocated
         for ptr, _ in self.buffers.values():
             cudart.cudaFree(ptr)
         self.buffers.clear()
