@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,8 +66,11 @@ class Served:
         self.log = log
         command = [sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(model), "--max-batch-size", "4"]
         command += ["--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log, "wb") as out:  # SIGINT ignored, as for a background job of a script: it must still stop
+            self.proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+            )  # fmt: skip
 
     @property
     def http_url(self) -> str:
@@ -80,6 +84,9 @@ class Served:
         deadline = time.monotonic() + START_SECONDS
         for _ in range(int(START_SECONDS / 0.2)):
             if READY_MARK in self.log.read_text(errors="replace"):
+                import psutil
+
+                self.server_pid = psutil.Process(self.proc.pid).children()[0].pid
                 return
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 break
@@ -205,6 +212,12 @@ def work(small_onnx, tmp_path_factory):
 def one_server(serve_env, small_onnx, work):
     with serving(small_onnx, work[0]) as (server,):
         yield server
+        started = time.monotonic()
+        assert server.stop(signal.SIGINT) == 0  # Ctrl-C: a clean stop, exit 0
+        log = server.log.read_text()
+        assert time.monotonic() - started < 30 and "pconv serve: stopping" in log and "pconv serve: stopped" in log
+        workspaces = Path(tempfile.gettempdir()) / "pconv-serve"
+        assert not list(workspaces.glob(f"pid{server.server_pid}-*")), "PyTriton's workspace was left behind"
 
 
 def test_infer_over_http_and_grpc_matches_local(one_server, work, tmp_path):

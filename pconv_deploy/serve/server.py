@@ -17,9 +17,13 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import re
+import secrets
+import shutil
 import signal
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ import numpy as np
 
 from pconv_deploy.contract import CHANNELS, IMAGE, MASK, OUTPUT
 from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.files import pid_alive
 
 log = logging.getLogger("pconv_deploy.serve")
 
@@ -113,6 +118,20 @@ def die_with_parent() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def fresh_workspace() -> Path:
+    """PyTriton's workspace (model store, sockets, a copy of tritonserver) for this process, under one root.
+
+    PyTriton removes it on a clean stop; the ones of killed servers (their pid is gone) are removed here.
+    """
+    root = Path(tempfile.gettempdir()) / "pconv-serve"
+    root.mkdir(exist_ok=True)
+    for entry in root.iterdir():
+        match = re.fullmatch(r"pid(\d+)-[0-9a-f]+", entry.name)
+        if match and not pid_alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+    return root / f"pid{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def serve(options: ServeOptions, say: Callable[[str], None] = print) -> None:
     """Load the model, start Triton on ``options``' ports and serve until SIGINT/SIGTERM, then stop it."""
     from pconv_deploy.runtime.backends import load_backend
@@ -139,7 +158,7 @@ def serve(options: ServeOptions, say: Callable[[str], None] = print) -> None:
     )
     tensors = {n: Tensor(name=n, dtype=np.float32, shape=(CHANNELS[n], -1, -1)) for n in (IMAGE, MASK, OUTPUT)}
     infer = make_infer(backend.run, backend.multiple)
-    triton = Triton(config=config)
+    triton = Triton(config=config, workspace=fresh_workspace())
     try:
         triton.bind(
             model_name=options.name,
@@ -182,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the serve process: one line on stderr and exit 1 on a user error, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     die_with_parent()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):  # both stop cleanly, even if SIGINT came in ignored
+        signal.signal(stop_signal, signal.default_int_handler)
     options = parse_args(argv)
     try:
         serve(options, say=lambda text: print(text, file=sys.stderr, flush=True))
