@@ -196,7 +196,7 @@ def build_engine_command(
     version_compatible: Annotated[
         bool,
         typer.Option(
-            help="Embed a lean runtime: later TensorRT of the same major, or tensorrt_lean alone, can run the engine."
+            help="Embed a lean runtime: any later TensorRT, or tensorrt_lean alone, can run the engine."
         ),
     ] = False,
     exclude_lean_runtime: Annotated[

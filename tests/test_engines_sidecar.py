@@ -1,6 +1,7 @@
 """The engine sidecar: round trip, validation, and the message for each kind of mismatch."""
 
 import json
+import re
 
 import pytest
 from engines_onnx import contract_metadata, write_contract_onnx
@@ -11,6 +12,7 @@ from pconv_deploy.engines.sidecar import (
     KEYS,
     SidecarError,
     check_compatible,
+    check_runtime,
     make_sidecar,
     read_sidecar,
     sidecar_path,
@@ -80,16 +82,43 @@ def test_tensorrt_version_mismatch(engine):
 
 
 @pytest.mark.parametrize(
-    ("runtime", "ok"), [("10.9.0.34", True), ("10.12.0.1", True), ("10.8.1", False), ("11.0", False)]
+    ("runtime", "ok"), [("10.9.0.34", True), ("10.12.0.1", True), ("10.8.1", False), ("11.4.0.106", True)]
 )
-def test_version_compatible_engines_run_on_later_versions_of_the_same_major(engine, runtime, ok):
+def test_version_compatible_engines_run_on_later_versions(engine, runtime, ok):
+    """TensorRT's Engine Compatibility page: a version-compatible engine runs on later versions, majors included."""
     data = rewrite(engine, version_compatible=True)
     if ok:
         check_compatible(data, engine, **{**HERE, "tensorrt_version": runtime})
     else:
         with pytest.raises(SidecarError, match=rf"built version-compatible with TensorRT 10.9.0.34, which runs on "
-                           rf"TensorRT 10.9 to 10.x; this is TensorRT {runtime}"):  # fmt: skip
+                           rf"TensorRT 10.9 and later; this is TensorRT {runtime}"):  # fmt: skip
             check_compatible(data, engine, **{**HERE, "tensorrt_version": runtime})
+
+
+@pytest.mark.parametrize(
+    ("version_compatible", "exclude", "runtime", "lean", "refusal"),
+    [
+        (False, False, "10.9.0.34", True, "the lean runtime (tensorrt_lean) runs only version-compatible engines"),
+        (True, False, "10.9.0.34", True, None),
+        (True, False, "11.4.0.106", True, None),
+        (True, True, "10.9.0.34", True, None),  # lean runtime excluded: exactly the builder's version
+        (True, True, "10.9.0.35", True, "built version-compatible without its lean runtime by TensorRT 10.9.0.34"),
+        (True, True, "11.4.0.106", False, "so it needs that version's runtime; this is TensorRT 11.4.0.106"),
+    ],
+)
+def test_lean_runtime_rules(engine, version_compatible, exclude, runtime, lean, refusal):
+    data = rewrite(engine, version_compatible=version_compatible, exclude_lean_runtime=exclude)
+    if refusal is None:
+        check_runtime(data, engine, tensorrt_version=runtime, lean=lean)
+    else:
+        with pytest.raises(SidecarError, match=re.escape(refusal)):
+            check_runtime(data, engine, tensorrt_version=runtime, lean=lean)
+
+
+def test_exclude_lean_runtime_needs_version_compatible(engine):
+    rewrite(engine, version_compatible=False, exclude_lean_runtime=True)
+    with pytest.raises(SidecarError, match="exclude_lean_runtime needs version_compatible"):
+        read_sidecar(engine)
 
 
 @pytest.mark.parametrize(("name", "cc"), [("NVIDIA A100-SXM4-80GB", "8.0"), ("NVIDIA L4", "8.6")])

@@ -31,8 +31,8 @@ Where each builder call comes from (checked against the installed Polygraphy and
 - Timing cache: ``create_timing_cache`` / ``set_timing_cache`` (10.x, 11.x), through Polygraphy's
   load/save: a missing file is an empty cache, and the file is locked while it is updated.
 - Version Compatibility (10.x "Version Compatibility", 11.x "Engine Compatibility"):
-  ``BuilderFlag.VERSION_COMPATIBLE`` embeds a lean runtime in the plan, so later TensorRT of the same
-  major (full or ``tensorrt_lean``) runs it with ``Runtime.engine_host_code_allowed = True``;
+  ``BuilderFlag.VERSION_COMPATIBLE`` embeds a lean runtime in the plan, so any later TensorRT (full or
+  ``tensorrt_lean``; 10.x engines run on 11.x) runs it with ``Runtime.engine_host_code_allowed = True``;
   ``BuilderFlag.EXCLUDE_LEAN_RUNTIME`` leaves it out (smaller plan), and then only the builder's
   own version's runtime (e.g. ``tensorrt-lean-cu12==<version>``) can run it.
 """

@@ -171,8 +171,8 @@ def check_runtime(data: dict[str, Any], engine_path: str | Path, *, tensorrt_ver
 
     - Not version-compatible: only the exact TensorRT version that built it, and never the lean runtime
       (it runs version-compatible plans only).
-    - Version-compatible with its lean runtime embedded: TensorRT (full or lean) of the same major, at
-      least as new as the builder.
+    - Version-compatible with its lean runtime embedded: TensorRT (full or lean) at least as new as the
+      builder, across majors too (11.x "Engine Compatibility": TensorRT 10 engines work with TensorRT 11).
     - Version-compatible without the lean runtime (``--exclude-lean-runtime``): the runtime itself must be
       the builder's version (``pip install tensorrt-lean-cu12==<that version>``).
     """
@@ -191,17 +191,17 @@ def check_runtime(data: dict[str, Any], engine_path: str | Path, *, tensorrt_ver
             )
         return
     if data["exclude_lean_runtime"]:
-        if _version(built) != _version(tensorrt_version):
+        if built != tensorrt_version:
             raise SidecarError(
                 f"{where}: built version-compatible without its lean runtime by TensorRT {built}, so it needs that "
                 f"version's runtime; this is {runtime}: pip install 'tensorrt-lean-cu12=={built}' or {REBUILD}"
             )
         return
     b, h = _version(built), _version(tensorrt_version)
-    if not b or not h or h[0] != b[0] or h < b:
+    if not b or not h or h < b:
         raise SidecarError(
             f"{where}: built version-compatible with TensorRT {built}, which runs on TensorRT "
-            f"{'.'.join(map(str, b))} to {b[0] if b else '?'}.x; this is {runtime}: {REBUILD}"
+            f"{'.'.join(map(str, b))} and later; this is {runtime}: {REBUILD}"
         )
 
 
