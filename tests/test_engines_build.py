@@ -140,6 +140,11 @@ def test_cli_option_errors_are_one_line(tmp_path):
         1,
         "error: invalid shape '1x32': expected BxHxW with positive integers, e.g. 4x512x512\n",
     )
+    r = pconv("build-engine", str(fp32), "-o", str(tmp_path / "m.engine"), "--exclude-lean-runtime")
+    assert (r.returncode, r.stderr) == (
+        1,
+        "error: --exclude-lean-runtime needs --version-compatible (TensorRT's EXCLUDE_LEAN_RUNTIME does)\n",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
