@@ -463,6 +463,47 @@ def remote_runner(servers: list[str], model_name: str) -> object:
     return TritonBackend(servers, model_name)
 
 
+@app.command()
+def bench(
+    model: Annotated[
+        Path | None, typer.Option(help="Checkpoint (.safetensors) to measure (default: a random paper-size model).")
+    ] = None,
+    sizes: Annotated[str, typer.Option(help="Square image sides, comma-separated.")] = "256,512",
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,4",
+    backends: Annotated[
+        str, typer.Option(help="torch, onnxruntime, onnxruntime-fp16, openvino, tensorrt (missing ones are skipped).")
+    ] = ",".join(("torch", "onnxruntime", "onnxruntime-fp16", "openvino", "tensorrt")),
+    threads: Annotated[int, typer.Option(min=1, help="Intra-op threads for every backend and the GEMM.")] = 2,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per configuration (the median counts).")] = 3,
+    compare_size: Annotated[
+        int, typer.Option(min=0, help="Side for the mask-path / naive / GEMM comparison (0 skips it).")
+    ] = 512,
+    pipeline_images: Annotated[int, typer.Option(min=0, help="512x512 photos for the pipeline run (0 skips).")] = 8,
+    layers: Annotated[int, typer.Option(help="Levels of the random model (without --model).")] = 8,
+    width: Annotated[float, typer.Option(help="Width of the random model (without --model).")] = 1.0,
+    work_dir: Annotated[Path | None, typer.Option(help="Keep the exported models here.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the full results as JSON here.")] = None,
+) -> None:
+    """Measure speed side by side in one run: backends, mask-path cost, naive mask conv, GEMM efficiency, pipeline."""
+    from rich.console import Console
+
+    from pconv_deploy.bench import BenchSettings, parse_ints, render, run_bench, write_json
+
+    try:
+        settings = BenchSettings(
+            model=model, layers=layers, width=width, sizes=parse_ints(sizes, "--sizes"),
+            batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
+            backends=tuple(b.strip() for b in backends.split(",") if b.strip()), threads=threads, repeats=repeats,
+            compare_size=compare_size, pipeline_images=pipeline_images, work_dir=work_dir,
+        )  # fmt: skip
+        report = run_bench(settings, say=lambda line: typer.echo(line, err=True))
+    except (PConvError, ValueError) as e:
+        fail(str(e))
+    Console().print(render(report))
+    if json_path is not None:
+        typer.echo(f"wrote {write_json(report, json_path)}")
+
+
 @app.command("triton-repo")
 def triton_repo(
     model: Annotated[Path, typer.Argument(help="An exported .onnx, or a TensorRT .engine/.plan with its sidecar.")],

@@ -135,7 +135,9 @@ def conv_macs(model: onnx.ModelProto, height: int, width: int) -> ConvMacs:
     """Conv MACs at batch 1, HxW, from shapes inferred on a copy with concrete input sizes.
 
     A Conv with one output channel is a mask count (feature convolutions always have 3 or
-    more); anything else counts as a feature convolution.
+    more). A 1x1 Conv with one input channel is not counted: it broadcasts a per-pixel mask-path
+    value (ratio, b * valid) to C channels, per-pixel work like the Mul it feeds (graph.py
+    rewrite 4), not a convolution. Anything else counts as a feature convolution.
     """
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
@@ -157,6 +159,8 @@ def conv_macs(model: onnx.ModelProto, height: int, width: int) -> ConvMacs:
         if not out_h or not out_w:
             raise ExportError(f"Conv '{node.name}': output size not inferred at {height}x{width}")
         macs = c_out * c_in_per_group * kh * kw * out_h * out_w
+        if c_in_per_group == 1 and kh == kw == 1:
+            continue
         if c_out == 1:
             mask += macs
         else:
