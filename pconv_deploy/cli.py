@@ -403,10 +403,8 @@ def infer(
     """Inpaint a folder of images: one line per failed file, exit 1 if any failed, 130 if interrupted."""
     import signal
 
-    from pconv_deploy.runtime import Inpainter, load_backend
+    from pconv_deploy.runtime import Inpainter
     from pconv_deploy.runtime.inputs import orphan_masks
-    from pconv_deploy.runtime.memory import parse_memory
-    from pconv_deploy.runtime.outputs import OutputSettings
     from pconv_deploy.runtime.pipeline import run_folder, visible_files, write_report
 
     if server and model is not None:
@@ -425,19 +423,13 @@ def infer(
     for line in warnings:
         typer.echo(f"warning: {line}", err=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
-    if server:
-        runner = remote_runner(server, server_model)
-    else:
-        announce = lambda line: typer.echo(line, err=True)  # noqa: E731
-        runner = load_backend(model, backend.value, device, on_fallback=announce, threads=threads)
+    runner = open_runner(model, backend.value, device, threads) if not server else remote_runner(server, server_model)
     inflight = inflight or (2 * len(server) if server else 1)
-    limit = parse_memory(memory_limit) if memory_limit else "auto"
+    limit, out_cfg = infer_settings(memory_limit, output_format.value, quality, png_level)
     inpainter = Inpainter(runner, batch_size, strategy.value, max_side, inflight=inflight, memory_limit=limit)
-    settings = OutputSettings(output_format.value, quality, png_level)
     result = run_folder(
-        inpainter, images, masks, output, mask_convention.value, workers, overwrite, max_pixels, progress=True,
-        output_settings=settings,
-    )  # fmt: skip
+        inpainter, images, masks, output, mask_convention.value, workers, overwrite, max_pixels, output_settings=out_cfg
+    )
     result.model = str(model) if model else " ".join(server)
     result.warnings = warnings
     ok, skipped, failed = (result.count(s) for s in ("ok", "skipped", "failed"))
@@ -454,6 +446,20 @@ def infer(
         fail(f"interrupted: {result.count('pending')} images not done; run the same command again to finish", 130)
     if failed:
         raise typer.Exit(1)
+
+
+def infer_settings(memory_limit: str | None, output_format: str, quality: int, png_level: int) -> tuple:
+    """``--memory-limit`` in bytes ("auto" when not given) and the output settings."""
+    from pconv_deploy.runtime.memory import parse_memory
+    from pconv_deploy.runtime.outputs import OutputSettings
+
+    return (parse_memory(memory_limit) if memory_limit else "auto"), OutputSettings(output_format, quality, png_level)
+
+
+def open_runner(model: Path, backend: str, device: str, threads: int | None) -> object:
+    from pconv_deploy.runtime import load_backend
+
+    return load_backend(model, backend, device, on_fallback=lambda line: typer.echo(line, err=True), threads=threads)
 
 
 def remote_runner(servers: list[str], model_name: str) -> object:

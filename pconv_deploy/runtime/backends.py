@@ -97,7 +97,8 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
         except Exception as e:  # ORT raises its own exception types for corrupt or unsupported files
-            raise PConvError(f"{path}: ONNX Runtime cannot load this model ({first_line(e)})") from None
+            where = f" on {device}" if kind == "cuda" else ""
+            raise PConvError(f"{path}: ONNX Runtime cannot load this model{where} ({first_line(e)})") from None
         # onnxruntime-gpu silently falls back to CPU when CUDA libraries are missing: ask what runs.
         self.provider = self.session.get_providers()[0]
         self.name = "onnxruntime-cuda" if self.provider == "CUDAExecutionProvider" else "onnxruntime-cpu"

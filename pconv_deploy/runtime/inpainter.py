@@ -29,7 +29,9 @@ from pconv_deploy.errors import PConvError
 from pconv_deploy.runtime.backends import Backend, load_backend
 from pconv_deploy.runtime.batching import ShapeBatcher
 from pconv_deploy.runtime.memory import (
+    CALL_OVERHEAD,
     activation_bytes_per_pixel,
+    call_pixels,
     default_memory_limit,
     format_bytes,
     inference_budget,
@@ -81,7 +83,7 @@ class Inpainter:
         self.memory_limit = default_memory_limit() if memory_limit == "auto" else memory_limit
         self.inference_budget = inference_budget(self.memory_limit)  # bytes for backend calls, shared by inflight
         budget = self.inference_budget
-        self.max_batch_pixels = None if budget is None else budget // (self.bytes_per_pixel * inflight)
+        self.max_batch_pixels = None if budget is None else call_pixels(budget // inflight, self.bytes_per_pixel)
 
     @classmethod
     def from_path(
@@ -143,8 +145,9 @@ class Inpainter:
         if self.max_batch_pixels is None or ph * pw <= self.max_batch_pixels:
             return
         per_call = (self.inference_budget or 0) // self.inflight
+        need = CALL_OVERHEAD + ph * pw * self.bytes_per_pixel
         raise PConvError(
-            f"inference at {pw}x{ph} needs about {format_bytes(ph * pw * self.bytes_per_pixel)}, over the "
+            f"inference at {pw}x{ph} needs about {format_bytes(need)}, over the "
             f"{format_bytes(per_call)} one call may use (memory limit {format_bytes(self.memory_limit or 0)}): "
             "use --strategy crop or resize, or raise --memory-limit"
         )

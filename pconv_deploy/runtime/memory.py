@@ -1,16 +1,19 @@
 """Memory bounded by design: how much one backend call may use, from the model's shape and the machine.
 
 The folder job forms batches against a budget in bytes, not only a batch size: a batch of four
-12 MP images with the demo model needs about 9 GiB of activations, a batch of four 512 px crops
-about 0.2 GiB. The activation memory per input pixel is estimated from the model's metadata
-(layers, width, precision; :func:`activation_bytes_per_pixel`): the peak of a U-Net is at its
-last decoder level, at full resolution, where the upsampled features, their concatenation with the
-input and the convolution's working copy are alive together. The estimate is an upper bound,
-checked against measured peaks (``tests/test_memory.py``; README "Inference").
+12 MP images with the demo model needs about 10 GiB, a batch of four 512 px crops about 0.4 GiB.
+One call's memory is estimated as ``CALL_OVERHEAD + bytes_per_pixel * padded pixels``, with the
+bytes per pixel from the model's metadata (:func:`activation_bytes_per_pixel`): the peak of the
+U-Net is at its busiest decoder level (the last, at full resolution, for every width), where the
+upsampled features, their concatenation with the skip and the convolution's output are alive
+together, plus full-resolution temporaries (normalisation, mask path, composite) that do not
+depend on the width. The two constants are fitted as an upper envelope of peaks measured with
+ONNX Runtime on the CPU (arena off) at widths 0.125-1.0, fp32 and fp16 (fp16 is not smaller on the
+CPU); ``tests/test_memory.py`` checks the bound against a fresh measurement.
 
-The budget is a whole-process limit (``--memory-limit``, default 80% of MemAvailable plus what the
-process already holds); a quarter of what is left after loading the model is kept for the images
-being decoded, composited and encoded, the rest is for backend calls.
+The limit is for the whole process (``--memory-limit``; default what the process holds plus 80% of
+MemAvailable). A fifth of what is left after loading the model is kept for the images being
+decoded, composited and encoded; the rest is for backend calls.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import sys
 from pconv_deploy.errors import PConvError
 
 ENCODER_CHANNELS = (64, 128, 256, 512, 512, 512, 512, 512)  # DESIGN.md section 4, times the width
-IO_FLOATS = 12  # image 3 + mask 1 + output 3 float32 per pixel, and the output's copy (ours and the backend's)
-SAFETY = 1.25  # the estimate runs ~1.2x above measured peaks; this keeps it above them on other machines too
+FIXED_BYTES_PER_PIXEL = 160  # full-resolution temporaries that do not grow with the width (measured)
+BYTES_PER_FEATURE = 3.2  # per analytic feature float at the busiest level (fitted: ORT frees some early)
+CALL_OVERHEAD = 128 * 2**20  # per call, whatever its size: thread workspaces, allocator slack (measured)
+SAFETY = 1.1  # margin over the measured envelope
 DEFAULT_FRACTION = 0.8  # of MemAvailable, when no --memory-limit is given
-INFERENCE_SHARE = 0.75  # of the budget left after loading: backend calls; the rest: images in flight
+INFERENCE_SHARE = 0.8  # of the limit left after loading: backend calls; the rest: images in flight
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9}
 _UNITS |= {"t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -45,9 +50,9 @@ def format_bytes(n: float) -> str:
 
 
 def activation_bytes_per_pixel(metadata: dict[str, str]) -> int:
-    """Upper bound of one backend call's memory per input pixel (padded), from ``pconv.*`` metadata.
+    """Upper bound of one backend call's memory per padded input pixel, from ``pconv.*`` metadata.
 
-    Missing keys (old exports) assume the paper's full model (8 layers, width 1, fp32): too big, never too small.
+    Missing keys (old exports) assume the paper's full model (8 layers, width 1): too big, never too small.
     """
     try:
         layers = int(metadata.get("pconv.layers", 8))
@@ -56,15 +61,14 @@ def activation_bytes_per_pixel(metadata: dict[str, str]) -> int:
         layers, width = 8, 1.0
     enc = [max(1, round(c * width)) for c in ENCODER_CHANNELS[: max(1, min(layers, 8))]]
     skips = [3, *enc[:-1]]
-    peak, in_ch = 0.0, enc[-1]
+    features, in_ch = 0.0, enc[-1]
     for i in reversed(range(len(enc))):  # decoder level i works at 1 / 4**i of the input pixels
         out_ch = 3 if i == 0 else skips[i]
         concat = in_ch + skips[i] + 2  # features and the two mask groups
-        alive_skips = sum((enc[j] + 1) / 4 ** (j + 1) for j in range(i - 1))  # encoder outputs still waiting
-        peak = max(peak, (2 * concat + out_ch) / 4**i + alive_skips)
+        waiting = sum((enc[j] + 1) / 4 ** (j + 1) for j in range(i - 1))  # encoder outputs kept for later levels
+        features = max(features, (2 * concat + out_ch) / 4**i + waiting)
         in_ch = out_ch
-    inner_bytes = 2 if metadata.get("pconv.precision") == "fp16" else 4
-    return int(SAFETY * (peak * inner_bytes + IO_FLOATS * 4))
+    return int(SAFETY * (FIXED_BYTES_PER_PIXEL + BYTES_PER_FEATURE * features))
 
 
 def available_memory() -> int | None:
@@ -105,3 +109,8 @@ def inference_budget(limit: int | None) -> int | None:
     if limit is None:
         return None
     return max(0, int(INFERENCE_SHARE * (limit - current_rss())))
+
+
+def call_pixels(budget: int, bytes_per_pixel: int) -> int:
+    """Padded pixels one call may hold within ``budget`` bytes (0 when not even the overhead fits)."""
+    return max(0, (budget - CALL_OVERHEAD) // bytes_per_pixel)

@@ -1,0 +1,132 @@
+"""12 MP photos through `pconv infer`: crop vs full time, peak memory, and the output encoders, in one run.
+
+    .venv/bin/python scripts/bench_photos.py [--model demo.onnx] [--count 4] [--memory-limit 6GiB]
+
+Makes ``--count`` photo-like 4000x3000 JPEGs (scikit-image photos upscaled, with sensor-like noise)
+and masks of brush strokes covering about 1% of each, then runs `pconv infer` as a user would
+(one subprocess per run, ONNX Runtime CPU): ``--strategy crop``, ``--strategy full`` under
+``--memory-limit``, and crop again (load on a shared machine drifts: the crop time is the mean
+of the two). Peak memory is the report's ``peak_memory_bytes`` (ru_maxrss of the infer process).
+Then times Pillow's encoders on one 12 MP result: PNG level 1 (the default) and 6 (Pillow's
+default), JPEG and WebP. Without ``--model`` the bundled demo checkpoint is exported to ONNX first
+(needs torch). Timings vary 20-30% between runs on shared machines: compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SIZE = (4000, 3000)  # w, h
+
+
+def make_photos(folder: Path, count: int, hole_ratio: float = 0.01) -> None:
+    """Photo-like JPEGs (upscaled scikit-image photos + noise) and stroke masks of about ``hole_ratio``."""
+    import skimage.data
+
+    sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        photo = Image.fromarray(sources[i % len(sources)]).resize(SIZE, Image.Resampling.BICUBIC)
+        pixels = np.asarray(photo).astype(np.float32) + rng.normal(0, 4, (SIZE[1], SIZE[0], 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / "images" / f"photo{i}.jpg", quality=92)
+        mask = Image.new("L", SIZE, 0)
+        draw = ImageDraw.Draw(mask)
+        while np.asarray(mask).mean() / 255 < hole_ratio:
+            x, y = rng.integers(200, [SIZE[0] - 200, SIZE[1] - 200])
+            points = [(int(x), int(y))]
+            for _ in range(4):
+                x, y = np.clip([x, y] + rng.integers(-120, 120, 2), 0, [SIZE[0] - 1, SIZE[1] - 1])
+                points.append((int(x), int(y)))
+            draw.line(points, fill=255, width=int(rng.integers(15, 35)), joint="curve")
+        mask.save(folder / "masks" / f"photo{i}.png")
+
+
+def infer(model: Path, folder: Path, name: str, *extra: str) -> dict:
+    out, report = folder / f"out-{name}", folder / f"{name}.json"
+    cmd = [sys.executable, "-m", "pconv_deploy.cli", "infer", "--images", str(folder / "images"),
+           "--masks", str(folder / "masks"), "--output", str(out), "--model", str(model), "--report", str(report),
+           "--overwrite", *extra]  # fmt: skip
+    start = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if r.returncode != 0:
+        sys.exit(f"{name} failed:\n{r.stderr}")
+    data = json.loads(report.read_text())
+    return {
+        "wall": wall,
+        "seconds": data["seconds"],
+        "peak": data["peak_memory_bytes"],
+        "limit": data["memory_limit_bytes"],
+    }
+
+
+def encode_times(pixels: np.ndarray) -> dict[str, tuple[float, int]]:
+    """Seconds and bytes to encode one image with each output setting (best of 2)."""
+    im = Image.fromarray(pixels)
+    settings = {
+        "png level 1": ("PNG", {"compress_level": 1}),
+        "png level 6": ("PNG", {"compress_level": 6}),
+        "jpg q95": ("JPEG", {"quality": 95}),
+        "webp q95": ("WEBP", {"quality": 95}),
+    }
+    results = {}
+    for label, (fmt, options) in settings.items():
+        best, size = float("inf"), 0
+        for _ in range(2):
+            buffer = io.BytesIO()
+            start = time.perf_counter()
+            im.save(buffer, format=fmt, **options)
+            best, size = min(best, time.perf_counter() - start), buffer.tell()
+        results[label] = (best, size)
+    return results
+
+
+def default_model(folder: Path) -> Path:
+    from pconv_deploy.export.onnx_export import export_onnx
+    from pconv_deploy.model import load_checkpoint
+    from pconv_deploy.model.checkpoint import default_checkpoint
+
+    return export_onnx(load_checkpoint(default_checkpoint()), folder / "demo.onnx")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="ONNX model (default: the bundled demo model, exported)")
+    parser.add_argument("--count", type=int, default=4)
+    parser.add_argument("--memory-limit", default="6GiB", help="--memory-limit for the full-strategy run")
+    parser.add_argument("--keep", type=Path, help="make the photos in this folder and keep them")
+    args = parser.parse_args()
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="pconv-photos-"))
+    model = args.model or default_model(folder)
+    make_photos(folder, args.count)
+    holes = np.mean([np.asarray(Image.open(p)).mean() / 255 for p in sorted((folder / "masks").iterdir())])
+    print(f"{args.count} photos {SIZE[0]}x{SIZE[1]}, {100 * holes:.2f}% holes, model {model.name}")
+    crop1 = infer(model, folder, "crop")
+    full = infer(model, folder, "full", "--strategy", "full", "--memory-limit", args.memory_limit)
+    crop2 = infer(model, folder, "crop")
+    crop_s = (crop1["seconds"] + crop2["seconds"]) / 2
+    gib = 2**30
+    print(f"crop: {crop1['seconds']:.1f} s and {crop2['seconds']:.1f} s, peak {crop1['peak'] / gib:.2f} GiB")
+    print(f"full: {full['seconds']:.1f} s, peak {full['peak'] / gib:.2f} GiB (--memory-limit {args.memory_limit})")
+    print(f"full / crop: {full['seconds'] / crop_s:.1f}x")
+    result = np.asarray(Image.open(folder / "out-crop" / "photo0.png").convert("RGB"))
+    times = encode_times(result)
+    base = times["png level 1"][0]
+    for label, (seconds, size) in times.items():
+        print(f"encode {label:12s} {seconds:5.2f} s  {size / 2**20:5.1f} MiB  ({seconds / base:.1f}x png level 1)")
+
+
+if __name__ == "__main__":
+    main()
