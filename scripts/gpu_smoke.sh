@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The first thing to run on a CUDA machine (`make gpu-check`): installs the `gpu` extra, runs the GPU
-# tests (`pytest -m gpu -rs`), builds an FP16 engine of the bundled model and benchmarks it with
-# `pconv bench` (if this checkout has it), then prints a short report. Exit status: non-zero when any
+# tests (`pytest -m gpu -rs`), builds an FP16 engine of the bundled model, runs a small `pconv bench`
+# (ONNX Runtime and TensorRT, if this checkout has the command), then prints a short report. Exit status: non-zero when any
 # step failed; 2 when this is not a CUDA machine. Work files go to ${GPU_CHECK_DIR:-gpu-check-out}/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 OUT=${GPU_CHECK_DIR:-gpu-check-out}
-BENCH_ARGS=${BENCH_ARGS:-}   # extra `pconv bench` options; the default run is small
+# A small `pconv bench` run (the bundled model, one size): override with BENCH_ARGS="...".
+BENCH_ARGS=${BENCH_ARGS:---model pconv_deploy/assets/pconv-demo.safetensors --backends onnxruntime,onnxruntime-fp16,tensorrt --sizes 256 --batch-sizes 1,4 --repeats 3 --compare-size 0 --pipeline-images 0}
 declare -a REPORT=()
 FAILED=0
 note() { REPORT+=("$1"); echo "== $1"; }
@@ -43,8 +44,9 @@ step build-engine "$BIN/pconv" build-engine "$OUT/demo-fp16.onnx" -o "$OUT/demo-
     --min-shape 1x256x256 --opt-shape 2x256x256 --max-shape 4x512x512 --timing-cache "$OUT/timing.cache"
 if "$BIN/pconv" bench --help >/dev/null 2>&1; then
     # shellcheck disable=SC2086 # BENCH_ARGS is a list of options
-    step bench "$BIN/pconv" bench --model "$OUT/demo-fp16.engine" $BENCH_ARGS
-    note "bench: $(tail -n 3 "$OUT/bench.log" | paste -sd ' ' -)"
+    step bench "$BIN/pconv" bench $BENCH_ARGS --work-dir "$OUT/bench" --json "$OUT/bench.json"
+    echo "   (pconv bench output: $OUT/bench.log, $OUT/bench.json)"
+    tail -n 12 "$OUT/bench.log" | sed 's/^/   /'
 else
     note "bench: skipped: this checkout has no \`pconv bench\` yet (issue 11)"
 fi
