@@ -56,6 +56,34 @@ def _train_like_the_project(project: str, net, levels: int):
     return net.eval(), optimizer
 
 
+def _mmengine_message_hub() -> dict:
+    """What mmengine's Runner.save_checkpoint puts under 'message_hub': MessageHub.state_dict(), whose
+    log scalars are mmengine.logging.history_buffer.HistoryBuffer objects holding numpy arrays. Pickled
+    from a stand-in class under that module name; mmengine itself is not installed (nor needed to load)."""
+    import sys
+    import types
+
+    name = "mmengine.logging.history_buffer"
+    module = sys.modules.get(name)
+    if module is None:
+        module = types.ModuleType(name)
+
+        class HistoryBuffer:
+            def __init__(self, values) -> None:
+                self.max_length = 1000000
+                self._log_history = np.asarray(values, dtype=np.float64)
+                self._count_history = np.ones(len(values), dtype=np.int64)
+
+        HistoryBuffer.__module__, HistoryBuffer.__qualname__ = name, "HistoryBuffer"
+        module.HistoryBuffer = HistoryBuffer
+        for parent in ("mmengine", "mmengine.logging"):
+            sys.modules.setdefault(parent, types.ModuleType(parent))
+        sys.modules[name] = module
+    scalars = {"train/lr": module.HistoryBuffer([5e-5, 5e-5]), "train/loss": module.HistoryBuffer([0.9, 0.8])}
+    runtime = {"iter": 500000, "max_iters": 500000, "epoch": 0, "last_ckpt": "/work_dirs/iter_500000.pth"}
+    return {"log_scalars": scalars, "runtime_info": runtime, "resumed_keys": {"iter": False}}
+
+
 def _save_as_the_project(project: str, net, optimizer, path: Path) -> Path:
     """torch.save with each project's own dictionary layout."""
     state = net.state_dict()
@@ -63,13 +91,14 @@ def _save_as_the_project(project: str, net, optimizer, path: Path) -> Path:
         torch.save({"n_iter": 501, "generator": state}, path)
     elif project == "naoto0804":  # util/io.py save_ckpt: n_iter, then 'model', then 'optimizer'
         torch.save({"n_iter": 1_000_000, "model": state, "optimizer": optimizer.state_dict()}, path)
-    else:  # mmengine CheckpointHook: meta, state_dict of PConvInpaintor (generator + loss modules), optimizer
+    else:  # mmengine Runner.save_checkpoint: meta, state_dict of PConvInpaintor (generator + loss), message_hub,
         full = {f"generator.{k}": v for k, v in state.items()}
         full["loss_percep.vgg.vgg_layers.0.weight"] = torch.randn(64, 3, 3, 3)  # the VGG of its perceptual loss
         full["loss_percep.vgg.vgg_layers.0.bias"] = torch.randn(64)
         meta = {"mmengine_version": "0.10.4", "time": "20240101_000000", "epoch": 0, "iter": 500000, "seed": 42}
         meta |= {"cfg": "model = dict(type='PConvInpaintor')", "experiment_name": "pconv_stage2_4xb2_places-256x256"}
-        torch.save({"meta": meta, "state_dict": full, "optimizer": optimizer.state_dict()}, path)
+        hub = _mmengine_message_hub()  # and the optimizer (OptimWrapper.state_dict() is the optimizer's)
+        torch.save({"meta": meta, "state_dict": full, "message_hub": hub, "optimizer": optimizer.state_dict()}, path)
     return path
 
 
@@ -155,12 +184,15 @@ def test_header_records_config_and_provenance(imported):
     assert config["width"] == SCALE
     assert meta["source_iterations"] == {"xiefan-guo": "501", "naoto0804": "1000000", "mmagic": "500000"}[project]
     assert result.ignored_keys == (2 if project == "mmagic" else 0)
+    if project == "mmagic":  # its message_hub is refused by a plain weights-only load; we map it to placeholders
+        with pytest.raises(pickle.UnpicklingError, match="HistoryBuffer"):
+            torch.load(source, weights_only=True)
 
 
 def test_bare_and_wrapped_state_dicts(imported, tmp_path):
     """The same weights as a bare state dict, under 'state_dict', with DataParallel's 'module.' prefix."""
     project, source, result, _, image, mask = imported
-    state = torch.load(source, weights_only=True)
+    state = torch.load(source, weights_only=False)  # our own file (mmagic's holds the stand-in HistoryBuffer)
     state = state.get("generator") or state.get("model") or state["state_dict"]
     side = result.config.multiple  # one small window of the test images is enough here
     image, mask = image[:1, :, :side, :side], mask[:1, :, :side, :side]
@@ -265,6 +297,12 @@ def test_pickle_that_would_run_code_is_refused_and_does_not_run(good_source, tmp
     torch.load(evil, weights_only=False)
     assert marker.exists()
     marker.unlink()
+    # mmengine's training logs are loaded as inert placeholders, but never beside anything else
+    mixed = tmp_path / "mixed.pth"
+    hub = _mmengine_message_hub()
+    torch.save({"state_dict": state["generator"], "message_hub": hub, "hook": _WouldRunCode(marker)}, mixed)
+    message = _fails(mixed, tmp_path, "refused")
+    assert "builtins.exec" in message and "HistoryBuffer" not in message and not marker.exists()
     # the same with a bare pickle (not torch's zip container)
     bare = tmp_path / "bare.pkl"
     bare.write_bytes(pickle.dumps(_WouldRunCode(marker)))

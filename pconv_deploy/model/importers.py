@@ -54,6 +54,32 @@ WRAPPERS = ("state_dict", "model", "generator")  # keys under which projects nes
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
 
+# Training-log objects that mmengine (mmagic 1.x) pickles beside the weights ('message_hub': HistoryBuffer
+# objects holding numpy arrays). They are loaded as inert placeholders, never as their real classes (which
+# are neither imported nor needed), so those checkpoints import; any other name is refused.
+INERT_GLOBALS = frozenset(
+    {
+        "mmengine.logging.history_buffer.HistoryBuffer",
+        "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+        "numpy.ndarray", "numpy.dtype",
+    }
+)  # fmt: skip
+
+
+class _Inert:
+    """Stands in for a training-log object: takes any constructor arguments and state, keeps nothing."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> _Inert:
+        return object.__new__(cls)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+
 class ImportCheckpointError(PConvError, ValueError):
     """A source checkpoint that cannot be imported; the message names the file and the problem."""
 
@@ -113,11 +139,15 @@ def read_source(path: str | Path) -> dict:
     if head[8:9] == b"{":  # safetensors: 8-byte little-endian header length, then a JSON header
         return _read_safetensors(path)
     try:
-        with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise next to our one-line verdict
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path, ())
     except Exception as e:  # pickle, zip and torch errors have no common base class
-        raise ImportCheckpointError(_load_failure(path, e)) from None
+        asked = _unsafe_globals(path) if "GLOBAL" in str(e) else []
+        if not asked or not set(asked) <= INERT_GLOBALS:
+            raise ImportCheckpointError(_load_failure(path, e, asked)) from None
+        try:  # only mmengine's training logs: load them as inert placeholders
+            obj = _torch_load(path, asked)
+        except Exception as e2:
+            raise ImportCheckpointError(_load_failure(path, e2, asked)) from None
     if not isinstance(obj, dict):
         raise ImportCheckpointError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dict or state dict")
     return obj
@@ -133,15 +163,28 @@ def _read_safetensors(path: Path) -> dict:
         raise ImportCheckpointError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
 
 
-def _load_failure(path: Path, e: Exception) -> str:
+def _torch_load(path: Path, inert: tuple[str, ...] | list[str]) -> object:
+    """``torch.load(weights_only=True)``, with the given INERT_GLOBALS names mapped to ``_Inert``."""
+    with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise next to our one-line verdict
+        warnings.simplefilter("ignore")
+        with torch.serialization.safe_globals([(_Inert, name) for name in inert]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The non-allowlisted names a checkpoint's pickle asks for, read from its opcodes without running them."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a bare pickle (not torch's zip container) has no such listing
+        return []
+
+
+def _load_failure(path: Path, e: Exception, asked: list[str]) -> str:
     """One line for why ``torch.load(weights_only=True)`` refused or failed."""
     text = str(e)
-    asked = re.search(r"GLOBAL (\S+)", text)
-    if asked:
-        try:  # full names (module.name); reads the pickle's opcodes without running them
-            names = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or asked.group(1)
-        except Exception:  # a bare pickle (not torch's zip container) has no such listing
-            names = asked.group(1)
+    global_name = re.search(r"GLOBAL (\S+)", text)
+    if global_name:
+        names = ", ".join(n for n in asked if n not in INERT_GLOBALS) or global_name.group(1)
         return (
             f"{path}: refused: its pickle asks for {names}, which is neither a tensor nor plain data "
             "(loading it would run code; nothing was run)"
