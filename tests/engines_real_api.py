@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import inspect
 import re
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -30,6 +32,71 @@ from pconv_deploy.contract import IMAGE, INPUT_NAMES, MASK, OUTPUT
 TRT_PREFIX = "tensorrt_lean_bindings.tensorrt_lean."
 REAL_RUNTIME = trt.Runtime  # kept: the tests put the simulated class in its place
 SUCCESS = cudart.cudaError_t.cudaSuccess
+
+# ---------------------------------------------------------------- the names our code uses (a static walk)
+
+PACKAGE = Path(__file__).resolve().parent.parent / "pconv_deploy"
+# Receiver expressions in our code -> the real object they stand for.
+ROOTS = {
+    "engines/trt_api.py": {
+        "module": trt,
+        "trt.module": trt,
+        "cudart": cudart,
+        "cuda_runtime()": cudart,
+        "engine": trt.ICudaEngine,
+        "loaded.engine": trt.ICudaEngine,
+        "context": trt.IExecutionContext,
+        "runtime": trt.Runtime,
+        "prop": cudart.cudaDeviceProp,
+    },
+    "engines/build.py": {"trt": trt},
+}
+
+
+def dotted(node: ast.AST) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args:
+        return ".".join([node.func.id + "()", *reversed(parts)])  # cuda_runtime().cudaX
+    if isinstance(node, ast.Name):
+        return ".".join([node.id, *reversed(parts)])
+    return None
+
+
+def used_names(relative: str) -> list[tuple[str, object, list[str]]]:
+    """(expression, real object, attribute chain after the root) for every outermost attribute on a root."""
+    roots, found = ROOTS[relative], []
+    tree = ast.parse((PACKAGE / relative).read_text())
+    inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or id(node) in inner:
+            continue
+        text = dotted(node)
+        for root in sorted(roots, key=len, reverse=True):
+            if text and text.startswith(root + ".") and text != root:
+                found.append((text, roots[root], text[len(root) + 1 :].split(".")))
+                break
+    return found
+
+
+
+def used_calls(relative: str) -> set[str]:
+    """``Class.method`` / ``cudaX`` for every TensorRT or CUDA function the file calls (not enums or properties)."""
+    calls = set()
+    for _, obj, chain in used_names(relative):
+        owner = obj
+        for attr in chain[:-1]:
+            owner = getattr(owner, attr, None)
+        member = getattr(owner, chain[-1], None)
+        if isinstance(member, mock.NonCallableMock):
+            continue  # a class the test replaced (tensorrt_lean.Runtime): a constructor, not a method
+        if callable(member) and not isinstance(member, type) and not hasattr(member, "__members__"):
+            prefix = "" if owner is cudart else f"{getattr(owner, '__name__', type(owner).__name__)}."
+            calls.add(prefix + chain[-1])
+    return calls
+
 
 # ---------------------------------------------------------------- pybind signatures (TensorRT)
 
@@ -407,6 +474,13 @@ class SimulatedGpu:
         return True
 
     # -- the audit
+    def called(self) -> set[str]:
+        """Names of every TensorRT and CUDA function called so far, as `used_calls` spells them."""
+        names = {f"Runtime.{c[0]}" for c in self.runtime.mock_calls}
+        names |= {f"ICudaEngine.{c[0]}" for c in self.engine.mock_calls}
+        names |= {f"IExecutionContext.{c[0]}" for ctx in self.contexts for c in ctx.mock_calls}
+        return names | {name for name, *_ in self.calls}
+
     def check_all_calls(self) -> int:
         """Hold every recorded TensorRT call to tensorrt_lean's signatures; returns how many calls were checked."""
         n = check_recorded_trt_calls(self.runtime, REAL_RUNTIME)

@@ -15,55 +15,13 @@ import ast
 import sys
 from pathlib import Path
 
+import engines_real_api
 import pytest
 import tensorrt_lean as trt
 from cuda.bindings import runtime as cudart
-from engines_real_api import check_cuda_call, check_trt_call, cuda_returns
+from engines_real_api import ROOTS, check_cuda_call, check_trt_call, cuda_returns, used_names
 
-from pconv_deploy.engines import trt_api
 from pconv_deploy.engines.trt_api import CudaError, TensorRTUnavailable, check, import_tensorrt
-
-PACKAGE = Path(trt_api.__file__).resolve().parent.parent
-# Receiver expressions in our code -> the real object they stand for.
-ROOTS = {
-    "engines/trt_api.py": {
-        "module": trt,
-        "trt.module": trt,
-        "cudart": cudart,
-        "engine": trt.ICudaEngine,
-        "loaded.engine": trt.ICudaEngine,
-        "context": trt.IExecutionContext,
-        "runtime": trt.Runtime,
-        "prop": cudart.cudaDeviceProp,
-    },
-    "engines/build.py": {"trt": trt},
-}
-
-
-def dotted(node: ast.AST) -> str | None:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        return ".".join([node.id, *reversed(parts)])
-    return None
-
-
-def used_names(relative: str) -> list[tuple[str, object, list[str]]]:
-    """(expression, real object, attribute chain after the root) for every outermost attribute on a root."""
-    roots, found = ROOTS[relative], []
-    tree = ast.parse((PACKAGE / relative).read_text())
-    inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Attribute) or id(node) in inner:
-            continue
-        text = dotted(node)
-        for root in sorted(roots, key=len, reverse=True):
-            if text and text.startswith(root + ".") and text != root:
-                found.append((text, roots[root], text[len(root) + 1 :].split(".")))
-                break
-    return found
 
 
 @pytest.mark.parametrize("relative", sorted(ROOTS))
@@ -81,10 +39,11 @@ def test_every_tensorrt_and_cuda_name_used_exists(relative):
 
 
 def test_the_name_walk_catches_a_misspelling(tmp_path, monkeypatch):
-    source = (PACKAGE / "engines/trt_api.py").read_text().replace("set_input_shape(", "set_input_shapes(")
+    source = (engines_real_api.PACKAGE / "engines/trt_api.py").read_text()
+    source = source.replace("set_input_shape(", "set_input_shapes(")
     (tmp_path / "engines").mkdir()
     (tmp_path / "engines" / "trt_api.py").write_text(source)
-    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path)
+    monkeypatch.setattr(engines_real_api, "PACKAGE", tmp_path)
     names = used_names("engines/trt_api.py")
     assert any(text == "context.set_input_shapes" for text, _, _ in names)
     assert not hasattr(trt.IExecutionContext, "set_input_shapes")
@@ -168,9 +127,10 @@ def imports_of(path: Path) -> set[str]:
 
 
 def test_layering_runtime_uses_engines_never_the_reverse():
-    for path in (PACKAGE / "engines").glob("*.py"):
+    package = engines_real_api.PACKAGE
+    for path in (package / "engines").glob("*.py"):
         assert not {m for m in imports_of(path) if m.startswith("pconv_deploy.runtime")}, path.name
-    backend = PACKAGE / "runtime" / "tensorrt_backend.py"
+    backend = package / "runtime" / "tensorrt_backend.py"
     imported = imports_of(backend)
     assert "pconv_deploy.engines.build" not in imported  # the runtime never imports the builder
     assert not {m for m in imported if m.split(".")[0] in ("tensorrt", "tensorrt_lean", "cuda", "torch", "onnx")}

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorrt_lean
 from engines_onnx import contract_metadata, write_contract_onnx
-from engines_real_api import REAL_RUNTIME, SimulatedGpu, check_trt_call
+from engines_real_api import REAL_RUNTIME, SimulatedGpu, check_trt_call, used_calls
 from PIL import Image
 from reference import sha256_of as file_sha256
 
@@ -213,6 +213,8 @@ def test_run_selects_profiles_splits_batches_and_copies_back(gpu, tmp_path):
     backend.close()
     assert gpu.memory == {} and gpu.streams == set()  # every device buffer and stream freed
     assert gpu.check_all_calls() > 150  # every TensorRT and CUDA call held to the real signatures
+    # and no call the adapter makes escaped that check (the error-name lookups run on real errors only)
+    assert used_calls("engines/trt_api.py") - gpu.called() == {"cudaGetErrorName", "cudaGetErrorString"}
 
 
 def test_the_device_index_is_used_on_every_thread_and_checked_against_the_sidecar(gpu, tmp_path):
