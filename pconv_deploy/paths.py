@@ -150,7 +150,8 @@ def check_folder_job(images: Path, masks: Path, output: Path, report: Path | Non
     """``pconv infer``'s paths, before the model loads: inputs exist, output and report can be written.
 
     The output folder must not be the images or masks folder: outputs would become inputs (the
-    next run fails on "same stem") or replace masks. Nesting is allowed: discovery does not recurse,
+    next run fails on "same stem") or replace masks; images and masks cannot share a folder either
+    (each image would be its own mask). Nesting is allowed: discovery does not recurse,
     so ``--output images/out`` never reads its own outputs. A report must not replace an input
     and must not land in the images or masks folder, where the next run would take it for an input.
     """
@@ -159,10 +160,19 @@ def check_folder_job(images: Path, masks: Path, output: Path, report: Path | Non
         if not path.exists():
             what = describe(path) if _dangling(path) else "no such file or folder"
             raise PathArgumentError(f"{option} {path}: {what}")
+    if os.path.samefile(images, masks):
+        raise PathArgumentError(
+            f"--masks {masks}: is --images itself; masks pair with images by file stem, so they need their own "
+            "folder (or one mask file for all images)"
+        )
     inputs = [(images, "--images"), (masks, "--masks")]
     check_output_dir(output, "--output", inputs)
     if report is None:
         return
+    from pconv_deploy.runtime.images import IMAGE_SUFFIXES
+
+    if Path(report).suffix.lower() in IMAGE_SUFFIXES:
+        raise PathArgumentError(f"--report {report}: the report is JSON; an image file name could replace an output")
     check_output_file(Path(report), "--report", inputs)
     for folder, option in inputs:
         if folder.is_dir() and Path(report).parent.exists() and os.path.samefile(Path(report).parent, folder):

@@ -81,6 +81,7 @@ CASES = {
     "export-out-wrong-suffix": ["export", "-o", "o.txt", "--checkpoint", G_CKPT],
     "export-out-unwritable": ["export", "-o", "/proc/pconv/o.onnx", "--checkpoint", G_CKPT],
     "export-parity-dir-under-file": ["export", "-o", "o.onnx", "--checkpoint", G_CKPT, "--parity-dir", "file.txt/p"],
+    "export-opset-too-high": ["export", "-o", "o.onnx", "--checkpoint", G_CKPT, "--opset", "99"],
     # check: bad models and checkpoints
     "check-missing": ["check", "nope.onnx", "--checkpoint", G_CKPT],
     "check-dir": ["check", "dir.onnx", "--checkpoint", G_CKPT],
@@ -128,6 +129,18 @@ CASES = {
         "1",
         "--vgg-weights",
         "zero.safetensors",
+    ],  # fmt: skip
+    "train-lr-negative": ["train", "--data", "builtin", "--output", "run", "--steps", "1", "--lr", "-1"],
+    "train-vgg-is-onnx": [
+        "train",
+        "--data",
+        "builtin",
+        "--output",
+        "run",
+        "--steps",
+        "1",
+        "--vgg-weights",
+        G_ONNX,
     ],  # fmt: skip
     "train-size": ["train", "--data", "builtin", "--output", "run", "--steps", "1", "--size", "100"],
     # evaluate: bad data, models, outputs
@@ -189,6 +202,8 @@ CASES = {
     ],  # fmt: skip
     "infer-out-is-masks": [*INFER, "--output", "masks", "--model", G_ONNX],
     "infer-out-dangling-link": [*INFER, "--output", "dangling", "--model", G_ONNX],
+    "infer-images-are-masks": ["infer", "--images", "images", "--masks", "images", "--output", "o", "--model", G_ONNX],
+    "infer-report-image-name": [*INFER, "--output", "o", "--model", G_ONNX, "--report", "o/a.png"],
     "infer-report-is-input": [
         *INFER,
         "--output",
@@ -199,6 +214,28 @@ CASES = {
         "images/a.png",
     ],  # fmt: skip
 }
+
+
+# Out-of-range numbers: typer's own usage error (exit 2, its usage box names the option), before any work.
+USAGE_CASES = {
+    "train-steps-0": ["train", "--data", "builtin", "--output", "run", "--steps", "0"],
+    "train-batch-0": ["train", "--data", "builtin", "--output", "run", "--batch-size", "0"],
+    "train-log-every-0": ["train", "--data", "builtin", "--output", "run", "--log-every", "0"],
+    "train-sample-every-0": ["train", "--data", "builtin", "--output", "run", "--sample-every", "0"],
+    "train-hole-bins-7": ["train", "--data", "builtin", "--output", "run", "--hole-bins", "7"],
+    "eval-masks-per-bin-0": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--masks-per-bin", "0"],
+    "eval-size-0": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--size", "0"],
+    "eval-max-images-0": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--max-images", "0"],
+}
+
+
+@pytest.mark.parametrize("case", list(USAGE_CASES))
+def test_out_of_range_numbers_are_usage_errors(case, bad, monkeypatch, capsys):
+    before = snapshot(bad)
+    code, err = run_cli(USAGE_CASES[case], monkeypatch, capsys)
+    option = next(a for a in reversed(USAGE_CASES[case]) if a.startswith("--"))
+    assert code == 2 and "Traceback" not in err and option in err, err
+    assert snapshot(bad) == before
 
 
 @pytest.mark.parametrize("case", list(CASES))
