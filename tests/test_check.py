@@ -195,3 +195,20 @@ def test_full_width_export_and_parity(tmp_path):
     assert macs.feature == features
     assert abs(macs.total - features) / features < 0.01
     print(f"conv MACs @512: {macs.total / 1e9:.3f} G (features {features / 1e9:.3f} G, +{macs.mask_overhead:.3%})")
+
+
+def test_files_without_newer_metadata_keys_still_check(small_onnx, small_checkpoint, tmp_path):
+    """pconv.output_activation came after format 1: files without it mean 'none' and stay valid; a file that
+    says another activation than its checkpoint's config is refused before parity runs."""
+    model = onnx.load(str(small_onnx))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props.pop("pconv.output_activation") == "none"
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    older = tmp_path / "older.onnx"
+    onnx.save_model(model, str(older))
+    assert check_onnx(older, small_checkpoint, save_dir=tmp_path / "older.parity").passed
+    onnx.helper.set_model_props(model, {**props, "pconv.output_activation": "tanh"})
+    onnx.save_model(model, str(older))
+    with pytest.raises(ExportError, match="output_activation in its metadata differ"):
+        check_onnx(older, small_checkpoint)

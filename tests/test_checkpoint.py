@@ -37,7 +37,7 @@ def test_round_trip_in_fresh_process(tmp_path):
     with torch.no_grad():
         expected = model(image, mask)
     assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True), expected)
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left behind
 
 
 def test_config_comes_from_the_header(tmp_path):
@@ -73,3 +73,37 @@ def test_bad_checkpoints_fail_with_the_file_name(tmp_path):
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(CheckpointError, match="do not match the config"):
         load_checkpoint(path)
+
+
+def test_checkpoints_from_before_output_activation_load_as_none(tmp_path):
+    """Configs written before output_activation existed lack the key: they mean no activation."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model = _trained_looking_model()
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert '"output_activation": "none"' in meta["config"]
+    meta["config"] = meta["config"].replace(', "output_activation": "none"', "")
+    save_file(tensors, str(path), metadata=meta)
+    loaded = load_checkpoint(path)
+    assert loaded.config == model.config and loaded.config.output_activation == "none"
+    image, mask = torch.rand(1, 3, 128, 128), (torch.rand(1, 1, 128, 128) > 0.5).float()
+    with torch.no_grad():
+        assert torch.equal(loaded(image, mask), model(image, mask))
+
+
+def test_tanh_output_activation_is_applied_before_denormalisation():
+    """output_activation acts in the network's own space: [-1, 1] de-normalised is [0, 1]."""
+    torch.manual_seed(0)
+    plain = PConvUNet(layers=3, width=0.125, input_norm="minus_one_one").eval()
+    tanh = PConvUNet(layers=3, width=0.125, input_norm="minus_one_one", output_activation="tanh").eval()
+    tanh.load_state_dict(plain.state_dict())
+    image, mask = torch.rand(2, 3, 16, 24), (torch.rand(2, 1, 16, 24) > 0.5).float()
+    with torch.no_grad():
+        raw = (plain(image, mask) - 0.5) / 0.5  # back to the network's own output
+        torch.testing.assert_close(tanh(image, mask), torch.tanh(raw) * 0.5 + 0.5)
+    with pytest.raises(ValueError, match="output_activation"):
+        PConvUNet(output_activation="sigmoid")
