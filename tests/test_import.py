@@ -211,6 +211,7 @@ def test_bare_and_wrapped_state_dicts(imported, tmp_path):
 
 
 def test_own_state_dict_format(tmp_path):
+    (tmp_path / "sub").mkdir()
     from pconv_deploy.model import PConvUNet
 
     torch.manual_seed(0)
@@ -220,6 +221,14 @@ def test_own_state_dict_format(tmp_path):
     assert result.format == "state-dict" and result.config == model.config
     back = load_checkpoint(result.path)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
+    # the same tensors as a plain safetensors file import too; a pconv-deploy checkpoint is refused (its config
+    # would be replaced by defaults)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "ours-st.safetensors"))
+    again = import_checkpoint(tmp_path / "ours-st.safetensors", tmp_path / "again.safetensors")
+    assert again.format == "state-dict"
+    _fails(result.path, tmp_path / "sub", "already a pconv-deploy checkpoint")
 
 
 @pytest.mark.parametrize("imported", ["xiefan-guo"], indirect=True)  # the tanh model differs most from ours

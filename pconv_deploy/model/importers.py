@@ -154,12 +154,20 @@ def read_source(path: str | Path) -> dict:
 
 
 def _read_safetensors(path: Path) -> dict:
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
+    from pconv_deploy.model.checkpoint import FORMAT
+
     try:
+        with safe_open(str(path), framework="pt") as f:
+            ours = (f.metadata() or {}).get("format") == FORMAT
+        if ours:  # re-importing would replace its config with defaults
+            raise ImportCheckpointError(f"{path}: already a pconv-deploy checkpoint; use it as it is")
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
+        if isinstance(e, ImportCheckpointError):
+            raise
         raise ImportCheckpointError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
 
 
