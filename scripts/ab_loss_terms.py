@@ -10,7 +10,7 @@ up to 30 %: not the README table's masks):
     paper-tv    eq. 7 with the features / (255 * 0.226): the scale a torchvision VGG16 sees, whose
                 input is (x - mean) / std, i.e. 1 / 0.226 per unit of [0, 1] instead of Caffe's 255
 
-Usage: OMP_NUM_THREADS=1 python scripts/ab_loss_terms.py OUT_DIR [--seconds 240] [--variants pixel paper]
+Usage: OMP_NUM_THREADS=1 python scripts/ab_loss_terms.py OUT_DIR [--seconds 200] [--variants pixel paper]
 Writes OUT_DIR/ab.json and prints one line per variant and evaluation point.
 """
 
@@ -57,7 +57,7 @@ def run(variant: str, seconds: float, out_dir: Path, samples, batch: int) -> lis
     model = load_checkpoint(V1).train()
     loss = criterion(variant)
     opt = torch.optim.Adam(model.parameters(), 2e-4)
-    points, step, spent, next_eval = [], 0, 0.0, seconds / 4
+    points, step, spent, next_eval = [], 0, 0.0, seconds / 2
     while spent < seconds:
         t0 = time.process_time()
         images, masks = (torch.from_numpy(a) for a in dataset.batch(step, batch))
@@ -68,7 +68,7 @@ def run(variant: str, seconds: float, out_dir: Path, samples, batch: int) -> lis
         spent += time.process_time() - t0
         step += 1
         if spent >= next_eval or spent >= seconds:
-            next_eval += seconds / 4
+            next_eval += seconds / 2
             point = {"variant": variant, "step": step, "seconds": round(spent, 1)}
             point["hole_l1"] = heldout_score(model.eval(), out_dir, samples)
             model.train()
@@ -77,12 +77,31 @@ def run(variant: str, seconds: float, out_dir: Path, samples, batch: int) -> lis
     return points
 
 
+def term_magnitudes(samples_batch: int = 8) -> list[dict]:
+    """v1's weighted loss terms on one training batch, under both VGG feature scales."""
+    import torch
+
+    from pconv_deploy.model.checkpoint import load_checkpoint
+    from pconv_deploy.train.data import CropDataset, image_paths
+    from pconv_deploy.train.losses import WEIGHTS
+
+    images, masks = CropDataset(image_paths("demo-train"), 256, 0, 4, True).batch(0, samples_batch, stream=5)
+    x, m = torch.from_numpy(images), torch.from_numpy(masks)
+    with torch.no_grad():
+        raw = load_checkpoint(V1).eval()(x, m)
+        rows = []
+        for variant in ("paper", "paper-tv"):
+            terms = criterion(variant)(x, m, raw)
+            rows.append({"variant": variant, **{k: round(float(WEIGHTS[k] * terms[k]), 5) for k in WEIGHTS}})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seconds", type=float, default=240.0)
+    parser.add_argument("--seconds", type=float, default=200.0)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--variants", nargs="+", default=["pixel", "paper", "paper-tv"])
+    parser.add_argument("--variants", nargs="+", default=["pixel", "paper"])
     args = parser.parse_args()
     import torch
 
@@ -96,6 +115,8 @@ def main() -> None:
     base = {"variant": "v1", "step": 0, "seconds": 0.0}
     from pconv_deploy.model.checkpoint import load_checkpoint
 
+    for row in term_magnitudes():
+        print(json.dumps({"weighted_terms": row}), flush=True)
     results = [{**base, "hole_l1": heldout_score(load_checkpoint(V1), args.out_dir, samples)}]
     print(json.dumps(results[0]), flush=True)
     for variant in args.variants:
