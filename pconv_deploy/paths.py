@@ -173,6 +173,8 @@ def check_folder_job(images: Path, masks: Path, output: Path, report: Path | Non
 
     if Path(report).suffix.lower() in IMAGE_SUFFIXES:
         raise PathArgumentError(f"--report {report}: the report is JSON; an image file name could replace an output")
+    if Path(os.path.abspath(report)) == Path(os.path.abspath(output)):
+        raise PathArgumentError(f"--report {report}: is the --output folder; give the report its own file name")
     check_output_file(Path(report), "--report", inputs)
     for folder, option in inputs:
         if folder.is_dir() and Path(report).parent.exists() and os.path.samefile(Path(report).parent, folder):

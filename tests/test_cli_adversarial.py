@@ -203,6 +203,7 @@ CASES = {
     "infer-out-is-masks": [*INFER, "--output", "masks", "--model", G_ONNX],
     "infer-out-dangling-link": [*INFER, "--output", "dangling", "--model", G_ONNX],
     "infer-images-are-masks": ["infer", "--images", "images", "--masks", "images", "--output", "o", "--model", G_ONNX],
+    "infer-report-is-new-output": [*INFER, "--output", "o", "--model", G_ONNX, "--report", "o"],
     "infer-report-image-name": [*INFER, "--output", "o", "--model", G_ONNX, "--report", "o/a.png"],
     "infer-report-is-input": [
         *INFER,
