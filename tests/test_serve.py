@@ -370,3 +370,22 @@ def test_serve_without_model_file_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(tmp_path / "none.onnx")],
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 1 and r.stderr.strip() == f"error: --model {tmp_path / 'none.onnx'}: no such model file"
+
+
+def test_servers_down_at_start_are_skipped_and_other_models_refused(one_server, work, tmp_path):
+    from engines_onnx import write_contract_onnx
+
+    root, images, masks = work
+    down = f"http://127.0.0.1:{free_ports(1)[0]}"
+    r = run_infer(images, masks, tmp_path / "out", "--server", down, "--server", one_server.grpc_url)
+    assert r.returncode == 0 and "12 inpainted" in r.stdout and "triton (1/2 servers)" in r.stdout, r.stderr
+    assert_like_local(tmp_path / "out", root / "local", images)
+    other = write_contract_onnx(tmp_path / "other.onnx")  # same contract, another checkpoint
+    with serving(other, tmp_path) as (second,):
+        r = run_infer(images, masks, tmp_path / "mixed", "--server", one_server.http_url, "--server", second.http_url)
+    assert r.returncode == 1
+    assert not (tmp_path / "mixed").exists() or not list((tmp_path / "mixed").iterdir())
+    assert r.stderr.strip() == (
+        f"error: {second.http_url} serves a different model than {one_server.http_url} "
+        "(different pconv.checkpoint_sha256)"
+    ), r.stderr

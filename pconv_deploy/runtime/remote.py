@@ -113,6 +113,7 @@ class Server:
     failures: int = 0
     resting_until: float = 0.0
     model: ServedModel | None = None  # set once its config was read and checked
+    excluded: str = ""  # why it is never used (it serves another model)
     last_error: str = ""
     clients: threading.local = field(default_factory=threading.local)  # one client per thread and server
 
@@ -148,6 +149,9 @@ class TritonBackend:
         self.multiple = model.multiple
         self.metadata = dict(model.metadata)
         self.max_batch = model.max_batch or None
+        # Memory here per padded pixel: float32 image, mask and output plus their serialised copies (the
+        # activations live on the server), so the Inpainter's memory budget does not shrink batches for them.
+        self.bytes_per_pixel = 64
         self.name = f"triton ({len(reachable)}/{len(self.servers)} servers)"
 
     # -- talking to one server ---------------------------------------------------------------------------------
@@ -178,7 +182,8 @@ class TritonBackend:
             else:
                 config = client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout)["config"]
         except Exception as e:  # connection refused, timeouts, unknown model: all mean "not usable now"
-            server.rest(error_line(e))
+            with self.lock:
+                server.rest(error_line(e))
             return None
         server.model = check_config(config, f"{server.url} model {self.model_name!r}")
         return server.model
@@ -188,14 +193,23 @@ class TritonBackend:
         differs = [k for k in keys if model.metadata.get(k) != reference.metadata.get(k)]
         if differs or model.max_batch != reference.max_batch:
             what = ", ".join(differs) or "max_batch_size"
-            raise PConvError(f"{server.url} serves a different model than {first.url} ({what} differ)")
+            raise PConvError(f"{server.url} serves a different model than {first.url} (different {what})")
+
+    def validate(self, server: Server) -> None:
+        """A server that was down at the start: check what it serves before its first batch (once)."""
+        try:
+            model = self.describe(server)
+            if model is None:
+                raise ConnectionError(server.last_error)
+            self.check_same(server, model, self.reference, self.served)
+        except PConvError as e:
+            server.model, server.excluded = None, str(e)  # never again: it serves something else
+            raise
 
     def request(self, server: Server, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """One inference on one server (raises whatever tritonclient raises)."""
-        if server.model is None:  # it was down when we started: check what it serves before using it
-            if self.describe(server) is None:
-                raise ConnectionError(server.last_error)
-            self.check_same(server, server.model, self.reference, self.served)
+        if server.model is None:
+            self.validate(server)
         client = self.client(server)
         inputs, outputs = self.request_tensors(server.scheme, image, mask)
         if server.scheme == "http":
@@ -242,10 +256,7 @@ class TritonBackend:
         while (server := self.pick(tried)) is not None:
             try:
                 out = self.request(server, image, mask)
-            except Exception as e:
-                if isinstance(e, PConvError) and not isinstance(e, ServersUnavailable) and server.model is not None:
-                    self.release(server, None)
-                    raise  # a wrong answer or a different model: not the network's fault
+            except Exception as e:  # down, overloaded, broken or a different model: the next server gets the batch
                 self.release(server, error_line(e))
                 continue
             self.release(server, None)
@@ -256,7 +267,11 @@ class TritonBackend:
         """The server for the next attempt: not tried yet for this batch, awake before resting, fewest in flight."""
         now = time.monotonic()
         with self.lock:
-            options = [(s.resting_until > now, s.inflight, i) for i, s in enumerate(self.servers) if i not in tried]
+            options = [
+                (s.resting_until > now, s.inflight, i)
+                for i, s in enumerate(self.servers)
+                if i not in tried and not s.excluded
+            ]
             if not options:
                 return None
             _, _, index = min(options)
