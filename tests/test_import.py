@@ -333,6 +333,9 @@ def test_truncated_zero_byte_and_foreign_files(good_source, tmp_path):
     Image.new("RGB", (8, 8)).save(png, format="PNG")
     _fails(png, tmp_path, "not a PyTorch checkpoint")
     _fails(tmp_path / "missing.pth", tmp_path, "no such file")
+    (tmp_path / "folder.pth").mkdir()
+    _fails(tmp_path / "folder.pth", tmp_path, "is a folder")
+    (tmp_path / "folder.pth").rmdir()
     other = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.bias": torch.zeros(10)}, other)
     _fails(other, tmp_path, "match none of the formats")
@@ -412,3 +415,16 @@ def test_bias_before_batchnorm_is_folded_into_the_running_mean(tmp_path):
         expected = project_inpaint("xiefan-guo", net.double(), image.double(), mask.double())
         ours = load_checkpoint(result.path)(image, mask)
     assert (ours.double() - expected).abs().max().item() <= 1e-4  # float32 vs float64; unfolded: 2.0
+
+
+def test_bad_output_paths_fail_before_any_work(good_source, tmp_path):
+    for output, match in (
+        (tmp_path / "model.pth", "must be a .safetensors file"),
+        (tmp_path / "dir.safetensors", "is a folder"),
+        (tmp_path / "file" / "m.safetensors", "is a file, not a folder"),
+    ):
+        (tmp_path / "dir.safetensors").mkdir(exist_ok=True)
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(ImportCheckpointError, match=match):
+            import_checkpoint(good_source, output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.safetensors", "file"]

@@ -130,12 +130,17 @@ class ImportResult:
 def read_source(path: str | Path) -> dict:
     """The checkpoint's top-level object, loaded without running code (weights-only unpickler or safetensors)."""
     path = Path(path)
+    if path.is_dir():
+        raise ImportCheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise ImportCheckpointError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise ImportCheckpointError(f"{path}: cannot read ({e.strerror or first_line(e)})") from None
+    if not head:
         raise ImportCheckpointError(f"{path}: empty file (0 bytes)")
-    with open(path, "rb") as f:
-        head = f.read(16)
     if head[8:9] == b"{":  # safetensors: 8-byte little-endian header length, then a JSON header
         return _read_safetensors(path)
     try:
@@ -334,6 +339,19 @@ def _check_all_ones(kernel: torch.Tensor, shape: tuple[int, ...], key: str, path
         raise ImportCheckpointError(f"{path}: {key} is not all ones, so it does not count sum(M)")
 
 
+def check_output_path(output: Path) -> None:
+    """Refuse an output that cannot become a checkpoint before any work is done."""
+    from pconv_deploy.contract import CHECKPOINT_SUFFIX
+
+    if output.suffix != CHECKPOINT_SUFFIX:
+        raise ImportCheckpointError(f"{output}: the output must be a {CHECKPOINT_SUFFIX} file")
+    if output.is_dir():
+        raise ImportCheckpointError(f"{output}: is a folder; give the checkpoint file to write")
+    parent = next((p for p in output.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ImportCheckpointError(f"{output}: {parent} is a file, not a folder")
+
+
 def import_checkpoint(
     source: str | Path,
     output: str | Path,
@@ -348,9 +366,10 @@ def import_checkpoint(
     from pconv_deploy.contract import file_sha256
     from pconv_deploy.model.checkpoint import save_checkpoint
 
-    source = Path(source)
+    source, output = Path(source), Path(output)
     if format != "auto" and format not in SOURCE_FORMATS:
         raise ImportCheckpointError(f"unknown format {format!r}; expected auto or one of {', '.join(FORMATS)}")
+    check_output_path(output)
     state, extra = unwrap(read_source(source), source)
     state = strip_prefix(state, "module.")  # DataParallel
     name = detect_format(state, source) if format == "auto" else format
@@ -361,5 +380,8 @@ def import_checkpoint(
     iterations = extra.get("n_iter", meta.get("iter"))  # xiefan-guo/naoto0804: n_iter; mmengine: meta.iter
     if isinstance(iterations, int):
         header["source_iterations"] = str(iterations)
-    path = save_checkpoint(model, output, extra=header)
+    try:
+        path = save_checkpoint(model, output, extra=header)
+    except OSError as e:
+        raise ImportCheckpointError(f"{output}: cannot write ({e.strerror or first_line(e)})") from None
     return ImportResult(path, name, format == "auto", model.config, sha, ignored)
