@@ -389,3 +389,13 @@ def test_servers_down_at_start_are_skipped_and_other_models_refused(one_server, 
         f"error: {second.http_url} serves a different model than {one_server.http_url} "
         "(different pconv.checkpoint_sha256)"
     ), r.stderr
+
+
+def test_serve_on_a_port_in_use_is_one_line(one_server, small_onnx):
+    grpc, metrics = free_ports(2)
+    command = [sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(small_onnx), "--http-port",
+               str(one_server.http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]  # fmt: skip
+    r = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    port = one_server.http
+    assert r.stderr.strip() == f"error: --http-port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)"

@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import sysconfig
 import tempfile
@@ -118,6 +119,21 @@ def die_with_parent() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def check_ports(options: ServeOptions) -> None:
+    """Refuse ports already in use, in one line: tritonserver would fail, and PyTriton then talks to whatever
+    listens there (another server's 403 instead of "in use")."""
+    ports = {"--http-port": options.http_port, "--grpc-port": options.grpc_port, "--metrics-port": options.metrics_port}
+    if len(set(ports.values())) < len(ports):
+        raise PConvError(f"--http-port, --grpc-port and --metrics-port must differ, got {sorted(ports.values())}")
+    for flag, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((options.host, port))
+            except OSError as e:
+                raise PConvError(f"{flag} {port}: cannot listen on {options.host}:{port} ({e.strerror})") from None
+
+
 def fresh_workspace() -> Path:
     """PyTriton's workspace (model store, sockets, a copy of tritonserver) for this process, under one root.
 
@@ -136,6 +152,7 @@ def serve(options: ServeOptions, say: Callable[[str], None] = print) -> None:
     """Load the model, start Triton on ``options``' ports and serve until SIGINT/SIGTERM, then stop it."""
     from pconv_deploy.runtime.backends import load_backend
 
+    check_ports(options)
     backend = load_backend(options.model, "auto", on_fallback=say)
     metadata = dict(backend.metadata)
     metadata.setdefault("pconv.multiple", str(backend.multiple))
