@@ -32,6 +32,9 @@ from pconv_deploy.contract import CHANNELS, IMAGE, INPUT_NAMES, MASK, METADATA_K
 from pconv_deploy.errors import PConvError, first_line
 
 SCHEMES = ("http", "grpc")
+# One request may take this long (a big batch on a CPU server takes minutes); a dead or unreachable server
+# is noticed at connect time (at most 10 s), not after this.
+REQUEST_SECONDS = 300.0
 REST_SECONDS = (1.0, 30.0)  # a failed server rests this long first, doubling per failure up to the second value
 
 
@@ -126,7 +129,7 @@ class Server:
 class TritonBackend:
     """The runtime backend interface (name, multiple, metadata, max_batch, run) over one or more Triton servers."""
 
-    def __init__(self, urls: Sequence[str], model_name: str = "pconv", timeout: float = 120.0) -> None:
+    def __init__(self, urls: Sequence[str], model_name: str = "pconv", timeout: float = REQUEST_SECONDS) -> None:
         import tritonclient.grpc  # noqa: F401  (fail here, with the extra's name, not in a worker thread)
         import tritonclient.http  # noqa: F401
 
