@@ -133,10 +133,11 @@ def export_command(
         fail(f"--opset {opset}: the installed onnx knows opsets up to {onnx_opset_version()}", 2)
     checkpoint = check_input_file(checkpoint or bundled_checkpoint(), "--checkpoint", (CHECKPOINT_SUFFIX,))
     check_output_file(output, "--output", [(checkpoint, "--checkpoint")], (ONNX_SUFFIX,))
-    if parity_dir is not None:
-        check_output_dir(parity_dir, "--parity-dir")
     from pconv_deploy.export import export_checkpoint
-    from pconv_deploy.export.parity import ParityError
+    from pconv_deploy.export.parity import PARITY_FILES, ParityError, default_parity_dir
+
+    if check:
+        check_output_dir(parity_dir or default_parity_dir(output), "--parity-dir", files=PARITY_FILES)
     from pconv_deploy.model.checkpoint import default_checkpoint
 
     try:
@@ -174,9 +175,9 @@ def check_command(
     check_input_file(model, "MODEL", (ONNX_SUFFIX,))
     if checkpoint is not None:
         check_input_file(checkpoint, "--checkpoint", (CHECKPOINT_SUFFIX,))
-    if save_dir is not None:
-        check_output_dir(save_dir, "--save-dir", [(model.parent, "MODEL's folder")])
-    from pconv_deploy.export.parity import check_onnx
+    from pconv_deploy.export.parity import PARITY_FILES, check_onnx, default_parity_dir
+
+    check_output_dir(save_dir or default_parity_dir(model), "--save-dir", files=PARITY_FILES)
 
     report = check_onnx(model, checkpoint, save_dir=save_dir, fp64_reference=fp64_reference)
     typer.echo(report.table())
@@ -283,7 +284,9 @@ def train(
     """
     if lr is not None and not lr > 0:
         fail(f"--lr must be > 0, got {lr}", 2)
-    check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [])
+    from pconv_deploy.train.state import RUN_FILES
+
+    check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], RUN_FILES)
     for path, option in ((init, "--init"), (vgg_weights, "--vgg-weights")):
         if path is not None:
             check_input_file(path, option)
@@ -336,7 +339,8 @@ def evaluate(
         check_input_file(checkpoint, "--checkpoint", (CHECKPOINT_SUFFIX,))
     if model is not None:
         check_input_file(model, "--model", (ONNX_SUFFIX, *ENGINE_SUFFIXES))
-    check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [])
+    evaluation_files = ("evaluation.md", "evaluation.json", "evaluation.png")
+    check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], evaluation_files)
     from pconv_deploy.train.evaluate import evaluate as run_evaluation
 
     report = run_evaluation(data, output, checkpoint, model, masks_per_bin, seed, size, max_images)

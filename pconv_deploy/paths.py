@@ -106,9 +106,16 @@ def _probe_write(folder: Path, option: str, shown: Path) -> None:
     os.unlink(name)
 
 
-def check_output_dir(path: Path, option: str, inputs: Iterable[tuple[Path, str]] = ()) -> Path:
-    """A folder this command may create or write into, and not one of its ``inputs`` (path, option)."""
+def check_output_dir(
+    path: Path, option: str, inputs: Iterable[tuple[Path, str]] = (), files: Sequence[str] = ()
+) -> Path:
+    """A folder this command may create or write into, not one of its ``inputs`` (path, option), and
+    with no folder (or device) sitting where it will write the named ``files``."""
     path = Path(path)
+    for name in files:
+        target = path / name
+        if target.is_dir() or (target.exists() and not target.is_file()):
+            raise PathArgumentError(f"{option} {path}: {target} is {describe(target)}, where a file will be written")
     if path.exists():
         if not path.is_dir():
             raise PathArgumentError(f"{option} {path}: exists and is {describe(path)}, not a folder")

@@ -37,6 +37,10 @@ def bad(tmp_path, small_checkpoint, small_onnx, monkeypatch):
     (tmp_path / "good.onnx").write_bytes(small_onnx.read_bytes())
     (tmp_path / "good.safetensors").write_bytes(small_checkpoint.read_bytes())
     (tmp_path / "good.txt").write_bytes(small_onnx.read_bytes())  # an ONNX model under a wrong suffix
+    (tmp_path / "m2.onnx").write_bytes(small_onnx.read_bytes())
+    (tmp_path / "m2.parity").write_text("a file where the default parity folder goes\n")
+    (tmp_path / "ev2" / "evaluation.md").mkdir(parents=True)  # a folder where a report file goes
+    (tmp_path / "run2" / "last.safetensors").mkdir(parents=True)
     return tmp_path
 
 
@@ -82,7 +86,9 @@ CASES = {
     "export-out-unwritable": ["export", "-o", "/proc/pconv/o.onnx", "--checkpoint", G_CKPT],
     "export-parity-dir-under-file": ["export", "-o", "o.onnx", "--checkpoint", G_CKPT, "--parity-dir", "file.txt/p"],
     "export-opset-too-high": ["export", "-o", "o.onnx", "--checkpoint", G_CKPT, "--opset", "99"],
+    "export-default-parity-dir-is-file": ["export", "-o", "m2.onnx", "--checkpoint", G_CKPT],
     # check: bad models and checkpoints
+    "check-default-save-dir-is-file": ["check", "m2.onnx", "--checkpoint", G_CKPT],
     "check-missing": ["check", "nope.onnx", "--checkpoint", G_CKPT],
     "check-dir": ["check", "dir.onnx", "--checkpoint", G_CKPT],
     "check-zero": ["check", "zero.onnx", "--checkpoint", G_CKPT],
@@ -150,6 +156,24 @@ CASES = {
     "eval-model-dir": ["evaluate", "--data", "builtin", "--model", "dir.onnx", "--output", "ev"],
     "eval-out-is-file": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--output", "file.txt"],
     "eval-out-under-file": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--output", "file.txt/ev"],
+    "eval-out-file-is-dir": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--output", "ev2"],
+    "train-run-file-is-dir": [
+        "train",
+        "--data",
+        "builtin",
+        "--output",
+        "run2",
+        "--steps",
+        "1",
+        "--layers",
+        "5",
+        "--width",
+        "0.125",
+        "--size",
+        "64",
+        "--batch-size",
+        "2",
+    ],  # fmt: skip
     "eval-both-models": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--model", G_ONNX],
     # triton-repo: bad models, bad repositories
     "triton-missing": ["triton-repo", "nope.onnx", "--repo", "repo", "--cpu"],

@@ -199,6 +199,9 @@ def polygraphy_flags(precision: str) -> list[str]:
     return ["--check-error-stat", "max", "--atol", f"{FP32_ATOL:g}", "--rtol", "0", "--validate"]
 
 
+PARITY_FILES = ("inputs.json", "reference.json")  # written into the parity folder (the CLI checks them first)
+
+
 def default_parity_dir(model_path: str | Path) -> Path:
     """``model.onnx`` -> ``model.parity/`` beside it."""
     model_path = Path(model_path)

@@ -20,6 +20,8 @@ from pconv_deploy.files import atomic_write, write_text_atomic
 CHECKPOINT = "last.safetensors"
 STATE = "state.pt"
 HISTORY = "history.jsonl"
+# Every file a run writes in its folder: `pconv train` checks first that none of these names is a folder.
+RUN_FILES = (CHECKPOINT, STATE, HISTORY, "config.json", "loss_curve.png", "samples.png", "train.json")
 
 
 def has_state(run_dir: Path) -> bool:
