@@ -3,7 +3,8 @@
     .venv/bin/python scripts/bench_photos.py [--model demo.onnx] [--count 4] [--memory-limit 6GiB]
 
 Makes ``--count`` photo-like 4000x3000 JPEGs (scikit-image photos upscaled, with sensor-like noise)
-and masks of brush strokes covering about 1% of each, then runs `pconv infer` as a user would
+and masks covering about 1% of each (``--masks objects``: one to three irregular blobs per photo;
+``strokes``: strokes scattered over the photo), then runs `pconv infer` as a user would
 (one subprocess per run, ONNX Runtime CPU): ``--strategy crop``, ``--strategy full`` under
 ``--memory-limit``, and crop again (load on a shared machine drifts: the crop time is the mean
 of the two). Peak memory is the report's ``peak_memory_bytes`` (ru_maxrss of the infer process).
@@ -29,8 +30,12 @@ from PIL import Image, ImageDraw
 SIZE = (4000, 3000)  # w, h
 
 
-def make_photos(folder: Path, count: int, hole_ratio: float = 0.01) -> None:
-    """Photo-like JPEGs (upscaled scikit-image photos + noise) and stroke masks of about ``hole_ratio``."""
+def make_photos(folder: Path, count: int, masks: str = "objects", hole_ratio: float = 0.01) -> None:
+    """Photo-like JPEGs (upscaled scikit-image photos + noise) and masks of about ``hole_ratio``.
+
+    ``objects``: one to three irregular blobs per photo (removing a person, a sign, a blemish);
+    ``strokes``: brush strokes scattered over the whole photo (the hard case for ``crop``).
+    """
     import skimage.data
 
     sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
@@ -43,11 +48,17 @@ def make_photos(folder: Path, count: int, hole_ratio: float = 0.01) -> None:
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / "images" / f"photo{i}.jpg", quality=92)
         mask = Image.new("L", SIZE, 0)
         draw = ImageDraw.Draw(mask)
+        objects = [rng.integers(400, [SIZE[0] - 400, SIZE[1] - 400]) for _ in range(int(rng.integers(1, 4)))]
         while np.asarray(mask).mean() / 255 < hole_ratio:
-            x, y = rng.integers(200, [SIZE[0] - 200, SIZE[1] - 200])
+            if masks == "objects":  # scribbles around the objects' centres: irregular, compact
+                x, y = objects[int(rng.integers(len(objects)))] + rng.integers(-120, 120, 2)
+                step = 60
+            else:
+                x, y = rng.integers(200, [SIZE[0] - 200, SIZE[1] - 200])
+                step = 120
             points = [(int(x), int(y))]
             for _ in range(4):
-                x, y = np.clip([x, y] + rng.integers(-120, 120, 2), 0, [SIZE[0] - 1, SIZE[1] - 1])
+                x, y = np.clip([x, y] + rng.integers(-step, step, 2), 0, [SIZE[0] - 1, SIZE[1] - 1])
                 points.append((int(x), int(y)))
             draw.line(points, fill=255, width=int(rng.integers(15, 35)), joint="curve")
         mask.save(folder / "masks" / f"photo{i}.png")
@@ -106,13 +117,14 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="ONNX model (default: the bundled demo model, exported)")
     parser.add_argument("--count", type=int, default=4)
     parser.add_argument("--memory-limit", default="6GiB", help="--memory-limit for the full-strategy run")
+    parser.add_argument("--masks", choices=("objects", "strokes"), default="objects", help="hole layout")
     parser.add_argument("--keep", type=Path, help="make the photos in this folder and keep them")
     args = parser.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="pconv-photos-"))
     model = args.model or default_model(folder)
-    make_photos(folder, args.count)
+    make_photos(folder, args.count, args.masks)
     holes = np.mean([np.asarray(Image.open(p)).mean() / 255 for p in sorted((folder / "masks").iterdir())])
-    print(f"{args.count} photos {SIZE[0]}x{SIZE[1]}, {100 * holes:.2f}% holes, model {model.name}")
+    print(f"{args.count} photos {SIZE[0]}x{SIZE[1]}, {100 * holes:.2f}% holes ({args.masks}), model {model.name}")
     crop1 = infer(model, folder, "crop")
     full = infer(model, folder, "full", "--strategy", "full", "--memory-limit", args.memory_limit)
     crop2 = infer(model, folder, "crop")

@@ -13,6 +13,7 @@ import skimage.data
 from pconv_deploy.errors import PConvError
 from pconv_deploy.runtime import Inpainter, load_backend
 from pconv_deploy.runtime.inpainter import align_window, hole_windows
+from pconv_deploy.runtime.tiles import plan_windows
 
 
 def strokes(h: int, w: int, seed: int = 0, n: int = 4) -> np.ndarray:
@@ -59,7 +60,7 @@ def test_known_pixels_identical_any_shape(onnx_inpainter, strategy):
     onnx_inpainter.strategy = "crop"
 
 
-def test_crop_windows_cover_holes_disjoint_and_aligned():
+def test_crop_windows_cover_holes_once_and_aligned():
     hole = np.zeros((900, 1300), bool)
     hole[10:40, 10:30] = True  # touches the corner region
     hole[500:520, 1200:1290] = True
@@ -72,6 +73,24 @@ def test_crop_windows_cover_holes_disjoint_and_aligned():
         assert (y1 - y0) % 32 == 0 and (x1 - x0) % 32 == 0
     assert covered.max() == 1 and covered[hole].min() == 1
     assert align_window((5, 20, 0, 10), 16, 100, 32) == (0, 16, 0, 32)  # image smaller than the multiple
+
+
+def test_scattered_holes_get_overlapping_windows_each_pixel_filled_once():
+    """A diagonal stroke and a dot by its window's corner: two overlapping windows, not one bigger one."""
+    hole = np.zeros((1400, 1400), bool)
+    for i in range(800):
+        hole[100 + i : 104 + i, 100 + i : 110 + i] = True  # window about 0..1110 on both axes
+    hole[1050:1070, 1050:1070] = True  # its window (986..1134) overlaps the stroke's at a corner
+    plans = plan_windows(hole, margin=64, multiple=32)
+    assert len(plans) == 2 and any(paste is not None for _, paste in plans)
+    filled = np.zeros(hole.shape, int)
+    for (y0, y1, x0, x1), paste in plans:
+        region = hole[y0:y1, x0:x1] if paste is None else paste
+        assert not (region & ~hole[y0:y1, x0:x1]).any()  # only hole pixels are pasted
+        filled[y0:y1, x0:x1] += region
+    assert np.array_equal(filled, hole.astype(int))  # every hole pixel exactly once
+    dot_window = next(w for w, paste in plans if paste is None or paste.sum() < 1000)
+    assert (dot_window[1] - dot_window[0]) * (dot_window[3] - dot_window[2]) < 300 * 300
 
 
 def test_large_photo_crop_is_bounded_and_native(onnx_inpainter):

@@ -36,7 +36,7 @@ from pconv_deploy.runtime.memory import (
     format_bytes,
     inference_budget,
 )
-from pconv_deploy.runtime.tiles import Job, Tile, align_window, hole_windows, make_tile, to_uint8
+from pconv_deploy.runtime.tiles import Job, Tile, align_window, hole_windows, make_tile, plan_windows, to_uint8
 
 __all__ = ["STRATEGIES", "Inpainter", "Job", "Tile", "align_window", "hole_windows"]
 
@@ -131,10 +131,12 @@ class Inpainter:
             return job
         rgb = as_rgb(image)
         h, w = hole.shape
-        windows = hole_windows(hole, self.margin, self.multiple) if self.strategy == "crop" else [(0, h, 0, w)]
-        for y0, y1, x0, x1 in windows:
+        plans = plan_windows(hole, self.margin, self.multiple) if self.strategy == "crop" else [((0, h, 0, w), None)]
+        for (y0, y1, x0, x1), paste in plans:
             native = self.strategy == "full" or max(y1 - y0, x1 - x0) <= self.max_side
-            job.tiles.append(make_tile(rgb, hole, (y0, y1, x0, x1), None if native else self.max_side))
+            tile = make_tile(rgb, hole, (y0, y1, x0, x1), None if native else self.max_side)
+            tile.paste = paste
+            job.tiles.append(tile)
         for tile in job.tiles:
             self.check_fits(tile)
         return job

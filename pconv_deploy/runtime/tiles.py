@@ -24,6 +24,8 @@ class Tile:
     hole: np.ndarray  # bool h x w at network scale
     # Set by run_batch: uint8 h x w x 3 at native scale; float32 in [0, 1] when resized (upscaled in finish).
     result: np.ndarray | None = None
+    # The hole pixels of the window this tile fills (crop windows may overlap); None: all of them.
+    paste: np.ndarray | None = None
 
     @property
     def resized(self) -> bool:
@@ -55,7 +57,7 @@ class Job:
                 fill = to_uint8(resize_float(fill, (y1 - y0, x1 - x0)))
             if out.ndim == 2:  # grey images get the fill's luma (ITU-R BT.601, as Pillow's "L")
                 fill = to_uint8(fill @ LUMA, scale=1.0)
-            hole = self.hole[y0:y1, x0:x1]
+            hole = self.hole[y0:y1, x0:x1] if tile.paste is None else tile.paste
             region = out[y0:y1, x0:x1]
             if out.ndim == 2:
                 region[hole] = fill[hole]
@@ -95,24 +97,86 @@ def make_tile(rgb: np.ndarray, hole: np.ndarray, window: tuple[int, int, int, in
     return Tile(window, small_rgb, np.asarray(hole_share) > 0)
 
 
-def hole_windows(hole: np.ndarray, margin: int, multiple: int) -> list[tuple[int, int, int, int]]:
-    """Disjoint windows covering every hole with context, aligned to ``multiple`` where the image allows.
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1
+MAX_PAIRWISE = 64  # more holes than this are first joined by overlapping context (union_of_boxes)
 
-    Each hole (8-connected component) gets the margin, or half its long side when that is larger,
-    on every side (clipped to the image); holes whose context boxes overlap or touch share a window.
+
+def context_extra(box: Box, margin: int) -> int:
+    """The context promised around a hole on every side: the margin, or a quarter of its long side if larger."""
+    return max(margin, max(box[1] - box[0], box[3] - box[2]) // 4)
+
+
+def hole_windows(hole: np.ndarray, margin: int, multiple: int) -> list[Box]:
+    """The crop strategy's windows (see :func:`plan_windows`), without their paste masks."""
+    return [window for window, _ in plan_windows(hole, margin, multiple)]
+
+
+def plan_windows(hole: np.ndarray, margin: int, multiple: int) -> list[tuple[Box, np.ndarray | None]]:
+    """Windows covering every hole with its context, aligned to ``multiple``, and the hole pixels each one fills.
+
+    Each hole (8-connected component) lies in one window with :func:`context_extra` around it
+    (clipped to the image). Two windows are joined when the joined window costs no more pixels
+    than the two apart, so scattered holes do not make one huge window; windows may then overlap,
+    and each fills only the pixels of its own holes (the mask returned with it; None: every hole
+    pixel in the window is its own).
     """
     h, w = hole.shape
-    boxes = []
-    for y0, y1, x0, x1 in component_boxes(hole):
-        extra = max(margin, max(y1 - y0, x1 - x0) // 2)
-        boxes.append((max(0, y0 - extra), min(h, y1 + extra), max(0, x0 - extra), min(w, x1 + extra)))
-    boxes = union_of_boxes(boxes, h, w)
-    while True:
-        aligned = [align_window(b, h, w, multiple) for b in merge_overlapping(boxes)]
-        merged = merge_overlapping(aligned)
-        if len(merged) == len(aligned):
-            return sorted(aligned)
-        boxes = merged
+    comps = Components(hole)
+    context = []
+    for y0, y1, x0, x1 in comps.boxes:
+        e = context_extra((y0, y1, x0, x1), margin)
+        context.append((max(0, y0 - e), min(h, y1 + e), max(0, x0 - e), min(w, x1 + e)))
+    groups = [[i] for i in range(len(context))]
+    if len(context) > MAX_PAIRWISE:  # many holes: one group per region of overlapping context
+        clusters = union_of_boxes(context, h, w)
+        owner = [next(k for k, cluster in enumerate(clusters) if inside(c, cluster)) for c in context]
+        groups = [[i for i in range(len(context)) if owner[i] == k] for k in range(len(clusters))]
+    windows = [align_window(bounding(context[i] for i in g), h, w, multiple) for g in groups]
+    windows, groups = join_cheaper(windows, groups, h, w, multiple)
+    labels = comps.label_image() if any(overlap(a, b) for i, a in enumerate(windows) for b in windows[:i]) else None
+    plans = []
+    for window, group in sorted(zip(windows, groups)):
+        paste = None
+        if labels is not None:
+            y0, y1, x0, x1 = window
+            paste = np.isin(labels[y0:y1, x0:x1], np.asarray(group) + 1)
+        plans.append((window, paste))
+    return plans
+
+
+def join_cheaper(windows: list[Box], groups: list[list[int]], h: int, w: int, multiple: int) -> tuple[list, list]:
+    """Join pairs of windows while the aligned union has no more pixels than the two together."""
+    joined = True
+    while joined:
+        joined = False
+        for i in range(len(windows)):
+            for j in range(i + 1, len(windows)):
+                union = align_window(bounding([windows[i], windows[j]]), h, w, multiple)
+                if area(union) <= area(windows[i]) + area(windows[j]):
+                    windows[i], groups[i] = union, groups[i] + groups[j]
+                    del windows[j], groups[j]
+                    joined = True
+                    break
+            if joined:
+                break
+    return windows, groups
+
+
+def area(b: Box) -> int:
+    return (b[1] - b[0]) * (b[3] - b[2])
+
+
+def overlap(a: Box, b: Box) -> bool:
+    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
+
+def inside(a: Box, b: Box) -> bool:
+    return b[0] <= a[0] and a[1] <= b[1] and b[2] <= a[2] and a[3] <= b[3]
+
+
+def bounding(boxes) -> Box:
+    ys0, ys1, xs0, xs1 = zip(*boxes)
+    return (min(ys0), max(ys1), min(xs0), max(xs1))
 
 
 def union_of_boxes(boxes: list[tuple[int, int, int, int]], h: int, w: int, cell: int = 8) -> list[tuple[int, ...]]:
@@ -135,67 +199,72 @@ def union_of_boxes(boxes: list[tuple[int, int, int, int]], h: int, w: int, cell:
     return [(a * cell, min(h, z * cell), c * cell, min(w, d * cell)) for a, z, c, d in component_boxes(covered)]
 
 
-def component_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Bounding boxes (y0, y1, x0, x1) of the 8-connected components of a bool mask, in numpy.
+class Components:
+    """The 8-connected components of a bool mask, found in numpy on runs of True per row.
 
-    Works on runs of True per row: runs in adjacent rows that overlap or touch diagonally are joined
-    (vectorised union-find by hooking and pointer jumping).
+    Runs in adjacent rows that overlap or touch diagonally are joined (a vectorised union-find by
+    hooking and pointer jumping); ``boxes`` are the components' bounding boxes (y0, y1, x0, x1).
     """
-    h, w = mask.shape
-    edges = np.diff(np.pad(mask.astype(np.int8), ((0, 0), (1, 1))), axis=1)
-    rows, starts = np.nonzero(edges == 1)
-    _, ends = np.nonzero(edges == -1)  # exclusive; row-major order pairs them with the starts
-    n = len(rows)
-    if n == 0:
-        return []
-    # Run b (row y+1) touches run a (row y) when a.start <= b.end and b.start <= a.end (8-connectivity).
-    stride = w + 2
-    start_key, end_key = rows * stride + starts, rows * stride + ends
-    below = rows > 0
-    b_idx = np.nonzero(below)[0]
-    lo = np.searchsorted(end_key, (rows[b_idx] - 1) * stride + starts[b_idx], "left")
-    hi = np.searchsorted(start_key, (rows[b_idx] - 1) * stride + ends[b_idx], "right")
-    counts = np.maximum(hi - lo, 0)
-    src = np.repeat(b_idx, counts)
-    dst = np.repeat(lo, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
-    parent = np.arange(n)
-    while len(src):
-        ps, pd = parent[src], parent[dst]
-        differ = ps != pd
-        if not differ.any():
-            break
-        np.minimum.at(parent, np.maximum(ps, pd)[differ], np.minimum(ps, pd)[differ])
-        while not np.array_equal(jumped := parent[parent], parent):
-            parent = jumped
-    roots, label = np.unique(parent, return_inverse=True)
-    y0 = np.full(len(roots), h)
-    x0 = np.full(len(roots), w)
-    y1 = np.zeros(len(roots), np.int64)
-    x1 = np.zeros(len(roots), np.int64)
-    np.minimum.at(y0, label, rows)
-    np.maximum.at(y1, label, rows + 1)
-    np.minimum.at(x0, label, starts)
-    np.maximum.at(x1, label, ends)
-    return [(int(a), int(b), int(c), int(d)) for a, b, c, d in zip(y0, y1, x0, x1)]
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.shape = mask.shape
+        h, w = mask.shape
+        edges = np.diff(np.pad(mask.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+        self.rows, self.starts = np.nonzero(edges == 1)
+        _, self.ends = np.nonzero(edges == -1)  # exclusive; row-major order pairs them with the starts
+        self.run_label = np.zeros(0, np.int64)
+        self.boxes: list[Box] = []
+        if len(self.rows):
+            self.run_label = self.join_runs(w)
+            self.boxes = self.bounding_boxes(h, w)
+
+    def join_runs(self, w: int) -> np.ndarray:
+        """Component index of every run."""
+        rows, starts, ends = self.rows, self.starts, self.ends
+        # Run b (row y+1) touches run a (row y) when a.start <= b.end and b.start <= a.end (8-connectivity).
+        stride = w + 2
+        start_key, end_key = rows * stride + starts, rows * stride + ends
+        b_idx = np.nonzero(rows > 0)[0]
+        lo = np.searchsorted(end_key, (rows[b_idx] - 1) * stride + starts[b_idx], "left")
+        hi = np.searchsorted(start_key, (rows[b_idx] - 1) * stride + ends[b_idx], "right")
+        counts = np.maximum(hi - lo, 0)
+        src = np.repeat(b_idx, counts)
+        dst = np.repeat(lo, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+        parent = np.arange(len(rows))
+        while len(src):
+            ps, pd = parent[src], parent[dst]
+            differ = ps != pd
+            if not differ.any():
+                break
+            np.minimum.at(parent, np.maximum(ps, pd)[differ], np.minimum(ps, pd)[differ])
+            while not np.array_equal(jumped := parent[parent], parent):
+                parent = jumped
+        return np.unique(parent, return_inverse=True)[1]
+
+    def bounding_boxes(self, h: int, w: int) -> list[Box]:
+        n = int(self.run_label.max()) + 1
+        y0, x0 = np.full(n, h), np.full(n, w)
+        y1, x1 = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        np.minimum.at(y0, self.run_label, self.rows)
+        np.maximum.at(y1, self.run_label, self.rows + 1)
+        np.minimum.at(x0, self.run_label, self.starts)
+        np.maximum.at(x1, self.run_label, self.ends)
+        return [(int(a), int(b), int(c), int(d)) for a, b, c, d in zip(y0, y1, x0, x1)]
+
+    def label_image(self) -> np.ndarray:
+        """int32 image: component index + 1 on its pixels, 0 elsewhere."""
+        h, w = self.shape
+        labels = np.zeros(h * w, np.int32)
+        lengths = self.ends - self.starts
+        first = self.rows * w + self.starts
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        labels[np.repeat(first, lengths) + offsets] = np.repeat(self.run_label + 1, lengths)
+        return labels.reshape(h, w)
 
 
-def merge_overlapping(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
-    """Replace overlapping boxes by their union until none overlap."""
-    boxes = list(boxes)
-    changed = True
-    while changed:
-        changed = False
-        out: list[tuple[int, int, int, int]] = []
-        for b in boxes:
-            for i, o in enumerate(out):
-                if b[0] < o[1] and o[0] < b[1] and b[2] < o[3] and o[2] < b[3]:
-                    out[i] = (min(b[0], o[0]), max(b[1], o[1]), min(b[2], o[2]), max(b[3], o[3]))
-                    changed = True
-                    break
-            else:
-                out.append(b)
-        boxes = out
-    return boxes
+def component_boxes(mask: np.ndarray) -> list[Box]:
+    """Bounding boxes (y0, y1, x0, x1) of the 8-connected components of a bool mask."""
+    return Components(mask).boxes
 
 
 def align_window(box: tuple[int, int, int, int], h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
