@@ -190,7 +190,8 @@ def test_header_records_config_and_provenance(imported):
 
 
 def test_bare_and_wrapped_state_dicts(imported, tmp_path):
-    """The same weights as a bare state dict, under 'state_dict', with DataParallel's 'module.' prefix."""
+    """The same weights as a bare state dict, under 'state_dict', with DataParallel's 'module.' prefix, and in
+    torch's legacy (pre-zip) serialization."""
     project, source, result, _, image, mask = imported
     state = torch.load(source, weights_only=False)  # our own file (mmagic's holds the stand-in HistoryBuffer)
     state = state.get("generator") or state.get("model") or state["state_dict"]
@@ -202,9 +203,10 @@ def test_bare_and_wrapped_state_dicts(imported, tmp_path):
         "bare.pt": state,
         "wrapped.pt": {"state_dict": state},
         "dataparallel.pt": {f"module.{k}": v for k, v in state.items()},
+        "legacy.pt": {"model": state},  # torch < 1.6's non-zip format (checkpoints released in 2018-2020)
     }
     for name, obj in variants.items():
-        torch.save(obj, tmp_path / name)
+        torch.save(obj, tmp_path / name, _use_new_zipfile_serialization=name != "legacy.pt")
         got = import_checkpoint(tmp_path / name, tmp_path / f"{name}.safetensors", format=project)
         with torch.no_grad():
             torch.testing.assert_close(load_checkpoint(got.path)(image, mask), expected, rtol=0, atol=0)
