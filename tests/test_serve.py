@@ -370,6 +370,12 @@ def test_serve_without_model_file_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(tmp_path / "none.onnx")],
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 1 and r.stderr.strip() == f"error: --model {tmp_path / 'none.onnx'}: no such model file"
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"x")
+    r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(checkpoint)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 1 and r.stderr.startswith(f"error: --model {checkpoint}: pconv serve serves an exported")
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_servers_down_at_start_are_skipped_and_other_models_refused(one_server, work, tmp_path):

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from pconv_deploy.contract import ENGINE_SUFFIXES, ONNX_SUFFIX
 from pconv_deploy.errors import PConvError
 
 SERVE_ENV = ".venv-serve"
@@ -64,6 +65,11 @@ def run_server(model: Path, python: Path | None = None, **options: object) -> in
     model = Path(model)
     if not model.is_file():
         raise PConvError(f"--model {model}: no such model file")
+    if model.suffix.lower() not in (ONNX_SUFFIX, *ENGINE_SUFFIXES):
+        raise PConvError(
+            f"--model {model}: pconv serve serves an exported model (.onnx, or an engine .engine/.plan); "
+            f"for a checkpoint run `pconv export --checkpoint {model} --output model.onnx` first"
+        )
     command = server_command(python or serve_python(), model, **options)
     child = subprocess.Popen(command, start_new_session=True)
     asked: list[float] = []  # when each stop signal came
