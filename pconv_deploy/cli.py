@@ -417,7 +417,6 @@ def infer(
     import signal
 
     from pconv_deploy.runtime import Inpainter
-    from pconv_deploy.runtime.inputs import orphan_masks
     from pconv_deploy.runtime.pipeline import run_folder, visible_files, write_report
 
     if server and model is not None:
@@ -432,9 +431,7 @@ def infer(
         check_input_file(model, "--model")
     if images.is_dir() and not visible_files(images):
         fail(f"--images {images}: no files to inpaint", 2)
-    warnings = [f"mask {m} has no image in {images}" for m in orphan_masks(images, masks)]
-    for line in warnings:
-        typer.echo(f"warning: {line}", err=True)
+    warnings = warn_orphan_masks(images, masks, report)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
     runner = open_runner(model, backend.value, device, threads) if not server else remote_runner(server, server_model)
     inflight = inflight or (2 * len(server) if server else 1)
@@ -467,6 +464,19 @@ def infer_settings(memory_limit: str | None, output_format: str, quality: int, p
     from pconv_deploy.runtime.outputs import OutputSettings
 
     return (parse_memory(memory_limit) if memory_limit else "auto"), OutputSettings(output_format, quality, png_level)
+
+
+def warn_orphan_masks(images: Path, masks: Path, report: Path | None) -> list[str]:
+    """One warning line per mask no image pairs with (the first MAX_WARNINGS, then a count); all go in the report."""
+    from pconv_deploy.runtime.inputs import orphan_masks
+
+    warnings = [f"mask {m} has no image in {images}" for m in orphan_masks(images, masks)]
+    for line in warnings[:MAX_WARNINGS]:
+        typer.echo(f"warning: {line}", err=True)
+    if len(warnings) > MAX_WARNINGS:
+        where = " (all in --report)" if report else ""
+        typer.echo(f"warning: and {len(warnings) - MAX_WARNINGS} more masks without an image{where}", err=True)
+    return warnings
 
 
 def open_runner(model: Path, backend: str, device: str, threads: int | None) -> object:
@@ -567,6 +577,8 @@ def serve(
     if code:
         raise typer.Exit(code)
 
+
+MAX_WARNINGS = 10  # warning lines printed before "and N more"
 
 OPTIONAL_MODULES = {  # module -> the extra that installs it
     "torch": "torch", "onnx": "torch", "onnxscript": "torch", "safetensors": "torch", "polygraphy": "torch",

@@ -284,3 +284,17 @@ def test_transparent_mask_layer_under_both_conventions(small_onnx, tmp_path, mon
     assert (code, err) == (0, "")
     result = np.asarray(Image.open(out / "a.png"))
     assert (result[~HOLE] == PHOTO[~HOLE]).all() and (result[HOLE] != PHOTO[HOLE]).any()
+
+
+def test_many_orphan_masks_are_counted_not_listed(small_onnx, tmp_path, monkeypatch, capsys):
+    images, masks = folders(tmp_path)
+    save_pair(images, masks, "a")
+    for i in range(12):
+        Image.fromarray(HOLE.astype(np.uint8) * 255).save(masks / f"orphan{i:02d}.png")
+    report = tmp_path / "r.json"
+    code, _, err = run(infer_args(images, masks, tmp_path / "out", small_onnx, "--report", report), monkeypatch, capsys)
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 11 and all(line.startswith("warning: mask ") for line in lines[:10])
+    assert lines[10] == "warning: and 2 more masks without an image (all in --report)"
+    assert len(json.loads(report.read_text())["warnings"]) == 12
