@@ -430,3 +430,33 @@ def test_bad_output_paths_fail_before_any_work(good_source, tmp_path):
         with pytest.raises(ImportCheckpointError, match=match):
             import_checkpoint(good_source, output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.safetensors", "file"]
+
+
+def test_naoto_2018_layout_with_a_bias_on_every_conv(tmp_path):
+    """naoto0804's first net.py: keys conv.conv2d / conv.mask2d (with a zero bias), a bias on every conv."""
+    levels = 4
+    torch.manual_seed(7)
+    net = make_project_unet("naoto0804", levels, SCALE)
+    for module in net.modules():
+        if hasattr(module, "conv") and hasattr(module.conv, "input_conv") and module.conv.input_conv.bias is None:
+            bias = torch.empty(module.conv.input_conv.out_channels).uniform_(-1, 1)
+            module.conv.input_conv.bias = torch.nn.Parameter(bias)
+    net, _ = _train_like_the_project("naoto0804", net, levels)
+    old = {}
+    for key, value in net.state_dict().items():
+        old[key.replace(".input_conv.", ".conv2d.").replace(".mask_conv.", ".mask2d.")] = value
+        if key.endswith("mask_conv.weight"):
+            old[key.replace(".mask_conv.weight", ".mask2d.bias")] = torch.zeros(value.shape[0])
+    assert "enc_1.conv.conv2d.bias" in old and "enc_2.conv.mask2d.bias" in old
+    torch.save({"n_iter": 200000, "model": old}, tmp_path / "200000.pth")
+    result = import_checkpoint(tmp_path / "200000.pth", tmp_path / "old.safetensors")
+    assert result.format == "naoto0804"
+    image, mask = torch.rand(2, 3, 32, 48), stroke_masks(2, 32, 48, seed=8)
+    with torch.no_grad():
+        expected = project_inpaint("naoto0804", net.double(), image.double(), mask.double())
+        ours = load_checkpoint(result.path)(image, mask)
+    assert (ours.double() - expected).abs().max().item() <= 1e-4
+    old["enc_2.conv.mask2d.bias"] += 0.5
+    torch.save({"n_iter": 200000, "model": old}, tmp_path / "bad.pth")
+    (tmp_path / "sub").mkdir()
+    _fails(tmp_path / "bad.pth", tmp_path / "sub", "enc_2.conv.mask2d.bias is not zero")

@@ -227,6 +227,24 @@ def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
     return state
 
 
+def rename_naoto_2018(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """naoto0804's first net.py (2018, class PConv2d): ``conv.conv2d`` / ``conv.mask2d`` with a zero mask bias.
+
+    Its math is the later one's (``(conv(X*M) - conv(0)) / sum(M) + conv(0)``), with a bias on every conv
+    (folded into BatchNorm where one follows); renamed to the later keys, the zero mask biases dropped.
+    """
+    if not any(".conv.conv2d." in k for k in state):
+        return state
+    renamed = {}
+    for key, value in state.items():
+        if key.endswith(".conv.mask2d.bias"):
+            if bool(value.abs().max() > 0):
+                raise ImportCheckpointError(f"{path}: {key} is not zero, so its mask count is not sum(M)")
+            continue
+        renamed[key.replace(".conv.conv2d.", ".conv.input_conv.").replace(".conv.mask2d.", ".conv.mask_conv.")] = value
+    return renamed
+
+
 def detect_format(state: dict[str, torch.Tensor], path: Path) -> str:
     """The format whose first encoder conv weight is among the keys (with or without its prefix)."""
     for name, fmt in SOURCE_FORMATS.items():
@@ -371,7 +389,7 @@ def import_checkpoint(
         raise ImportCheckpointError(f"unknown format {format!r}; expected auto or one of {', '.join(FORMATS)}")
     check_output_path(output)
     state, extra = unwrap(read_source(source), source)
-    state = strip_prefix(state, "module.")  # DataParallel
+    state = rename_naoto_2018(strip_prefix(state, "module."), source)  # DataParallel; naoto0804's first layout
     name = detect_format(state, source) if format == "auto" else format
     model, ignored = convert(state, SOURCE_FORMATS[name], source, layers)
     sha = file_sha256(source)
