@@ -160,3 +160,19 @@ def test_a_killed_run_leaves_nothing_the_next_run_keeps(small_onnx, tmp_path):
     assert sorted(p.name for p in repo.iterdir()) == [alive.name, "pconv"]
     write_triton_repo(small_onnx, repo, max_batch_size=2, overwrite=True)
     assert sorted(p.name for p in repo.iterdir()) == [alive.name, "pconv"] and parse(repo / "pconv").max_batch_size == 2
+
+
+def test_infer_server_without_the_client_extra_is_one_line(tmp_path):
+    for folder in ("img", "masks"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.png").write_bytes(b"")
+    code = (
+        "import sys; sys.modules['tritonclient.http'] = None; sys.argv = ['pconv', *sys.argv[1:]]\n"
+        "from pconv_deploy.cli import main; main()"
+    )
+    args = ["infer", "--images", str(tmp_path / "img"), "--masks", str(tmp_path / "masks"), "--output",
+            str(tmp_path / "out"), "--server", "http://127.0.0.1:1"]  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("error: --server needs the client extra") and len(r.stderr.splitlines()) == 1
+    assert r.stderr.strip().endswith("pip install 'pconv-deploy[client]'")

@@ -130,8 +130,11 @@ class TritonBackend:
     """The runtime backend interface (name, multiple, metadata, max_batch, run) over one or more Triton servers."""
 
     def __init__(self, urls: Sequence[str], model_name: str = "pconv", timeout: float = REQUEST_SECONDS) -> None:
-        import tritonclient.grpc  # noqa: F401  (fail here, with the extra's name, not in a worker thread)
-        import tritonclient.http  # noqa: F401
+        try:  # fail here, naming the extra, not in a worker thread
+            import tritonclient.grpc  # noqa: F401
+            import tritonclient.http  # noqa: F401
+        except ModuleNotFoundError as e:
+            raise PConvError(f"--server needs the client extra ({e}): pip install 'pconv-deploy[client]'") from None
 
         if not urls:
             raise PConvError("no --server given")
