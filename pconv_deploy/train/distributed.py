@@ -32,14 +32,16 @@ class Dist:
         return self.rank == 0
 
 
-def setup(device: str | None = None) -> Dist:
-    """Read torchrun's environment; join the process group when there is more than one process."""
+def setup() -> Dist:
+    """Read torchrun's environment; join the process group when there is more than one process.
+
+    Device: CUDA GPU ``LOCAL_RANK`` when CUDA is available, else the CPU.
+    """
     import torch
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     if world_size > 1:
         import torch.distributed as dist
 
