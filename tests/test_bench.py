@@ -1,0 +1,113 @@
+"""pconv bench: the comparison networks compute what they claim, and a tiny run produces the table and JSON.
+
+Speed itself is not asserted (timed tests are flaky on shared machines); the bench reports ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pconv_deploy.bench import BenchSettings, export_key, feeds, random_model, render, run_bench, run_worker, write_json
+from pconv_deploy.cli import app
+from pconv_deploy.errors import PConvError
+from pconv_deploy.export.graph import ExportNet
+from pconv_deploy.export.variants import variant_net
+from pconv_deploy.model import composite
+
+
+def adversarial_masks(size: int) -> torch.Tensor:
+    """Stroke-like holes, an all-hole block larger than any window, and a sparse row of known pixels."""
+    _, mask = feeds(2, size, seed=3)
+    mask = torch.from_numpy(mask)
+    mask[0, :, : size // 2, : size // 2] = 0.0
+    mask[1, :, : size // 2] = 0.0
+    mask[1, :, 5, ::7] = 1.0
+    return mask
+
+
+def test_variants_against_the_model():
+    """Ours and naive are the partial-conv U-Net (to float32 noise); plain is not (holes are not ignored)."""
+    model = random_model(4, 0.25, seed=1)
+    image = torch.rand(2, 3, 64, 96)
+    mask = adversarial_masks(96)[:, :, :64]
+    with torch.no_grad():
+        reference = torch.clamp(composite(image, mask, model(image, mask)), 0, 1)
+        ours = ExportNet(model)(image, mask)
+        naive = variant_net(model, "naive")(image, mask)
+        plain = variant_net(model, "plain")(image, mask)
+    torch.testing.assert_close(ours, reference, atol=2e-6, rtol=0)
+    torch.testing.assert_close(naive, reference, atol=2e-6, rtol=0)
+    assert (plain - reference).abs().max() > 1e-2
+    torch.testing.assert_close(plain * mask, image * mask)  # known pixels are composited in every variant
+
+
+def test_random_model_has_nonzero_folded_biases():
+    """The exporter drops all-zero biases, which would change ONNX Runtime's fusions: the bench's model has none."""
+    net = ExportNet(random_model(3, 0.125))
+    assert all(layer.bias.abs().max() > 0 for layer in [*net.encoder, *net.decoder])
+
+
+def test_compare_and_pipeline_workers(small_onnx, small_checkpoint, tmp_path):
+    """The interleaved comparison and the pipeline run in their own processes and report consistent numbers."""
+    settings = {
+        "threads": 1, "warmup": 1, "repeats": 1, "compare_repeats": 2, "compare_size": 32, "gemm_size": 128,
+        "pipeline_images": 2, "pipeline_batch": 2,
+    }  # fmt: skip
+    files = {"checkpoint": str(small_checkpoint), "ours": str(small_onnx), "plain": str(small_onnx)}
+    files["naive"] = str(small_onnx)  # the same file in every role: the worker's arithmetic, not speed, is tested
+    c = run_worker({"kind": "compare", "settings": settings, "files": files})
+    assert set(c["ms_all"]) == {"ours", "plain", "naive", "gemm_torch", "gemm_numpy"}
+    assert all(len(v) == 2 for v in c["ms_all"].values())
+    assert c["mask_path_cost"] == pytest.approx(c["ms"]["ours"] / c["ms"]["plain"], rel=1e-3)
+    best = max(c["gemm_gflops"].values())
+    assert c["efficiency"] == pytest.approx(c["ours_gflops"] / best, rel=1e-3)
+    assert c["conv_gmacs"]["ours"] > 0 and c["peak_mib"] > 0
+    p = run_worker({"kind": "pipeline", "settings": settings, "files": files, "dir": str(tmp_path)})
+    assert p["images"] == 2 and p["pipeline_images_per_s"] > 0 and p["model_images_per_s"] > 0
+    assert len(list((tmp_path / "pipeline" / "out").glob("*.png"))) == 2
+    with pytest.raises(PConvError, match="benchmark worker .* failed"):
+        run_worker({"kind": "pipeline", "settings": settings, "files": {"ours": str(tmp_path / "missing.onnx")}})
+
+
+def test_tiny_bench_run(small_checkpoint, small_onnx, tmp_path):
+    """End to end on the small test model: two backends in subprocesses, table and JSON.
+
+    The export of the session fixture is placed where the bench keeps its exports (the key of this
+    checkpoint and this code), so the run reuses it instead of exporting again.
+    """
+    work = tmp_path / "work"
+    (work / export_key(small_checkpoint)).mkdir(parents=True)
+    shutil.copy(small_onnx, work / export_key(small_checkpoint) / "ours.onnx")
+    settings = BenchSettings(
+        model=small_checkpoint, sizes=(32,), batch_sizes=(1, 2), backends=("onnxruntime", "torch", "openvino"),
+        threads=1, repeats=1, compare_size=0, pipeline_images=0, work_dir=work,
+    )  # fmt: skip
+    lines: list[str] = []
+    report = run_bench(settings, say=lines.append)
+    assert not any(line.startswith("exported") for line in lines)  # reused
+    ran = [r for r in report.rows if r.size]
+    assert {(r.backend, r.batch) for r in ran} == {(b, n) for b in ("onnxruntime", "torch") for n in (1, 2)}
+    for r in ran:
+        assert r.images_per_s == pytest.approx(r.batch / (r.latency_ms / 1000), rel=1e-2)
+        assert r.peak_mib >= r.base_mib > 0
+    if any(r.backend == "openvino" and not r.size for r in report.rows):
+        assert any("openvino: skipped" in line for line in lines)  # not installed here: said, not failed
+    data = json.loads(write_json(report, tmp_path / "bench.json").read_text())
+    assert {t["target"] for t in data["targets"]} >= {"mask-path cost (ours / plain U-Net)", "whole run"}
+    assert next(t for t in data["targets"] if t["target"].startswith("mask"))["met"] is None  # not measured
+    assert data["machine"]["threads"] == 1 and len(data["machine"]["load_average_start"]) == 3
+    assert render(report) is not None
+
+
+def test_cli_bench_rejects_bad_sizes(tmp_path):
+    args = ["bench", "--layers", "3", "--width", "0.125", "--sizes", "30", "--compare-size", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "size 30 is not a multiple of 8" in result.output
+    result = CliRunner().invoke(app, ["bench", "--sizes", "a,b"])
+    assert result.exit_code == 1 and "--sizes must be comma-separated integers" in result.output
