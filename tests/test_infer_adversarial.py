@@ -298,3 +298,13 @@ def test_many_orphan_masks_are_counted_not_listed(small_onnx, tmp_path, monkeypa
     assert len(lines) == 11 and all(line.startswith("warning: mask ") for line in lines[:10])
     assert lines[10] == "warning: and 2 more masks without an image (all in --report)"
     assert len(json.loads(report.read_text())["warnings"]) == 12
+
+
+def test_a_newline_in_a_file_name_keeps_the_failure_on_one_line(small_onnx, tmp_path, monkeypatch, capsys):
+    images, masks = folders(tmp_path)
+    save_pair(images, masks, "good")
+    save_pair(images, masks, "new\nline", hole=HOLE[:100])  # a mask of the wrong size: this one fails
+    code, _, err = run(infer_args(images, masks, tmp_path / "out", small_onnx), monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"failed: {images}/new\\nline.png: mask ") and "is 320x100 but the image is 320x256" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]

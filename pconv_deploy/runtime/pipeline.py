@@ -138,7 +138,8 @@ class FolderRun:
     def __init__(
         self, inpainter: Inpainter, options: FolderOptions, bar: ProgressBar, print_line: Callable[[str], None]
     ) -> None:
-        self.inpainter, self.options, self.bar, self.print_line = inpainter, options, bar, print_line
+        self.inpainter, self.options, self.bar = inpainter, options, bar
+        self.print_line = lambda text: print_line(one_line(text))  # a file name may hold a newline
         self.shared_masks: dict[str, np.ndarray] = {}  # one mask file for all images: decoded once
         self.batcher = inpainter.batcher(max_waiting=2 * inpainter.batch_size)
         self.max_ahead = 2 * options.workers + inpainter.batch_size  # decoded images allowed ahead of inference
@@ -283,6 +284,11 @@ class FolderRun:
         r.error = str(e) if isinstance(e, PConvError) else f"{type(e).__name__}: {first_line(e)}"
         self.print_line(f"failed: {r.image}: {r.error}")
         self.bar.advance()
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (a newline in a file name) escaped, so a message stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def write_report(report: Report, path: str | Path) -> Path:
