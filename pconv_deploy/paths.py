@@ -60,14 +60,6 @@ def check_input_file(path: Path, option: str, suffixes: Sequence[str] = (), miss
     return path
 
 
-def check_input_dir(path: Path, option: str) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        what = "no such folder" if not path.exists() and not _dangling(path) else f"is {describe(path)}, not a folder"
-        raise PathArgumentError(f"{option} {path}: {what}")
-    return path
-
-
 def _probe_create(folder: Path, option: str, shown: Path) -> None:
     """Create the missing part of ``folder`` and remove it again: proves it can be made, leaves nothing."""
     missing = []

@@ -164,11 +164,6 @@ def deep_pixels(im) -> str | None:
     return None
 
 
-def is_16bit(im) -> bool:
-    """Deeper than 8 bits per channel (kept for callers of the old name)."""
-    return deep_pixels(im) is not None
-
-
 def icc_space(icc: bytes | None) -> str | None:
     """The data colour space an ICC profile declares ('RGB', 'GRAY', 'CMYK', ...); None if unreadable."""
     if not icc or len(icc) < 20:
