@@ -8,9 +8,10 @@ and masks covering about 1% of each (``--masks objects``: one to three irregular
 (one subprocess per run, ONNX Runtime CPU): ``--strategy crop``, ``--strategy full`` under
 ``--memory-limit``, and crop again (load on a shared machine drifts: the crop time is the mean
 of the two). Peak memory is the report's ``peak_memory_bytes`` (ru_maxrss of the infer process).
-Then times Pillow's encoders on one 12 MP result: PNG level 1 (the default) and 6 (Pillow's
-default), JPEG and WebP. Without ``--model`` the bundled demo checkpoint is exported to ONNX first
-(needs torch). Timings vary 20-30% between runs on shared machines: compare the ratios.
+Then times the encoders on one 12 MP result: ours (runtime/outputs.encode_png) at PNG levels 1
+(the default), 2 and 6, and Pillow's PNG at 1 and 6 (its default), JPEG and WebP. Without
+``--model`` the bundled demo checkpoint is exported to ONNX first (needs torch). Timings vary
+20-30% between runs on shared machines: compare the ratios.
 """
 
 from __future__ import annotations
@@ -84,24 +85,34 @@ def infer(model: Path, folder: Path, name: str, *extra: str) -> dict:
 
 
 def encode_times(pixels: np.ndarray) -> dict[str, tuple[float, int]]:
-    """Seconds and bytes to encode one image with each output setting (best of 2)."""
+    """Seconds and bytes to encode one image: our PNG writer at levels 1 (default), 2, 6; Pillow's PNG, JPEG, WebP."""
+    from pconv_deploy.runtime.outputs import encode_png
+
     im = Image.fromarray(pixels)
-    settings = {
-        "png level 1": ("PNG", {"compress_level": 1}),
-        "png level 6": ("PNG", {"compress_level": 6}),
-        "jpg q95": ("JPEG", {"quality": 95}),
-        "webp q95": ("WEBP", {"quality": 95}),
+    pillow = {
+        "Pillow png 1": ("PNG", {"compress_level": 1}),
+        "Pillow png 6": ("PNG", {"compress_level": 6}),
+        "Pillow jpg 95": ("JPEG", {"quality": 95}),
+        "Pillow webp 95": ("WEBP", {"quality": 95}),
     }
+    encoders = {f"png level {n}": (lambda n=n: encode_png(pixels, n)) for n in (1, 2, 6)}
+    for label, (fmt, options) in pillow.items():
+        encoders[label] = lambda fmt=fmt, options=options: save(im, fmt, options)
     results = {}
-    for label, (fmt, options) in settings.items():
+    for label, encode in encoders.items():
         best, size = float("inf"), 0
         for _ in range(2):
-            buffer = io.BytesIO()
             start = time.perf_counter()
-            im.save(buffer, format=fmt, **options)
-            best, size = min(best, time.perf_counter() - start), buffer.tell()
+            size = len(encode())
+            best = min(best, time.perf_counter() - start)
         results[label] = (best, size)
     return results
+
+
+def save(im: Image.Image, fmt: str, options: dict) -> bytes:
+    buffer = io.BytesIO()
+    im.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
 
 
 def default_model(folder: Path) -> Path:
@@ -137,7 +148,7 @@ def main() -> None:
     times = encode_times(result)
     base = times["png level 1"][0]
     for label, (seconds, size) in times.items():
-        print(f"encode {label:12s} {seconds:5.2f} s  {size / 2**20:5.1f} MiB  ({seconds / base:.1f}x png level 1)")
+        print(f"encode {label:14s} {seconds:5.2f} s  {size / 2**20:5.1f} MiB  ({seconds / base:.2f}x png level 1)")
 
 
 if __name__ == "__main__":
