@@ -1,3 +1,4 @@
+import os
 import re
 import subprocess
 import sys
@@ -12,7 +13,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def pconv(*args):
-    return subprocess.run([sys.executable, "-m", "pconv_deploy.cli", *args], capture_output=True, text=True)
+    env = {**os.environ, "COLUMNS": "200"}  # rich cuts long option names at 80 columns
+    return subprocess.run([sys.executable, "-m", "pconv_deploy.cli", *args], capture_output=True, text=True, env=env)
 
 
 def registered_commands() -> set[str]:
