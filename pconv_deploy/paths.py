@@ -7,7 +7,7 @@ created and removed again as a probe, and existing ones get a probe file created
 only a real write knows about read-only mounts, /proc and /sys, or permissions that root's
 ``os.access`` does not see.
 
-Torch-free and dependency-free: the runtime uses it too.
+Torch-free and dependency-free, so `pconv infer` from the runtime-only install runs it too.
 """
 
 from __future__ import annotations
