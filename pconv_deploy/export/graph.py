@@ -27,6 +27,10 @@ check (:mod:`pconv_deploy.export.parity`) compares against the original model, n
    accepts (it rejects a ``[N,1,H,W]`` broadcast and a constant ``[1,C,1,1]`` bias); the Add fuses
    into the bias convolution as its sum input, and a ReLU after it fuses too. The bias convolution
    has a real bias input on purpose: ORT's CPU Conv+Add+activation fusion requires one.
+   This is the FP32 graph (the CPU one). The FP16 graph is for TensorRT (ORT CPU has no fast
+   float16 convolution): it keeps the ``[N,1,H,W]`` broadcast multiplies, which a GPU fuses into
+   pointwise kernels, while the C-channel maps would be extra memory traffic there
+   (about 135 MB per 512x512 image at full width, README "GPU estimate").
 5. Normalisation, the configured output activation (``PConvConfig.output_activation``, e.g.
    tanh for the seed's PUNet), de-normalisation, compositing and the clamp are inside the graph,
    so callers supply [0, 1] RGB and get [0, 1] RGB with known pixels unchanged.
@@ -79,12 +83,15 @@ class ExportPConv(nn.Module):
         # One [1, G, k, k] convolution counts the known elements of all G mask groups.
         count = F.conv2d(mask, self.mask_kernel, None, self.stride, self.padding)
         ratio, valid = self.ratio_and_valid(count)
+        features = F.conv2d(x, self.weight, None, self.stride, self.padding)
+        if x.dtype == torch.float16:  # the TensorRT graph: [N,1,H,W] broadcasts, fused into pointwise kernels
+            out = features * ratio.to(x.dtype) + self.bias.view(1, -1, 1, 1)
+            out = self.act(out) if self.act is not None else out
+            return out * valid.to(out.dtype), valid
         ratio_c = F.conv2d(ratio.to(x.dtype), self.ratio_kernel)  # [N, C, H, W]
         bias_valid = F.conv2d((1.0 - valid).to(x.dtype), self.bias_kernel, self.bias)  # b * valid
-        out = F.conv2d(x, self.weight, None, self.stride, self.padding) * ratio_c + bias_valid
-        if self.act is not None:
-            out = self.act(out)
-        return out, valid
+        out = features * ratio_c + bias_valid
+        return (self.act(out) if self.act is not None else out), valid
 
 
 class ExportNet(nn.Module):
