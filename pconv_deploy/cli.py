@@ -507,7 +507,7 @@ def bench(
     compare_size: Annotated[
         int, typer.Option(min=0, help="Side for the mask-path / naive / GEMM comparison (0 skips it).")
     ] = 512,
-    pipeline_images: Annotated[int, typer.Option(min=0, help="512x512 photos for the pipeline run (0 skips).")] = 8,
+    pipeline_images: Annotated[int, typer.Option(min=0, help="512x512 photos for the pipeline run (0 skips).")] = 4,
     layers: Annotated[int, typer.Option(help="Levels of the random model (without --model).")] = 8,
     width: Annotated[float, typer.Option(help="Width of the random model (without --model).")] = 1.0,
     work_dir: Annotated[Path | None, typer.Option(help="Keep the exported models here.")] = None,
