@@ -155,3 +155,30 @@ def test_backend_errors_are_clear(small_onnx, small_checkpoint, tmp_path):
         Inpainter.from_path(small_onnx).inpaint([np.zeros((8, 8, 3), np.uint8)], [np.zeros((8, 9), bool)])
     with pytest.raises(PConvError, match="uint8"):
         Inpainter.from_path(small_onnx).inpaint([np.zeros((8, 8, 3), np.uint16)], [np.ones((8, 8), bool)])
+
+
+def test_device_choice(small_onnx, small_checkpoint, tmp_path):
+    """cpu | cuda | cuda:N for every backend; a CUDA request never ends up on the CPU."""
+    from pconv_deploy.runtime.backends import OnnxRuntimeBackend, parse_device
+
+    assert parse_device("auto") == ("auto", None) and parse_device("cuda:1") == ("cuda", 1)
+    for bad in ("gpu", "cpu:0", "cuda:x", "cuda:-1"):
+        with pytest.raises(PConvError, match="unknown device"):
+            parse_device(bad)
+    cpu = OnnxRuntimeBackend(small_onnx, "cpu", threads=1)
+    assert cpu.name == "onnxruntime-cpu" and cpu.session.get_providers() == ["CPUExecutionProvider"]
+    assert cpu.session.get_session_options().intra_op_num_threads == 1
+    for path in (small_onnx, small_checkpoint):
+        try:
+            backend = load_backend(path, device="cuda:1")
+        except PConvError as e:  # no second GPU (none at all here): one line naming the request
+            assert "cuda:1" in str(e) and "\n" not in str(e)
+        else:  # a machine with two GPUs: it must really run on the second one
+            assert backend.name in ("onnxruntime-cuda", "torch") and "cpu" not in getattr(backend, "device", "cuda:1")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not a real engine")
+    (tmp_path / "model.onnx").write_bytes(small_onnx.read_bytes())
+    (tmp_path / "model.engine.json").write_text(json.dumps({"onnx_file": "model.onnx"}))
+    said = []
+    backend = load_backend(engine, "auto", device="cpu", on_fallback=said.append)
+    assert backend.name == "onnxruntime-cpu" and "--device cpu was requested" in said[0]
