@@ -1,9 +1,9 @@
-"""Inference without torch: backends, batching, the folder pipeline.
+"""Inference without torch or OpenCV: backends, memory-bounded batching, the folder pipeline.
 
-Embedding in a service needs numpy + onnxruntime only::
+Embedding in a service needs numpy + onnxruntime + Pillow only::
 
     from pconv_deploy.runtime import Inpainter
-    inpainter = Inpainter.from_path("model.onnx")           # or an engine, or a checkpoint (torch)
+    inpainter = Inpainter.from_path("model.onnx", device="cpu")   # or an engine, or a checkpoint (torch)
     results = inpainter.inpaint([rgb_uint8], [hole_mask])   # hole_mask: True / nonzero = HOLE
 """
 

@@ -1,13 +1,13 @@
 """Inpainting on numpy arrays: strategies, padding, batching and compositing around a backend.
 
 The flow for one image is ``plan`` (cut it into tiles the network sees) -> ``run_tiles`` (pad
-each tile to the model's multiple, batch tiles of equal padded size, run the backend) ->
-``Job.finish`` (paste the fill into the holes only). Known pixels are never written, so they
-stay byte-identical to the input in every strategy.
+each tile to the model's multiple, batch tiles of equal padded size within the memory budget,
+run the backend) -> ``Job.finish`` (paste the fill into the holes only). Known pixels are never
+written, so they stay byte-identical to the input in every strategy.
 
 Strategies for large photos:
 
-- ``crop`` (default): one window per cluster of holes, with context around it, at native
+- ``crop`` (default): windows around the holes with context (``tiles.plan_windows``), at native
   resolution; a window longer than ``max_side`` is inferred downscaled (as ``resize`` does).
 - ``resize``: the whole image downscaled so its long side is at most ``max_side``; the fill is
   upscaled back (bicubic) and pasted into the holes.
