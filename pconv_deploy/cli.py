@@ -445,7 +445,7 @@ def infer(
     ok, skipped, failed = (result.count(s) for s in ("ok", "skipped", "failed"))
     rate = ok / result.seconds if result.seconds > 0 else 0.0
     summary = f"{ok} inpainted, {skipped} skipped (output exists), {failed} failed in {result.seconds:.1f} s"
-    typer.echo(f"{summary} ({rate:.1f} images/s, {inpainter.backend.name})")  # first: never lost to a bad --report
+    typer.echo(f"{summary} ({rate:.3g} images/s, {inpainter.backend.name})")  # first: never lost to a bad --report
     if report is not None:
         try:
             write_report(result, report)
