@@ -105,8 +105,6 @@ class OnnxRuntimeBackend:
         if kind == "cuda":
             self.check_cuda(path, device, index or 0)
         self.check_io(path)
-        self.path = path
-        self.threads = threads
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         image_input = next(i for i in self.session.get_inputs() if i.name == IMAGE)
         self.multiple = model_multiple(self.metadata, image_input.shape, path)
@@ -159,15 +157,13 @@ class TorchBackend:
         self.model = model = load_checkpoint(path, device=self.device)
         cfg = model.config
         self.multiple = cfg.multiple
-        activation = getattr(cfg, "output_activation", "none")
-        extra = {"output_activation": activation} if activation != "none" else {}
         self.metadata = contract_metadata(
             layers=cfg.layers,
             width=cfg.width,
             input_norm=cfg.input_norm,
             precision="fp32",
             checkpoint_sha256=file_sha256(path),
-            **extra,
+            output_activation=cfg.output_activation,
         )
 
     def run(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -206,7 +202,7 @@ def load_backend(
 ) -> Backend:
     """Open ``model_path`` with the requested backend; ``auto`` picks the fastest usable one.
 
-    - ``.engine`` / ``.plan``: TensorRT when ``tensorrt_status()`` says it is usable, else (auto only)
+    - ``.engine`` / ``.plan``: TensorRT when ``tensorrt_unavailable()`` finds no reason against it, else (auto only)
       the ONNX file named in the engine's sidecar JSON, announced through ``on_fallback``;
     - ``.onnx``: ONNX Runtime, CUDA when the session really runs on it, else CPU;
     - ``.safetensors``: the PyTorch reference (needs torch).
@@ -273,16 +269,16 @@ def load_torch(path: Path, device: str) -> Backend:
 
 def tensorrt_unavailable() -> str | None:
     """None when TensorRT and a CUDA GPU are usable, else a one-line reason."""
-    try:
-        from pconv_deploy.runtime.tensorrt_backend import tensorrt_readiness
-    except ImportError as e:  # the module is optional (and lands with the engines issue)
-        return f"TensorRT backend not available: {e}"
+    from pconv_deploy.engines.trt_api import tensorrt_readiness  # numpy only: TensorRT itself is imported lazily
+
     return None if (readiness := tensorrt_readiness()).usable else readiness.reason
 
 
 def engine_source_onnx(engine: Path) -> Path:
     """The ONNX file an engine was built from, as recorded in its sidecar ``<engine>.json``."""
-    sidecar = engine.with_name(engine.name + ".json")
+    from pconv_deploy.engines.sidecar import sidecar_path
+
+    sidecar = sidecar_path(engine)
     try:
         onnx_file = json.loads(sidecar.read_text())["onnx_file"]
     except FileNotFoundError:
