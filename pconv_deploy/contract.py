@@ -36,6 +36,16 @@ METADATA_DEFAULTS = {
     "pconv.output_activation": "none",  # applied inside the graph; "tanh" for the seed's PUNet
 }
 
+# What pconv.layers and pconv.width stand for: the paper's encoder widths per level (DESIGN.md section 4),
+# scaled by the width. Here, not in model/, because the runtime's memory estimate reads them without torch.
+ENCODER_CHANNELS = (64, 128, 256, 512, 512, 512, 512, 512)
+
+
+def encoder_channels(layers: int, width: float) -> list[int]:
+    """Output channels of each encoder level of a model with this ``pconv.layers`` and ``pconv.width``."""
+    return [max(1, round(c * width)) for c in ENCODER_CHANNELS[:layers]]
+
+
 # Model files by suffix.
 ONNX_SUFFIX = ".onnx"
 ENGINE_SUFFIXES = (".engine", ".plan")

@@ -46,8 +46,9 @@ from pathlib import Path
 
 import torch
 
+from pconv_deploy.contract import ENCODER_CHANNELS
 from pconv_deploy.errors import PConvError, first_line
-from pconv_deploy.model.unet import ENCODER_CHANNELS, PConvConfig, PConvUNet
+from pconv_deploy.model.unet import PConvConfig, PConvUNet
 
 FORMATS = ("xiefan-guo", "naoto0804", "mmagic", "state-dict")
 WRAPPERS = ("state_dict", "model", "generator")  # keys under which projects nest the model's state dict

@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pconv_deploy.contract import NORMALISATIONS
+from pconv_deploy.contract import ENCODER_CHANNELS, NORMALISATIONS, encoder_channels
 from pconv_deploy.model.pconv import PartialConv2d
 
-# Encoder widths and kernels of the paper's 8 levels; 7 levels drop the last one.
-ENCODER_CHANNELS = (64, 128, 256, 512, 512, 512, 512, 512)
+# Encoder kernels of the paper's 8 levels (their widths: contract.ENCODER_CHANNELS); 7 levels drop the last one.
 ENCODER_KERNELS = (7, 5, 5, 3, 3, 3, 3, 3)
 
 # What the last layer's output goes through before de-normalisation (e.g. the seed's PUNet ends in tanh).
@@ -53,7 +52,7 @@ class PConvConfig:
         return 2**self.layers
 
     def encoder_channels(self) -> list[int]:
-        return [max(1, round(c * self.width)) for c in ENCODER_CHANNELS[: self.layers]]
+        return encoder_channels(self.layers, self.width)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

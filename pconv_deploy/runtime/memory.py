@@ -22,9 +22,9 @@ import re
 import resource
 import sys
 
+from pconv_deploy.contract import ENCODER_CHANNELS, encoder_channels
 from pconv_deploy.errors import PConvError
 
-ENCODER_CHANNELS = (64, 128, 256, 512, 512, 512, 512, 512)  # DESIGN.md section 4, times the width
 FIXED_BYTES_PER_PIXEL = 160  # full-resolution temporaries that do not grow with the width (measured)
 BYTES_PER_FEATURE = 3.2  # per analytic feature float at the busiest level (fitted: ORT frees some early)
 CALL_OVERHEAD = 128 * 2**20  # per call, whatever its size: thread workspaces, allocator slack (measured)
@@ -59,7 +59,7 @@ def activation_bytes_per_pixel(metadata: dict[str, str]) -> int:
         width = float(metadata.get("pconv.width", 1.0))
     except ValueError:
         layers, width = 8, 1.0
-    enc = [max(1, round(c * width)) for c in ENCODER_CHANNELS[: max(1, min(layers, 8))]]
+    enc = encoder_channels(max(1, min(layers, len(ENCODER_CHANNELS))), width)
     skips = [3, *enc[:-1]]
     features, in_ch = 0.0, enc[-1]
     for i in reversed(range(len(enc))):  # decoder level i works at 1 / 4**i of the input pixels
