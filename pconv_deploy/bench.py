@@ -59,7 +59,7 @@ class BenchSettings:
     repeats: int = 3
     warmup: int = 1
     compare_size: int = 512  # where the mask-path, naive and efficiency comparisons run (batch 1)
-    compare_repeats: int = 5
+    compare_repeats: int = 7
     gemm_size: int = GEMM_SIZE
     pipeline_images: int = 4  # 0 skips the pipeline measurement (one batch of 4 by default)
     pipeline_batch: int = 4
@@ -441,12 +441,7 @@ def _worker_compare(spec: dict[str, Any]) -> dict[str, Any]:
     calls["gemm_torch"] = lambda: torch.mm(a, b)
     with threadpool_limits(limits=threads):
         calls["gemm_numpy"] = lambda: an @ bn
-        times: dict[str, list[float]] = {k: [] for k in calls}
-        for rnd in range(settings["warmup"] + settings["compare_repeats"]):
-            for name, call in calls.items():
-                t = time_calls(call, 0, 1)[0]
-                if rnd >= settings["warmup"]:
-                    times[name].append(t)
+        times = _interleave(calls, settings["warmup"], settings["compare_repeats"])
         blas = [f"{i['internal_api']} {i.get('architecture') or ''}".strip() for i in threadpool_info()]
     med = {k: statistics.median(v) for k, v in times.items()}
     fastest = {k: min(v) for k, v in times.items()}
@@ -462,20 +457,52 @@ def _worker_compare(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _interleave(calls: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Round-robin timing; the order rotates every round so no call always follows the same one,
+    and a pause follows each GEMM: the BLAS threads spin-wait after a GEMM and would slow the next call."""
+    names = list(calls)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for rnd in range(warmup + repeats):
+        shift = rnd % len(names)
+        for name in names[shift:] + names[:shift]:
+            t = time_calls(calls[name], 0, 1)[0]
+            if rnd >= warmup:
+                times[name].append(t)
+            if name.startswith("gemm"):
+                time.sleep(0.3)
+    return times
+
+
 def _compare_result(med: dict, times: dict, macs: dict, n: int, blas: list[str], threads: int) -> dict[str, Any]:
     gemm = {k: 2 * n**3 / med[k] / 1e9 for k in ("gemm_torch", "gemm_numpy")}
     best = max(gemm, key=gemm.get)
     ours_gflops = 2 * macs["ours"] / med["ours"] / 1e9
+    rounds = range(len(times["ours"]))
+    flops_gemm = 2 * n**3
+
+    def per_round(ratio: Callable[[int], float]) -> float:
+        """Median over rounds of a ratio of calls made seconds apart: slow load drift cancels."""
+        return statistics.median(ratio(i) for i in rounds)
+
+    def round_efficiency(i: int) -> float:
+        best_gemm = max(flops_gemm / times[k][i] for k in ("gemm_torch", "gemm_numpy"))
+        return 2 * macs["ours"] / times["ours"][i] / best_gemm
+
     return {
         "ms": {k: round(v * 1000, 4) for k, v in med.items()},
-        "ms_all": {k: [round(t * 1000, 2) for t in v] for k, v in times.items()},
-        "mask_path_cost": round(med["ours"] / med["plain"], 4),
-        "naive_over_ours": round(med["naive"] / med["ours"], 4),
+        "ms_all": {k: [round(t * 1000, 4) for t in v] for k, v in times.items()},
+        "mask_path_cost": round(per_round(lambda i: times["ours"][i] / times["plain"][i]), 4),
+        "naive_over_ours": round(per_round(lambda i: times["naive"][i] / times["ours"][i]), 4),
+        "efficiency": round(per_round(round_efficiency), 4),
+        "from_medians": {
+            "mask_path_cost": round(med["ours"] / med["plain"], 4),
+            "naive_over_ours": round(med["naive"] / med["ours"], 4),
+            "efficiency": round(ours_gflops / gemm[best], 4),
+        },
         "conv_gmacs": {k: round(v / 1e9, 3) for k, v in macs.items()},
         "ours_gflops": round(ours_gflops, 3),
         "gemm_gflops": {k: round(v, 3) for k, v in gemm.items()},
         "gemm_best": best,
-        "efficiency": round(ours_gflops / gemm[best], 6),
         "numpy_blas": blas,
         "peak_mib": round(_max_rss_mib(), 1),
         "threads": threads,
@@ -590,24 +617,25 @@ def _compare_table(report: BenchReport) -> Any:
 
     c, p = report.compare, report.pipeline
     size = report.settings["compare_size"]
-    table = Table(title=f"one process, interleaved rounds, {size}x{size} batch 1, {c['threads']} threads")
+    title = f"one process, interleaved rounds, {size}x{size} batch 1, {c['threads']} threads, per-round ratios"
+    table = Table(title=title)
     table.add_column("comparison")
     table.add_column("value", justify="right")
     table.add_column("from (median ms)")
-    ms = c["ms"]
+    ms = {k: f"{v:.0f}" for k, v in c["ms"].items()}
     table.add_row("mask-path cost: ours / plain U-Net", f"{c['mask_path_cost']:.3f}x", f"{ms['ours']} / {ms['plain']}")
     table.add_row("naive C_out x C_in mask conv / ours", f"{c['naive_over_ours']:.2f}x", f"{ms['naive']}/{ms['ours']}")
-    gemm = c["gemm_gflops"]
+    gemm = {k: f"{v:.1f}" for k, v in c["gemm_gflops"].items()}
     table.add_row(
         "efficiency: ours conv GFLOP/s / best GEMM", f"{c['efficiency']:.3f}",
-        f"{c['ours_gflops']} / {gemm[c['gemm_best']]} GFLOP/s ({c['gemm_best']}; torch {gemm['gemm_torch']}, "
+        f"{c['ours_gflops']:.1f} / {gemm[c['gemm_best']]} GFLOP/s ({c['gemm_best']}; torch {gemm['gemm_torch']}, "
         f"numpy {gemm['gemm_numpy']})",
     )  # fmt: skip
-    f = c.get("from_fastest")
-    if f:
+    for label, key in (("from the medians", "from_medians"), ("from each one's fastest round", "from_fastest")):
+        f = c[key]
         table.add_row(
-            "same, from each one's fastest round", f"{f['mask_path_cost']:.3f}x / {f['naive_over_ours']:.2f}x / "
-            f"{f['efficiency']:.3f}", "mask-path cost / naive / efficiency",
+            f"  same, {label}", f"{f['mask_path_cost']:.3f}x / {f['naive_over_ours']:.2f}x / {f['efficiency']:.3f}",
+            "mask-path cost / naive / efficiency",
         )  # fmt: skip
     if p:
         table.add_row(
