@@ -25,7 +25,6 @@ from pconv_deploy.errors import PConvError
 from pconv_deploy.files import atomic_write
 
 OUTPUT_FORMATS = ("png", "jpg", "webp", "same")
-LOSSY = ("JPEG", "WEBP")
 SUFFIX_FORMATS = {
     ".png": "PNG",
     ".jpg": "JPEG",
