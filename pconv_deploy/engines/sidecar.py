@@ -228,10 +228,10 @@ def check_model(
             raise SidecarError(f"{where}: model contract mismatch: {key} is {found!r}, expected {value!r}")
     if check_onnx:
         onnx_path = Path(engine_path).parent / data["onnx_file"]
-        if onnx_path.is_file() and file_sha256(onnx_path) != data["onnx_sha256"]:
+        if onnx_path.is_file() and (now := file_sha256(onnx_path)) != data["onnx_sha256"]:
             raise SidecarError(
                 f"{where}: {onnx_path} has changed since the engine was built from it "
-                f"(sha256 {data['onnx_sha256'][:12]}..., now {file_sha256(onnx_path)[:12]}...): {REBUILD}"
+                f"(sha256 {data['onnx_sha256'][:12]}..., now {now[:12]}...): {REBUILD}"
             )
 
 
