@@ -93,6 +93,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def stale_temps(folder: Path, targets: set[str] | None = None) -> Iterator[os.DirEntry]:
+    """Our temp names in ``folder`` whose process is gone (files or folders; of the final names ``targets``)."""
+    for entry in os.scandir(folder):
+        parsed = stale_temp_of(entry.name)
+        if parsed is not None and (targets is None or parsed[0] in targets) and not pid_alive(parsed[1]):
+            yield entry
+
+
 def clean_stale_temps(folder: Path, targets: set[str] | None = None) -> int:
     """Delete our temp files left by killed runs (their process is gone); returns how many.
 
@@ -101,11 +109,8 @@ def clean_stale_temps(folder: Path, targets: set[str] | None = None) -> int:
     removed = 0
     if not folder.is_dir():
         return 0
-    for entry in os.scandir(folder):
-        parsed = stale_temp_of(entry.name)
-        if parsed is None or (targets is not None and parsed[0] not in targets):
-            continue
-        if entry.is_file(follow_symlinks=False) and not pid_alive(parsed[1]):
+    for entry in stale_temps(folder, targets):
+        if entry.is_file(follow_symlinks=False):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
                 removed += 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pconv_deploy.contract import CHANNELS, ENGINE_SUFFIXES, INPUT_NAMES, OUTPUT_NAMES
 from pconv_deploy.errors import PConvError, first_line
-from pconv_deploy.files import fsync_dir, pid_alive, stale_temp_of, temp_path, write_text_atomic
+from pconv_deploy.files import fsync_dir, stale_temps, temp_path, write_text_atomic
 
 INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
 
@@ -146,8 +146,7 @@ def replace_folder(staging: Path, target: Path) -> None:
 
 def remove_stale_staging(repo: Path, name: str) -> None:
     """Remove the temp folders of ``name`` that killed runs left (their process is gone)."""
-    for entry in os.scandir(repo):
-        parsed = stale_temp_of(entry.name)
-        if parsed and parsed[0] == name and entry.is_dir(follow_symlinks=False) and not pid_alive(parsed[1]):
+    for entry in stale_temps(repo, {name}):
+        if entry.is_dir(follow_symlinks=False):
             with contextlib.suppress(OSError):
                 shutil.rmtree(entry.path)
