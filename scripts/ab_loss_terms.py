@@ -11,6 +11,7 @@ up to 30 %: not the README table's masks):
                 input is (x - mean) / std, i.e. 1 / 0.226 per unit of [0, 1] instead of Caffe's 255
 
 Usage: OMP_NUM_THREADS=1 python scripts/ab_loss_terms.py OUT_DIR [--seconds 200] [--variants pixel paper]
+       [--init v1.safetensors]
 Writes OUT_DIR/ab.json and prints one line per variant and evaluation point.
 """
 
@@ -21,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-V1 = Path(__file__).resolve().parent.parent / "pconv_deploy" / "assets" / "pconv-demo.safetensors"
+V1 = Path("v1.safetensors")  # git show ba0e93d:pconv_deploy/assets/pconv-demo.safetensors > v1.safetensors
 TORCHVISION_SCALE = 1.0 / (255.0 * 0.226)  # mean ImageNet std
 
 
@@ -47,14 +48,14 @@ def heldout_score(model, out_dir: Path, samples) -> dict[int, float]:
     return {s.bin_index: round(s.hole_l1, 3) for s in score("m", predict, samples)}
 
 
-def run(variant: str, seconds: float, out_dir: Path, samples, batch: int) -> list[dict]:
+def run(variant: str, seconds: float, out_dir: Path, samples, batch: int, init: Path) -> list[dict]:
     import torch
 
     from pconv_deploy.model.checkpoint import load_checkpoint
     from pconv_deploy.train.data import CropDataset, image_paths
 
     dataset = CropDataset(image_paths("demo-train"), 256, seed=0, hole_bins=4, photo_scale=True)
-    model = load_checkpoint(V1).train()
+    model = load_checkpoint(init).train()
     loss = criterion(variant)
     opt = torch.optim.Adam(model.parameters(), 2e-4)
     points, step, spent, next_eval = [], 0, 0.0, seconds / 2
@@ -77,7 +78,7 @@ def run(variant: str, seconds: float, out_dir: Path, samples, batch: int) -> lis
     return points
 
 
-def term_magnitudes(samples_batch: int = 8) -> list[dict]:
+def term_magnitudes(init: Path, samples_batch: int = 8) -> list[dict]:
     """v1's weighted loss terms on one training batch, under both VGG feature scales."""
     import torch
 
@@ -88,7 +89,7 @@ def term_magnitudes(samples_batch: int = 8) -> list[dict]:
     images, masks = CropDataset(image_paths("demo-train"), 256, 0, 4, True).batch(0, samples_batch, stream=5)
     x, m = torch.from_numpy(images), torch.from_numpy(masks)
     with torch.no_grad():
-        raw = load_checkpoint(V1).eval()(x, m)
+        raw = load_checkpoint(init).eval()(x, m)
         rows = []
         for variant in ("paper", "paper-tv"):
             terms = criterion(variant)(x, m, raw)
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=200.0)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--variants", nargs="+", default=["pixel", "paper"])
+    parser.add_argument("--init", type=Path, default=V1, help="v1's weights (see V1)")
     args = parser.parse_args()
     import torch
 
@@ -115,12 +117,12 @@ def main() -> None:
     base = {"variant": "v1", "step": 0, "seconds": 0.0}
     from pconv_deploy.model.checkpoint import load_checkpoint
 
-    for row in term_magnitudes():
+    for row in term_magnitudes(args.init):
         print(json.dumps({"weighted_terms": row}), flush=True)
-    results = [{**base, "hole_l1": heldout_score(load_checkpoint(V1), args.out_dir, samples)}]
+    results = [{**base, "hole_l1": heldout_score(load_checkpoint(args.init), args.out_dir, samples)}]
     print(json.dumps(results[0]), flush=True)
     for variant in args.variants:
-        results += run(variant, args.seconds, args.out_dir, samples, args.batch)
+        results += run(variant, args.seconds, args.out_dir, samples, args.batch, args.init)
         write_text_atomic(args.out_dir / "ab.json", json.dumps(results, indent=1))
 
 

@@ -35,6 +35,13 @@ def phase(run_dir: Path, last_step: int | None) -> dict:
             "wall_seconds": round(sum(r["seconds"] for r in rows))}  # fmt: skip
 
 
+def init_step(run_dir: Path) -> int:
+    """The step of the snapshot a run directory was started from (--init)."""
+    from pconv_deploy.model.checkpoint import read_metadata
+
+    return int(read_metadata(json.loads((run_dir / "config.json").read_text())["init"])["step"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("snapshot", type=Path)
@@ -47,7 +54,9 @@ def main() -> None:
     from pconv_deploy.train.photos import SPLITS
 
     step = int(read_metadata(args.snapshot)["step"])
-    phases = [V1] + [phase(run, step if i == len(args.runs) - 1 else None) for i, run in enumerate(args.runs)]
+    # Each phase counts up to where the next one took its --init snapshot; the last up to SNAPSHOT.
+    cutoffs = [init_step(run) for run in args.runs[1:]] + [step]
+    phases = [V1] + [phase(run, cut) for run, cut in zip(args.runs, cutoffs)]
     training = {
         "phases": phases,
         "train_split_sha256": file_sha256(SPLITS["demo-train"]),

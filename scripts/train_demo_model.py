@@ -8,17 +8,23 @@ pconv_deploy/train/splits/, checked by tests/test_photos.py):
         lomiri-wallpapers-20.04 ukui-wallpapers
 
 Recipe: fine-tune the first bundled model (v1: 7 levels, quarter width, 9,196 steps at 128x128 on
-scikit-image photos and mate-backgrounds) on the demo-train split at the evaluation's resolution,
-256x256 crops (random zoom up to 1.5x of photos resized to a 384 px short side), masks from the
-paper's bins up to 40 % holes, batch 8, pixel loss L_valid + 6 L_hole + 0.1 L_tv (the VGG terms
-cost ~10x a step and did not lower held-out hole L1 at equal CPU time: README, Training).
+scikit-image photos and mate-backgrounds; those photos are training-only in the split) on the
+demo-train split at the evaluation's resolution: 256x256 crops (random zoom up to 1.5x of photos
+resized to a 384 px short side), masks from the paper's bins up to 40 % holes, batch 8, pixel
+loss L_valid + 6 L_hole + 0.1 L_tv (the VGG terms cost ~5x a step and lost the A/B at equal CPU
+time: scripts/ab_loss_terms.py, README Training), one thread.
 
-Phase 1 (Adam 2e-4):   python scripts/train_demo_model.py /work/runs/demo --steps 100000
-Phase 2 (paper's fine-tune: encoder BatchNorm frozen, 5e-5), from phase 1's best snapshot:
-                       python scripts/train_demo_model.py /work/runs/demo-ft --finetune --init SNAPSHOT
-Either phase resumes where it stopped when run again with the same arguments. Snapshots land in
-RUN/snapshots/ every --keep-every steps; pick one with
-`pconv evaluate --data demo-heldout --checkpoint SNAPSHOT`.
+    git show ba0e93d:pconv_deploy/assets/pconv-demo.safetensors > v1.safetensors   # v1's weights
+
+Phase 1 (Adam 2e-4), stopped at step 1,000:
+    python scripts/train_demo_model.py /work/runs/demo --init v1.safetensors --keep-every 200
+Phase 2 (the paper's fine-tune: encoder BatchNorm frozen, Adam 5e-5), from phase 1's step 1,000:
+    python scripts/train_demo_model.py /work/runs/demo-ft --finetune \
+        --init /work/runs/demo/snapshots/step-001000.safetensors --keep-every 100
+Either phase resumes where it stopped when run again with the same arguments (stop it with
+SIGTERM). The shipped snapshot was the best of phase 2 on held-out hole L1 with mask seed 1
+(scripts/pick_snapshot.py), written with scripts/ship_demo_model.py; the README's table is
+`pconv evaluate --data demo-heldout` (mask seed 0).
 """
 
 from __future__ import annotations
@@ -27,14 +33,12 @@ import argparse
 import os
 from pathlib import Path
 
-V1 = Path(__file__).resolve().parent.parent / "pconv_deploy" / "assets" / "pconv-demo.safetensors"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--steps", type=int, default=100000, help="stop with Ctrl-C/SIGTERM; resume re-runs")
-    parser.add_argument("--init", type=Path, default=V1, help="weights to start from (not used on resume)")
+    parser.add_argument("--init", type=Path, required=True, help="weights to start from (unused on resume)")
     parser.add_argument("--finetune", action="store_true", help="phase 2: encoder BatchNorm frozen, lr 5e-5")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=8)

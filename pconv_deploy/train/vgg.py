@@ -14,9 +14,11 @@ Either way the module takes [0, 1] RGB and applies the normalisation its weights
 Feature scale: the Caffe network works on a 0-255 input scale, so its features are about 255x
 those of the same network in [0, 1] units, and the Gram matrices 255^2 x. ReLU convolutions and
 max pooling are positively homogeneous, so dividing the features by 255 is exactly the Caffe
-network with [0, 1]-scaled input and biases / 255. We do that (``CAFFE_FEATURE_SCALE``) so the
-paper's loss weights (0.05 perceptual, 120 style), chosen with torchvision's VGG16 on normalised
-inputs, keep the style term from outweighing the pixel terms by five orders of magnitude.
+network with [0, 1]-scaled input and biases / 255 (``CAFFE_FEATURE_SCALE``). That is not quite
+the scale the paper's weights (0.05 perceptual, 120 style) were set for: torchvision's VGG16 is
+fed (x - mean) / std, 1 / 0.226 units per [0, 1] unit, which would mean 1 / 57.6. Measured on one
+batch at the v1 demo model's weights (README, Training), /255 already lets 120 L_style_out
+outweigh 6 L_hole ~20x, and 1 / 57.6 ~370x; /255 is kept as the milder of the two.
 """
 
 from __future__ import annotations
