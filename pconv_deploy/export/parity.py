@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
-from pconv_deploy.contract import IMAGE, MASK, OUTPUT, metadata_value
-from pconv_deploy.export.checks import ExportError
+from pconv_deploy.contract import IMAGE, MASK, OUTPUT, file_sha256, metadata_value
+from pconv_deploy.export.checks import ExportError, check_contract, check_graph, mask_overhead_limit, metadata
 
 FP32_ATOL = 1e-4
 FP16_MIN_PSNR = 40.0
@@ -217,10 +218,6 @@ def run_parity(
     fp64_reference: bool = False,
 ) -> ParityReport:
     """Compare ``onnx_path`` under ONNX Runtime (CPU) with ``model`` (a PConvUNet) through Polygraphy."""
-    import onnx
-
-    from pconv_deploy.export.checks import metadata
-
     meta = metadata(onnx.load(str(onnx_path), load_external_data=False))
     precision = meta.get("pconv.precision", "fp32")
     multiple = int(meta.get("pconv.multiple", model.config.multiple))
@@ -282,7 +279,7 @@ def _save_polygraphy_json(save_dir: Path, feeds: list, reference: list) -> tuple
     from pconv_deploy.files import atomic_write
 
     save_dir.mkdir(parents=True, exist_ok=True)
-    inputs_json, reference_json = save_dir / "inputs.json", save_dir / "reference.json"
+    inputs_json, reference_json = (save_dir / name for name in PARITY_FILES)
     saved = RunResults()
     saved.add(reference, runner_name="pytorch")
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
@@ -305,10 +302,6 @@ def check_onnx(
     Without ``checkpoint`` the bundled default is used. A checkpoint whose sha256 differs from
     the one recorded in the ONNX metadata is refused before anything runs.
     """
-    import onnx
-
-    from pconv_deploy.contract import file_sha256
-    from pconv_deploy.export.checks import check_contract, check_graph, mask_overhead_limit, metadata
     from pconv_deploy.model.checkpoint import default_checkpoint, load_checkpoint
 
     onnx_path = Path(onnx_path)
