@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import onnx
 import torch
 
-from pconv_deploy.contract import INPUT_NAMES, OUTPUT_NAMES, contract_metadata
+from pconv_deploy.contract import IMAGE, INPUT_NAMES, MASK, ONNX_SUFFIX, OUTPUT_NAMES, contract_metadata
 from pconv_deploy.errors import first_line
 from pconv_deploy.export.checks import ExportError, GraphReport, check_finite, check_graph, mask_overhead_limit
 from pconv_deploy.export.graph import ExportNet
@@ -56,35 +56,40 @@ def build_metadata(config: PConvConfig, fp16: bool, checkpoint_sha256: str | Non
     )
 
 
+def torch_to_onnx(net: torch.nn.Module, multiple: int, opset: int = 20) -> onnx.ModelProto:
+    """``net(image, mask)`` as an in-memory ONNX model with the contract's names, dynamic N and H, W in
+    multiples of ``multiple``, no external data: the one torch.onnx.export call (ours and the bench's variants)."""
+    from torch.export import Dim
+
+    # Example sizes of 2 and 3 multiples: a factor of 1 would be specialised by torch.export.
+    m = multiple
+    example = (torch.rand(2, 3, 2 * m, 3 * m), (torch.rand(2, 1, 2 * m, 3 * m) > 0.5).float())
+    batch, h, w = Dim("batch", min=1, max=4096), Dim("h", min=1, max=256), Dim("w", min=1, max=256)
+    dims = {0: batch, 2: m * h, 3: m * w}
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            net,
+            example,
+            None,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={IMAGE: dims, MASK: dims},
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+    return program.model_proto
+
+
 def build_onnx(
     model: PConvUNet, opset: int = 20, *, fp16: bool = False, checkpoint_sha256: str | None = None
 ) -> tuple[onnx.ModelProto, GraphReport]:
     """Export in memory and run the graph checks; raises ExportError. Nothing is written."""
-    from torch.export import Dim
-
     net = ExportNet(model.eval(), torch.float16 if fp16 else torch.float32)
-    mult = model.config.multiple
-    # Example sizes of 2 and 3 multiples: a factor of 1 would be specialised by torch.export.
-    example = (torch.rand(2, 3, 2 * mult, 3 * mult), (torch.rand(2, 1, 2 * mult, 3 * mult) > 0.5).float())
-    batch, h, w = Dim("batch", min=1, max=4096), Dim("h", min=1, max=256), Dim("w", min=1, max=256)
-    dims = {0: batch, 2: mult * h, 3: mult * w}
-    image_name, mask_name = INPUT_NAMES
     try:
-        with _quiet_exporter():
-            program = torch.onnx.export(
-                net,
-                example,
-                None,
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes={image_name: dims, mask_name: dims},
-                opset_version=opset,
-                external_data=False,
-                verbose=False,
-            )
+        proto = torch_to_onnx(net, model.config.multiple, opset)
     except Exception as e:  # the exporter raises many types; report one line
         raise ExportError(f"torch.onnx.export failed: {first_line(e)}") from e
-    proto = program.model_proto
     proto.doc_string = "pconv-deploy partial-convolution inpainting; contract: see metadata_props and README"
     del proto.metadata_props[:]
     for key, value in build_metadata(model.config, fp16, checkpoint_sha256).items():
@@ -157,7 +162,7 @@ def export_checkpoint(
     from pconv_deploy.export.parity import ParityError, default_parity_dir, run_parity
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    failed = output.with_name(f"{output.stem}.failed.onnx")
+    failed = output.with_name(f"{output.stem}.failed{ONNX_SUFFIX}")
     with atomic_write(output) as staged:  # renamed to ``output`` only if parity passes
         onnx.save_model(proto, str(staged), save_as_external_data=False)
         report = run_parity(staged, model, save_dir=parity_dir or default_parity_dir(output))
