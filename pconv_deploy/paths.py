@@ -98,6 +98,21 @@ def _probe_write(folder: Path, option: str, shown: Path) -> None:
     os.unlink(name)
 
 
+def _probe_folder(folder: Path, option: str, shown: Path) -> None:
+    """Prove a file can be written in ``folder``: into it when it is a folder, else by making it."""
+    if folder.is_dir():
+        _probe_write(folder, option, shown)
+    else:
+        _probe_create(folder, option, shown)  # also refuses a file or dangling link on the way
+
+
+def _same_input(path: Path, inputs: Iterable[tuple[Path, str]]) -> tuple[Path, str] | None:
+    """The (path, option) among ``inputs`` that ``path`` already is (same file or folder), if any."""
+    if not path.exists():
+        return None
+    return next(((other, opt) for other, opt in inputs if Path(other).exists() and os.path.samefile(path, other)), None)
+
+
 def check_output_dir(
     path: Path, option: str, inputs: Iterable[tuple[Path, str]] = (), files: Sequence[str] = ()
 ) -> Path:
@@ -108,15 +123,11 @@ def check_output_dir(
         target = path / name
         if target.is_dir() or (target.exists() and not target.is_file()):
             raise PathArgumentError(f"{option} {path}: {target} is {describe(target)}, where a file will be written")
-    if path.exists():
-        if not path.is_dir():
-            raise PathArgumentError(f"{option} {path}: exists and is {describe(path)}, not a folder")
-        _probe_write(path, option, path)
-    else:
-        _probe_create(path, option, path)
-    for other, other_option in inputs:
-        if path.exists() and Path(other).exists() and os.path.samefile(path, other):
-            raise PathArgumentError(f"{option} {path}: is the same folder as {other_option} {other}; choose another")
+    if path.exists() and not path.is_dir():
+        raise PathArgumentError(f"{option} {path}: exists and is {describe(path)}, not a folder")
+    _probe_folder(path, option, path)
+    if same := _same_input(path, inputs):
+        raise PathArgumentError(f"{option} {path}: is the same folder as {same[1]} {same[0]}; choose another")
     return path
 
 
@@ -132,16 +143,9 @@ def check_output_file(
         raise PathArgumentError(f"{option} {path}: exists and is not a regular file")
     if suffixes and path.suffix.lower() not in suffixes:
         raise PathArgumentError(f"{option} {path}: the file name must end in {' or '.join(suffixes)}")
-    parent = path.parent
-    if parent.exists():
-        if not parent.is_dir():
-            raise PathArgumentError(f"{option} {path}: {parent} is {describe(parent)}, not a folder")
-        _probe_write(parent, option, path)
-    else:
-        _probe_create(parent, option, path)
-    for other, other_option in inputs:
-        if path.exists() and Path(other).exists() and os.path.samefile(path, other):
-            raise PathArgumentError(f"{option} {path}: is {other_option} {other}; it would be replaced")
+    _probe_folder(path.parent, option, path)
+    if same := _same_input(path, inputs):
+        raise PathArgumentError(f"{option} {path}: is {same[1]} {same[0]}; it would be replaced")
     return path
 
 
