@@ -67,7 +67,8 @@ def run_server(model: Path, python: Path | None = None, **options: object) -> in
         raise PConvError(f"--model {model}: no such model file")
     if model.suffix.lower() not in (ONNX_SUFFIX, *ENGINE_SUFFIXES):
         raise PConvError(
-            f"--model {model}: pconv serve serves an exported model (.onnx, or an engine .engine/.plan); "
+            f"--model {model}: pconv serve serves an exported model ({ONNX_SUFFIX}, or an engine "
+            f"{'/'.join(ENGINE_SUFFIXES)}); "
             f"for a checkpoint run `pconv export --checkpoint {model} --output model.onnx` first"
         )
     command = server_command(python or serve_python(), model, **options)
