@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import dataclasses
 import logging
 import os
 import re
@@ -27,7 +28,6 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ log = logging.getLogger("pconv_deploy.serve")
 READY_MARK = "pconv serve: ready"  # the launcher and the tests wait for this line
 
 
-@dataclass
+@dataclasses.dataclass
 class ServeOptions:
     model: Path
     name: str = "pconv"
@@ -201,16 +201,11 @@ def serve(options: ServeOptions, say: Callable[[str], None] = print) -> None:
 
 
 def parse_args(argv: list[str] | None) -> ServeOptions:
+    """One option per ServeOptions field (``--http-port`` for ``http_port``), with its default and type."""
     p = argparse.ArgumentParser(prog="python -m pconv_deploy.serve.server", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--name", default="pconv")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--queue-delay-us", type=int, default=2000)
-    p.add_argument("--instances", type=int, default=1)
+    for option in dataclasses.fields(ServeOptions)[1:]:
+        p.add_argument(f"--{option.name.replace('_', '-')}", type=type(option.default), default=option.default)
     return ServeOptions(**vars(p.parse_args(argv)))
 
 
