@@ -128,6 +128,16 @@ def test_every_term_against_naive_computation(batch):
     assert WEIGHTS == {"valid": 1, "hole": 6, "perceptual": 0.05, "style_out": 120, "style_comp": 120, "tv": 0.1}
 
 
+def test_hole_mean_weighs_every_image_the_same(batch):
+    image, mask, raw = batch
+    terms = InpaintingLoss(None)(torch.tensor(image), torch.tensor(mask), torch.tensor(raw))
+    per_image = [np.abs(raw[k] - image[k])[:, mask[k, 0] == 0].mean() for k in range(2)]
+    assert terms["hole_mean"].item() == pytest.approx(np.mean(per_image), rel=1e-12)
+    assert (mask[0] == 0).sum() != (mask[1] == 0).sum()  # different hole sizes, equal weights
+    no_holes = np.ones_like(mask)
+    assert InpaintingLoss(None)(torch.tensor(image), torch.tensor(no_holes), torch.tensor(raw))["hole_mean"] == 0
+
+
 def test_perfect_prediction_has_only_tv_left(batch):
     image, mask, _ = batch
     x, m = torch.tensor(image), torch.tensor(mask)

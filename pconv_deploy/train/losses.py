@@ -7,6 +7,8 @@ Normalisations, as in the paper and the authors' code:
 - L_perc: for each of VGG16 pool1..pool3, the mean L1 between features of I_out and I_gt plus
   between I_comp and I_gt; summed over the three layers.
 - L_style_*: Gram matrices f f^T / (C*H*W) per image, mean L1 over the N*C*C entries, summed over layers.
+- L_hole_mean (not in the paper; `--loss pixel-mean`): L1 over each image's hole pixels, averaged
+  per image, so small holes weigh as much as large ones.
 - L_tv: absolute differences of horizontally and vertically neighbouring pixels of I_comp where
   both pixels lie in the hole region dilated by one pixel (3x3), summed and divided by N*C*H*W.
 """
@@ -32,6 +34,17 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 def dilated_holes(mask: torch.Tensor) -> torch.Tensor:
     """The hole region (mask == 0) grown by one pixel in all 8 directions, as a {0, 1} tensor."""
     return (F.max_pool2d(1 - mask, kernel_size=3, stride=1, padding=1) > 0).to(mask.dtype)
+
+
+def hole_mean(image: torch.Tensor, mask: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    """L1 averaged over each image's own hole pixels (and channels), then over the batch.
+
+    Unlike L_hole (normalised by N*C*H*W), every image counts the same whatever its hole size:
+    the evaluation's mean hole L1 per bin, where thin strokes would otherwise get little weight.
+    """
+    holes = 1 - mask
+    count = holes.sum(dim=(1, 2, 3)).clamp_min(1) * image.shape[1]  # an image without holes counts 0
+    return ((holes * (raw - image)).abs().sum(dim=(1, 2, 3)) / count).mean()
 
 
 def total_variation(comp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -64,6 +77,7 @@ class InpaintingLoss(nn.Module):
         terms = {
             "valid": (mask * (raw - image)).abs().mean(),
             "hole": ((1 - mask) * (raw - image)).abs().mean(),
+            "hole_mean": hole_mean(image, mask, raw),
             "perceptual": raw.new_zeros(()),
             "style_out": raw.new_zeros(()),
             "style_comp": raw.new_zeros(()),
