@@ -270,7 +270,9 @@ def train(
     sample_every: Annotated[
         int, typer.Option(min=1, help="Steps between checkpoints, loss curve and sample grid.")
     ] = 100,
-    loss: Annotated[str, typer.Option(help="paper (eq. 7, VGG16 terms) | pixel (valid + 6 hole + 0.1 TV).")] = "paper",
+    loss: Annotated[
+        str, typer.Option(help="paper (eq. 7) | pixel (valid + 6 hole + 0.1 TV) | pixel-mean (hole L1 per image).")
+    ] = "paper",
     hole_bins: Annotated[
         int | None,
         typer.Option(min=1, max=6, help="Masks from the first N hole-ratio bins (1-10 %, ..., 50-60 %) [default: 6]."),
