@@ -233,23 +233,16 @@ class TritonBackend:
         """The request's InferInput/InferRequestedOutput objects (binary tensors): contract names, FP32, NCHW."""
         if scheme == "http":
             import tritonclient.http as lib
-
-            def add(name: str, array: np.ndarray) -> object:
-                tensor = lib.InferInput(name, list(array.shape), "FP32")
-                tensor.set_data_from_numpy(array, binary_data=True)
-                return tensor
-
-            outputs = [lib.InferRequestedOutput(OUTPUT, binary_data=True)]
         else:
             import tritonclient.grpc as lib
+        binary = {"binary_data": True} if scheme == "http" else {}  # HTTP sends JSON unless asked; gRPC is binary
 
-            def add(name: str, array: np.ndarray) -> object:
-                tensor = lib.InferInput(name, list(array.shape), "FP32")
-                tensor.set_data_from_numpy(array)
-                return tensor
+        def add(name: str, array: np.ndarray) -> object:
+            tensor = lib.InferInput(name, list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array, **binary)
+            return tensor
 
-            outputs = [lib.InferRequestedOutput(OUTPUT)]
-        return [add(IMAGE, image), add(MASK, mask)], outputs
+        return [add(IMAGE, image), add(MASK, mask)], [lib.InferRequestedOutput(OUTPUT, **binary)]
 
     # -- the backend interface ---------------------------------------------------------------------------------
     def run(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
