@@ -146,20 +146,21 @@ def plan_windows(hole: np.ndarray, margin: int, multiple: int) -> list[tuple[Box
 
 def join_cheaper(windows: list[Box], groups: list[list[int]], h: int, w: int, multiple: int) -> tuple[list, list]:
     """Join pairs of windows while the aligned union has no more pixels than the two together."""
-    joined = True
-    while joined:
-        joined = False
-        for i in range(len(windows)):
-            for j in range(i + 1, len(windows)):
-                union = align_window(bounding([windows[i], windows[j]]), h, w, multiple)
-                if area(union) <= area(windows[i]) + area(windows[j]):
-                    windows[i], groups[i] = union, groups[i] + groups[j]
-                    del windows[j], groups[j]
-                    joined = True
-                    break
-            if joined:
-                break
+    while (pair := cheaper_pair(windows, h, w, multiple)) is not None:
+        i, j, union = pair
+        windows[i], groups[i] = union, groups[i] + groups[j]
+        del windows[j], groups[j]
     return windows, groups
+
+
+def cheaper_pair(windows: list[Box], h: int, w: int, multiple: int) -> tuple[int, int, Box] | None:
+    """The first pair (i < j) whose aligned union costs no more pixels than the two apart, with that union."""
+    for i in range(len(windows)):
+        for j in range(i + 1, len(windows)):
+            union = align_window(bounding([windows[i], windows[j]]), h, w, multiple)
+            if area(union) <= area(windows[i]) + area(windows[j]):
+                return i, j, union
+    return None
 
 
 def area(b: Box) -> int:
