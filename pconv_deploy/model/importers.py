@@ -50,7 +50,6 @@ from pconv_deploy.contract import ENCODER_CHANNELS
 from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.model.unet import PConvConfig, PConvUNet
 
-FORMATS = ("xiefan-guo", "naoto0804", "mmagic", "state-dict")
 WRAPPERS = ("state_dict", "model", "generator")  # keys under which projects nest the model's state dict
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
@@ -101,21 +100,21 @@ class SourceFormat:
 
 
 SOURCE_FORMATS = {
-    "xiefan-guo": SourceFormat(
-        "xiefan-guo", "ec_images_{}".format, "dc_images_{}".format, ".conv", None, False, "unit", "tanh"
-    ),
-    "naoto0804": SourceFormat(
-        "naoto0804", "enc_{}".format, "dec_{}".format, ".conv.input_conv", ".conv.mask_conv.weight", True,
-        "imagenet", "none",
-    ),
-    "mmagic": SourceFormat(
-        "mmagic", "encoder.enc{}".format, "decoder.dec{}".format, ".conv", ".conv.weight_mask_updater", False,
-        "minus_one_one", "none", prefix="generator.",
-    ),
-    "state-dict": SourceFormat(
-        "state-dict", lambda i: f"encoder.{i - 1}", None, ".pconv.conv", None, False, "imagenet", "none"
-    ),
+    fmt.name: fmt
+    for fmt in (
+        SourceFormat("xiefan-guo", "ec_images_{}".format, "dc_images_{}".format, ".conv", None, False, "unit", "tanh"),
+        SourceFormat(
+            "naoto0804", "enc_{}".format, "dec_{}".format, ".conv.input_conv", ".conv.mask_conv.weight", True,
+            "imagenet", "none",
+        ),
+        SourceFormat(
+            "mmagic", "encoder.enc{}".format, "decoder.dec{}".format, ".conv", ".conv.weight_mask_updater", False,
+            "minus_one_one", "none", prefix="generator.",
+        ),
+        SourceFormat("state-dict", lambda i: f"encoder.{i - 1}", None, ".pconv.conv", None, False, "imagenet", "none"),
+    )
 }  # fmt: skip
+FORMATS = tuple(SOURCE_FORMATS)  # auto-detection tries them in this order
 
 
 @dataclass(frozen=True)
