@@ -123,7 +123,8 @@ def check_contract(model: onnx.ModelProto) -> None:
                 raise ExportError(f"{kind} '{name}' must be float32 [N, {channels}, H, W], got {dims}")
             if any(isinstance(d, int) for i, d in enumerate(dims) if i != 1):
                 raise ExportError(f"{kind} '{name}' must have dynamic N, H, W, got {dims}")
-    missing = [k for k in METADATA_KEYS if k not in metadata(model)]
+    found = metadata(model)
+    missing = [k for k in METADATA_KEYS if k not in found]
     if missing:
         raise ExportError(f"metadata_props lack {', '.join(missing)}")
     external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
