@@ -1,7 +1,8 @@
 """torch -> ONNX (FP32 and FP16), graph checks, Polygraphy parity.
 
 One job per module: ``graph`` the export-time network, ``onnx_export`` the export and the
-metadata, ``checks`` the graph checks, ``parity`` the Polygraphy comparison with PyTorch.
+metadata, ``checks`` the graph checks, ``parity`` the Polygraphy comparison with PyTorch,
+``variants`` the comparison networks ``pconv bench`` exports beside ours.
 """
 
 from pconv_deploy.export.checks import ConvMacs, ExportError, GraphReport, check_finite, check_graph, conv_macs
