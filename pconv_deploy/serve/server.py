@@ -148,12 +148,12 @@ def fresh_workspace() -> Path:
     return root / f"pid{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def serve(options: ServeOptions, say: Callable[[str], None] = print) -> None:
+def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> None:
     """Load the model, start Triton on ``options``' ports and serve until SIGINT/SIGTERM, then stop it."""
     from pconv_deploy.runtime.backends import load_backend
 
     check_ports(options)
-    backend = load_backend(options.model, "auto", on_fallback=say)
+    backend = load_backend(options.model, "auto", on_fallback=announce)
     metadata = dict(backend.metadata)
     metadata.setdefault("pconv.multiple", str(backend.multiple))
     python_backend_env()
@@ -188,16 +188,16 @@ def serve(options: ServeOptions, say: Callable[[str], None] = print) -> None:
         add_parameters(triton, options.name, metadata)
         triton.run()  # starts tritonserver, loads the model, waits until it is ready
         where = f"http://{options.host}:{options.http_port} grpc://{options.host}:{options.grpc_port}"
-        say(f"{READY_MARK}: model {options.name!r} ({options.model.name}, {backend.name}) at {where}, "
+        announce(f"{READY_MARK}: model {options.name!r} ({options.model.name}, {backend.name}) at {where}, "
             f"metrics http://{options.host}:{options.metrics_port}/metrics; Ctrl-C or SIGTERM stops it")  # fmt: skip
         while triton.is_alive():  # KeyboardInterrupt (SIGINT, or SIGTERM via main) ends the wait
             time.sleep(0.5)
         raise PConvError("tritonserver exited unexpectedly")
     except KeyboardInterrupt:
-        say("pconv serve: stopping")
+        announce("pconv serve: stopping")
     finally:
         triton.stop()
-    say("pconv serve: stopped")
+    announce("pconv serve: stopped")
 
 
 def parse_args(argv: list[str] | None) -> ServeOptions:
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(stop_signal, signal.default_int_handler)
     options = parse_args(argv)
     try:
-        serve(options, say=lambda text: print(text, file=sys.stderr, flush=True))
+        serve(options, announce=lambda text: print(text, file=sys.stderr, flush=True))
     except PConvError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
