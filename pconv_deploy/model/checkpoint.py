@@ -44,6 +44,7 @@ def save_checkpoint(model: PConvUNet, path: str | Path, extra: dict[str, str] | 
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
+    """The header strings of one of our checkpoints, read without its tensors (``pconv info`` shows the origin)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -58,6 +59,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def read_config(path: str | Path) -> PConvConfig:
+    """The architecture in a checkpoint's header: enough to rebuild the model before loading any tensor."""
     metadata = read_metadata(path)
     try:
         return PConvConfig(**json.loads(metadata["config"]))
