@@ -53,7 +53,8 @@ def main() -> None:
     from pconv_deploy.model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
     from pconv_deploy.train.photos import SPLITS
 
-    step = int(read_metadata(args.snapshot)["step"])
+    header = read_metadata(args.snapshot)
+    step = int(header["step"])
     # Each phase counts up to where the next one took its --init snapshot; the last up to SNAPSHOT.
     cutoffs = [init_step(run) for run in args.runs[1:]] + [step]
     phases = [V1] + [phase(run, cut) for run, cut in zip(args.runs, cutoffs)]
@@ -63,6 +64,8 @@ def main() -> None:
         "heldout_split_sha256": file_sha256(SPLITS["demo-heldout"]),
         "snapshot": args.snapshot.name,
     }
+    if "averaged_steps" in header:  # scripts/average_snapshots.py: the mean of these steps of the last phase
+        training["averaged_steps"] = json.loads(header["averaged_steps"])
     total = sum(p["steps"] for p in phases)
     with atomic_write(args.out) as tmp:
         save_checkpoint(load_checkpoint(args.snapshot), tmp, extra={"training": json.dumps(training),

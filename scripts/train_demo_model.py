@@ -16,15 +16,20 @@ time: scripts/ab_loss_terms.py, README Training), one thread.
 
     git show ba0e93d:pconv_deploy/assets/pconv-demo.safetensors > v1.safetensors   # v1's weights
 
-Phase 1 (Adam 2e-4), stopped at step 1,000:
+Phase 1 (Adam 2e-4), stopped at step 1,000 (phase 2 took over when held-out scores stopped improving):
     python scripts/train_demo_model.py /work/runs/demo --init v1.safetensors --keep-every 200
 Phase 2 (the paper's fine-tune: encoder BatchNorm frozen, Adam 5e-5), from phase 1's step 1,000:
     python scripts/train_demo_model.py /work/runs/demo-ft --finetune \
         --init /work/runs/demo/snapshots/step-001000.safetensors --keep-every 100
-Either phase resumes where it stopped when run again with the same arguments (stop it with
-SIGTERM). The shipped snapshot was the best of phase 2 on held-out hole L1 with mask seed 1
-(scripts/pick_snapshot.py), written with scripts/ship_demo_model.py; the README's table is
-`pconv evaluate --data demo-heldout` (mask seed 0).
+Phase 3 (still the fine-tune at 5e-5), from phase 2's step 900, with the loss averaged over each
+image's own holes and masks up to 30 % only (the evaluation's metric and bins):
+    python scripts/train_demo_model.py /work/runs/demo-ft2 --finetune --loss pixel-mean --hole-bins 3 \
+        --init /work/runs/demo-ft/snapshots/step-000900.safetensors --keep-every 100
+Each phase resumes where it stopped when run again with the same arguments (stop it with
+SIGTERM). Every snapshot was scored on held-out hole L1 with mask seed 1 (scripts/pick_snapshot.py;
+scripts/average_snapshots.py for a mean of several); the chosen weights were written with
+scripts/ship_demo_model.py, and the README's table is `pconv evaluate --data demo-heldout` (mask
+seed 0, other masks than the choice was made on).
 """
 
 from __future__ import annotations
