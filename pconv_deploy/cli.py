@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 
 
-def fail(message: str, code: int = 1) -> None:
+def exit_with_error(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -49,7 +49,7 @@ def init(
     try:
         model = PConvUNet(layers, width, input_norm)
     except ValueError as e:
-        fail(str(e), 2)
+        exit_with_error(str(e), 2)
     save_checkpoint(model, output)
     typer.echo(f"wrote {output}")
 
@@ -130,7 +130,7 @@ def export_command(
     from onnx.defs import onnx_opset_version
 
     if opset > onnx_opset_version():
-        fail(f"--opset {opset}: the installed onnx knows opsets up to {onnx_opset_version()}", 2)
+        exit_with_error(f"--opset {opset}: the installed onnx knows opsets up to {onnx_opset_version()}", 2)
     checkpoint = check_input_file(checkpoint or bundled_checkpoint(), "--checkpoint", (CHECKPOINT_SUFFIX,))
     check_output_file(output, "--output", [(checkpoint, "--checkpoint")], (ONNX_SUFFIX,))
     from pconv_deploy.export import export_checkpoint
@@ -147,7 +147,7 @@ def export_command(
     except ParityError as e:
         if e.report is not None:
             typer.echo(e.report.table())
-        fail(str(e))
+        exit_with_error(str(e))
     macs, (h, w) = result.graph.macs, result.graph.mac_size
     size_mb = result.path.stat().st_size / 1e6
     precision = "fp16" if fp16 else "fp32"
@@ -183,7 +183,7 @@ def check_command(
     typer.echo(report.table())
     typer.echo(f"reproduce: {report.polygraphy_command(model)}")
     if not report.passed:
-        fail(f"{model}: parity check failed ({report.summary()})")
+        exit_with_error(f"{model}: parity check failed ({report.summary()})")
 
 
 @app.command("build-engine")
@@ -285,7 +285,7 @@ def train(
     or data is refused; --lr on resume overrides the run's learning rate (and says so).
     """
     if lr is not None and not lr > 0:
-        fail(f"--lr must be > 0, got {lr}", 2)
+        exit_with_error(f"--lr must be > 0, got {lr}", 2)
     from pconv_deploy.train.state import RUN_FILES
 
     check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], RUN_FILES)
@@ -422,17 +422,17 @@ def infer(
     from pconv_deploy.runtime.pipeline import run_folder, visible_files, write_report
 
     if server and model is not None:
-        fail("--model and --server exclude each other: the servers hold the model", 2)
+        exit_with_error("--model and --server exclude each other: the servers hold the model", 2)
     if model is None and not server:
         model = bundled_checkpoint()
     for path, name in ((images, "--images"), (masks, "--masks"), *([(model, "--model")] if model else [])):
         if not path.exists():
-            fail(f"{name} {path}: no such file or folder", 2)
+            exit_with_error(f"{name} {path}: no such file or folder", 2)
     check_folder_job(images, masks, output, report)  # before the model loads: exit 2, nothing written
     if model is not None:
         check_input_file(model, "--model")
     if images.is_dir() and not visible_files(images):
-        fail(f"--images {images}: no files to inpaint", 2)
+        exit_with_error(f"--images {images}: no files to inpaint", 2)
     warnings = warn_orphan_masks(images, masks, report)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
     runner = open_runner(model, backend.value, device, threads) if not server else remote_runner(server, server_model)
@@ -452,10 +452,11 @@ def infer(
         try:
             write_report(result, report)
         except OSError as e:
-            fail(f"--report {report}: cannot write the report ({e.strerror or e})")
+            exit_with_error(f"--report {report}: cannot write the report ({e.strerror or e})")
         typer.echo(f"report: {report}")
     if result.interrupted:
-        fail(f"interrupted: {result.count('pending')} images not done; run the same command again to finish", 130)
+        pending = result.count("pending")
+        exit_with_error(f"interrupted: {pending} images not done; run the same command again to finish", 130)
     if failed:
         raise typer.Exit(1)
 
@@ -529,7 +530,7 @@ def bench(
         )  # fmt: skip
         report = run_bench(settings, say=lambda line: typer.echo(line, err=True))
     except (PConvError, ValueError) as e:
-        fail(str(e))
+        exit_with_error(str(e))
     Console().print(render(report))
     if json_path is not None:
         typer.echo(f"wrote {write_json(report, json_path)}")
