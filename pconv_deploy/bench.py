@@ -437,6 +437,8 @@ def _worker_compare(spec: dict[str, Any]) -> dict[str, Any]:
     image, mask = feeds(1, size)
     a, b = torch.randn(n, n), torch.randn(n, n)
     an, bn = a.numpy(), b.numpy()
+    if backend_unavailable("openvino", files) is None:  # the other CPU engine, on our same FP32 file
+        runners["openvino"] = make_runner("openvino", files, threads)
     calls = {name: (lambda r=r: r(image, mask)) for name, r in runners.items()}
     calls["gemm_torch"] = lambda: torch.mm(a, b)
     with threadpool_limits(limits=threads):
@@ -494,6 +496,16 @@ def _compare_result(med: dict, times: dict, macs: dict, n: int, blas: list[str],
         "mask_path_cost": round(per_round(lambda i: times["ours"][i] / times["plain"][i]), 4),
         "naive_over_ours": round(per_round(lambda i: times["naive"][i] / times["ours"][i]), 4),
         "efficiency": round(per_round(round_efficiency), 4),
+        **(
+            {
+                "openvino_over_ours": round(per_round(lambda i: times["openvino"][i] / times["ours"][i]), 4),
+                "openvino_efficiency": round(
+                    per_round(lambda i: round_efficiency(i) * times["ours"][i] / times["openvino"][i]), 4
+                ),
+            }
+            if "openvino" in times
+            else {}
+        ),  # fmt: skip
         "from_medians": {
             "mask_path_cost": round(med["ours"] / med["plain"], 4),
             "naive_over_ours": round(med["naive"] / med["ours"], 4),
@@ -631,6 +643,11 @@ def _compare_table(report: BenchReport) -> Any:
         f"{c['ours_gflops']:.1f} / {gemm[c['gemm_best']]} GFLOP/s ({c['gemm_best']}; torch {gemm['gemm_torch']}, "
         f"numpy {gemm['gemm_numpy']})",
     )  # fmt: skip
+    if "openvino_over_ours" in c:
+        table.add_row(
+            "OpenVINO on our FP32 file / ONNX Runtime", f"{c['openvino_over_ours']:.3f}x",
+            f"time ratio; OpenVINO's efficiency {c['openvino_efficiency']:.3f}",
+        )  # fmt: skip
     for label, key in (("from the medians", "from_medians"), ("from each one's fastest round", "from_fastest")):
         f = c[key]
         table.add_row(
