@@ -16,17 +16,12 @@ These are never shipped; they only measure what our graph saves.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pconv_deploy.contract import IMAGE, INPUT_NAMES, MASK, OUTPUT_NAMES
 from pconv_deploy.export.graph import ExportNet, ExportPConv
 from pconv_deploy.model.unet import PConvUNet
 
@@ -103,38 +98,7 @@ def export_variant(model: PConvUNet, kind: str, path: str | Path, *, fp16: bool 
 
     No contract metadata and no checks: these files only feed the benchmark.
     """
-    from torch.export import Dim
+    from pconv_deploy.export.onnx_export import torch_to_onnx, write_atomic
 
     net = variant_net(model, kind, torch.float16 if fp16 else torch.float32)
-    mult = model.config.multiple
-    example = (torch.rand(2, 3, 2 * mult, 3 * mult), (torch.rand(2, 1, 2 * mult, 3 * mult) > 0.5).float())
-    batch, h, w = Dim("batch", min=1, max=4096), Dim("h", min=1, max=256), Dim("w", min=1, max=256)
-    dims = {0: batch, 2: mult * h, 3: mult * w}
-    with _quiet():
-        program = torch.onnx.export(
-            net,
-            example,
-            None,
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={IMAGE: dims, MASK: dims},
-            opset_version=opset,
-            external_data=False,
-            verbose=False,
-        )
-    from pconv_deploy.export.onnx_export import write_atomic
-
-    return write_atomic(program.model_proto, path)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+    return write_atomic(torch_to_onnx(net, model.config.multiple, opset), path)
