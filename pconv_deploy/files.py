@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 TEMP_MARK = ".pconv-tmp-"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import (umask has no getter); files get the mode open() would give
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.pconv-tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
 
 
@@ -36,6 +38,7 @@ def atomic_write(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
     tmp = temp_path(path)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # some writers (safetensors) create 0600 files
         if fsync:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
