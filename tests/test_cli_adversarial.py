@@ -72,6 +72,7 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
 
 G_ONNX, G_CKPT = "good.onnx", "good.safetensors"
 INFER = ["infer", "--images", "images", "--masks", "masks"]
+TRAIN_ONE_STEP = ["train", "--data", "builtin", "--output", "run", "--steps", "1"]
 CASES = {
     # export: bad checkpoints, bad outputs, output == input
     "export-ckpt-missing": ["export", "-o", "o.onnx", "--checkpoint", "nope.safetensors"],
@@ -113,42 +114,12 @@ CASES = {
     "train-data-no-images": ["train", "--data", "dir.onnx", "--output", "run", "--steps", "1"],
     "train-out-is-file": ["train", "--data", "builtin", "--output", "file.txt", "--steps", "1"],
     "train-out-under-file": ["train", "--data", "builtin", "--output", "file.txt/run", "--steps", "1"],
-    "train-init-missing": ["train", "--data", "builtin", "--output", "run", "--steps", "1", "--init", "nope"],
-    "train-init-garbage": [
-        "train",
-        "--data",
-        "builtin",
-        "--output",
-        "run",
-        "--steps",
-        "1",
-        "--init",
-        "garbage.safetensors",
-    ],  # fmt: skip
-    "train-vgg-zero": [
-        "train",
-        "--data",
-        "builtin",
-        "--output",
-        "run",
-        "--steps",
-        "1",
-        "--vgg-weights",
-        "zero.safetensors",
-    ],  # fmt: skip
-    "train-lr-negative": ["train", "--data", "builtin", "--output", "run", "--steps", "1", "--lr", "-1"],
-    "train-vgg-is-onnx": [
-        "train",
-        "--data",
-        "builtin",
-        "--output",
-        "run",
-        "--steps",
-        "1",
-        "--vgg-weights",
-        G_ONNX,
-    ],  # fmt: skip
-    "train-size": ["train", "--data", "builtin", "--output", "run", "--steps", "1", "--size", "100"],
+    "train-init-missing": [*TRAIN_ONE_STEP, "--init", "nope"],
+    "train-init-garbage": [*TRAIN_ONE_STEP, "--init", "garbage.safetensors"],
+    "train-vgg-zero": [*TRAIN_ONE_STEP, "--vgg-weights", "zero.safetensors"],
+    "train-lr-negative": [*TRAIN_ONE_STEP, "--lr", "-1"],
+    "train-vgg-is-onnx": [*TRAIN_ONE_STEP, "--vgg-weights", G_ONNX],
+    "train-size": [*TRAIN_ONE_STEP, "--size", "100"],
     # evaluate: bad data, models, outputs
     "eval-data-missing": ["evaluate", "--data", "nope", "--checkpoint", G_CKPT, "--output", "ev"],
     "eval-ckpt-garbage": ["evaluate", "--data", "builtin", "--checkpoint", "garbage.safetensors", "--output", "ev"],
