@@ -72,7 +72,8 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
 
 G_ONNX, G_CKPT = "good.onnx", "good.safetensors"
 INFER = ["infer", "--images", "images", "--masks", "masks"]
-TRAIN_ONE_STEP = ["train", "--data", "builtin", "--output", "run", "--steps", "1"]
+TRAIN_RUN = ["train", "--data", "builtin", "--output", "run"]
+TRAIN_ONE_STEP = [*TRAIN_RUN, "--steps", "1"]
 CASES = {
     # export: bad checkpoints, bad outputs, output == input
     "export-ckpt-missing": ["export", "-o", "o.onnx", "--checkpoint", "nope.safetensors"],
@@ -214,11 +215,11 @@ CASES = {
 
 # Out-of-range numbers: typer's own usage error (exit 2, its usage box names the option), before any work.
 USAGE_CASES = {
-    "train-steps-0": ["train", "--data", "builtin", "--output", "run", "--steps", "0"],
-    "train-batch-0": ["train", "--data", "builtin", "--output", "run", "--batch-size", "0"],
-    "train-log-every-0": ["train", "--data", "builtin", "--output", "run", "--log-every", "0"],
-    "train-sample-every-0": ["train", "--data", "builtin", "--output", "run", "--sample-every", "0"],
-    "train-hole-bins-7": ["train", "--data", "builtin", "--output", "run", "--hole-bins", "7"],
+    "train-steps-0": [*TRAIN_RUN, "--steps", "0"],
+    "train-batch-0": [*TRAIN_RUN, "--batch-size", "0"],
+    "train-log-every-0": [*TRAIN_RUN, "--log-every", "0"],
+    "train-sample-every-0": [*TRAIN_RUN, "--sample-every", "0"],
+    "train-hole-bins-7": [*TRAIN_RUN, "--hole-bins", "7"],
     "eval-masks-per-bin-0": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--masks-per-bin", "0"],
     "eval-size-0": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--size", "0"],
     "eval-max-images-0": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--max-images", "0"],
