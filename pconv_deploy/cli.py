@@ -6,6 +6,7 @@ errors into exit 2. Heavy modules (torch, onnx) are imported inside the commands
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -288,7 +289,8 @@ def train(
         exit_with_error(f"--lr must be > 0, got {lr}", 2)
     from pconv_deploy.train.state import RUN_FILES
 
-    check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], RUN_FILES)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only the writing rank probes (it makes and removes dirs)
+        check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], RUN_FILES)
     for path, option in ((init, "--init"), (vgg_weights, "--vgg-weights")):
         if path is not None:
             check_input_file(path, option)

@@ -113,7 +113,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
                 row = train_step(run, step)
                 if d.is_main:
                     record(run, row, bar, log)
-        return finish(run, log)
+        result = finish(run, log)
+        distributed.wait_for_all(d)  # only on success: after a failure the other ranks are stopped by torchrun
+        return result
     finally:
         distributed.teardown(d)
 
