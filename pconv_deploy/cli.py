@@ -201,9 +201,7 @@ def build_engine_command(
     workspace: Annotated[float | None, typer.Option(help="Builder workspace limit in GiB.")] = None,
     version_compatible: Annotated[
         bool,
-        typer.Option(
-            help="Embed a lean runtime: any later TensorRT, or tensorrt_lean alone, can run the engine."
-        ),
+        typer.Option(help="Embed a lean runtime: any later TensorRT, or tensorrt_lean alone, can run the engine."),
     ] = False,
     exclude_lean_runtime: Annotated[
         bool,
@@ -403,6 +401,9 @@ def infer(
         Strategy, typer.Option(help="crop: windows around holes at native size; resize: whole image downscaled; full.")
     ] = Strategy.crop,
     max_side: Annotated[int, typer.Option(min=32, help="Longest side the network sees (crop and resize).")] = 1024,
+    margin: Annotated[
+        int, typer.Option(min=0, help="crop: context px around each hole (at least a quarter of its long side).")
+    ] = 64,
     workers: Annotated[int, typer.Option(min=1, help="Threads for decoding and for writing.")] = 2,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose output exists (default: skip them).")] = False,
     report: Annotated[Path | None, typer.Option(help="Write a JSON report with every file's status.")] = None,
@@ -440,7 +441,7 @@ def infer(
     runner = open_runner(model, backend.value, device, threads) if not server else remote_runner(server, server_model)
     inflight = inflight or (2 * len(server) if server else 1)
     limit, out_cfg = infer_settings(memory_limit, output_format.value, quality, png_level)
-    inpainter = Inpainter(runner, batch_size, strategy.value, max_side, inflight=inflight, memory_limit=limit)
+    inpainter = Inpainter(runner, batch_size, strategy.value, max_side, margin, inflight, limit)
     result = run_folder(
         inpainter, images, masks, output, mask_convention.value, workers, overwrite, max_pixels, output_settings=out_cfg
     )

@@ -47,22 +47,32 @@ def make_photos(folder: Path, count: int, masks: str = "objects", hole_ratio: fl
         photo = Image.fromarray(sources[i % len(sources)]).resize(SIZE, Image.Resampling.BICUBIC)
         pixels = np.asarray(photo).astype(np.float32) + rng.normal(0, 4, (SIZE[1], SIZE[0], 3))
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / "images" / f"photo{i}.jpg", quality=92)
-        mask = Image.new("L", SIZE, 0)
-        draw = ImageDraw.Draw(mask)
-        objects = [rng.integers(400, [SIZE[0] - 400, SIZE[1] - 400]) for _ in range(int(rng.integers(1, 4)))]
-        while np.asarray(mask).mean() / 255 < hole_ratio:
-            if masks == "objects":  # scribbles around the objects' centres: irregular, compact
-                x, y = objects[int(rng.integers(len(objects)))] + rng.integers(-120, 120, 2)
-                step = 60
-            else:
-                x, y = rng.integers(200, [SIZE[0] - 200, SIZE[1] - 200])
-                step = 120
-            points = [(int(x), int(y))]
-            for _ in range(4):
-                x, y = np.clip([x, y] + rng.integers(-step, step, 2), 0, [SIZE[0] - 1, SIZE[1] - 1])
-                points.append((int(x), int(y)))
-            draw.line(points, fill=255, width=int(rng.integers(15, 35)), joint="curve")
+        mask = hole_mask(SIZE, rng, masks, hole_ratio)
         mask.save(folder / "masks" / f"photo{i}.png")
+
+
+def hole_mask(
+    size: tuple[int, int], rng: np.random.Generator, masks: str = "objects", ratio: float = 0.01
+) -> Image.Image:
+    """A mode-L mask (255 = hole) of ``size`` (w, h) covering about ``ratio``: objects or scattered strokes."""
+    w, h = size
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    border = min(400, w // 4, h // 4)
+    objects = [rng.integers(border, [w - border, h - border]) for _ in range(int(rng.integers(1, 4)))]
+    while np.asarray(mask).mean() / 255 < ratio:
+        if masks == "objects":  # scribbles around the objects' centres: irregular, compact
+            x, y = objects[int(rng.integers(len(objects)))] + rng.integers(-120, 120, 2)
+            step = 60
+        else:
+            x, y = rng.integers(border // 2, [w - border // 2, h - border // 2])
+            step = 120
+        points = [(int(x), int(y))]
+        for _ in range(4):
+            x, y = np.clip([x, y] + rng.integers(-step, step, 2), 0, [w - 1, h - 1])
+            points.append((int(x), int(y)))
+        draw.line(points, fill=255, width=int(rng.integers(15, 35)), joint="curve")
+    return mask
 
 
 def infer(model: Path, folder: Path, name: str, *extra: str) -> dict:

@@ -235,3 +235,29 @@ def test_usage_errors_exit_2(small_onnx, tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_margin_sets_the_context_crop_windows_carry(small_onnx, tmp_path):
+    """--margin reaches the crop planner: a wide margin is the whole image (= full), none is a small window."""
+    from pconv_deploy.runtime.tiles import CROP_MARGIN
+
+    image = skimage.data.astronaut()[::2, ::2]  # 256 x 256; the small model's multiple is 32
+    hole = np.zeros(image.shape[:2], bool)
+    hole[118:138, 118:138] = True  # 20 x 20: margin 0 gives a 32 px window, 64 a 160 px one, 200 all
+    save(tmp_path / "in.png", image)
+    save_mask(tmp_path / "mask.png", hole)
+    runs = {"none": [], "margin 0": ["--margin", 0], "margin 200": ["--margin", 200]}
+    runs |= {"default value": ["--margin", CROP_MARGIN], "full": ["--strategy", "full"]}
+    outs = {}
+    for name, extra in runs.items():
+        out = tmp_path / name.replace(" ", "_")
+        args = ("--images", tmp_path / "in.png", "--masks", tmp_path / "mask.png", "--output", out)
+        r = pconv("infer", *args, "--model", small_onnx, *extra)
+        assert r.returncode == 0, r.stderr
+        outs[name] = np.asarray(Image.open(out / "in.png"))
+        assert np.array_equal(outs[name][~hole], image[~hole])
+    assert np.array_equal(outs["margin 200"], outs["full"])
+    assert np.array_equal(outs["none"], outs["default value"])
+    for name in ("margin 0", "none"):  # a smaller window changes the fill (slightly, for this model)
+        assert not np.array_equal(outs[name], outs["full"]), name
+    assert not np.array_equal(outs["none"], outs["margin 0"])

@@ -92,6 +92,8 @@ class OnnxRuntimeBackend:
         if threads:
             options.intra_op_num_threads = threads
         options.enable_cpu_mem_arena = False
+        # Idle intra-op threads sleep instead of spinning: decoding and encoding threads share the cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_mem_pattern = False
         options.log_severity_level = 3  # warnings about unused CUDA libraries are not the user's problem
         try:

@@ -36,7 +36,16 @@ from pconv_deploy.runtime.memory import (
     format_bytes,
     inference_budget,
 )
-from pconv_deploy.runtime.tiles import Job, Tile, align_window, hole_windows, make_tile, plan_windows, to_uint8
+from pconv_deploy.runtime.tiles import (
+    CROP_MARGIN,
+    Job,
+    Tile,
+    align_window,
+    hole_windows,
+    make_tile,
+    plan_windows,
+    to_uint8,
+)
 
 __all__ = ["STRATEGIES", "Inpainter", "Job", "Tile", "align_window", "hole_windows"]
 
@@ -59,7 +68,7 @@ class Inpainter:
         batch_size: int = 4,
         strategy: str = "crop",
         max_side: int = 1024,
-        margin: int = 128,
+        margin: int = CROP_MARGIN,
         inflight: int = 1,
         memory_limit: int | None | str = "auto",
     ) -> None:
@@ -93,7 +102,7 @@ class Inpainter:
         batch_size: int = 4,
         strategy: str = "crop",
         max_side: int = 1024,
-        margin: int = 128,
+        margin: int = CROP_MARGIN,
         device: str = "auto",
         inflight: int = 1,
         memory_limit: int | None | str = "auto",
