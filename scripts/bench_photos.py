@@ -8,8 +8,8 @@ and masks covering about 1% of each (``--masks objects``: one to three irregular
 (one subprocess per run, ONNX Runtime CPU): ``--strategy crop``, ``--strategy full`` under
 ``--memory-limit``, and crop again (load on a shared machine drifts: the crop time is the mean
 of the two). Peak memory is the report's ``peak_memory_bytes`` (ru_maxrss of the infer process).
-Then times the encoders on one 12 MP result: ours (runtime/outputs.encode_png) at PNG levels 1
-(the default), 2 and 6, and Pillow's PNG at 1 and 6 (its default), JPEG and WebP. Without
+Then times the encoders on one 12 MP result: ours (runtime/outputs.encode_png) at PNG levels 1, 2
+(the default) and 6, and Pillow's PNG at 1 and 6 (its default), JPEG and WebP. Without
 ``--model`` the bundled demo checkpoint is exported to ONNX first (needs torch). Timings vary
 20-30% between runs on shared machines: compare the ratios.
 """
@@ -95,7 +95,7 @@ def infer(model: Path, folder: Path, name: str, *extra: str) -> dict:
 
 
 def encode_times(pixels: np.ndarray) -> dict[str, tuple[float, int]]:
-    """Seconds and bytes to encode one image: our PNG writer at levels 1 (default), 2, 6; Pillow's PNG, JPEG, WebP."""
+    """Seconds and bytes to encode one image: our PNG writer at levels 1, 2 (default), 6; Pillow's PNG, JPEG, WebP."""
     from pconv_deploy.runtime.outputs import encode_png
 
     im = Image.fromarray(pixels)
