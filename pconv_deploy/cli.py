@@ -270,7 +270,11 @@ def train(
         int, typer.Option(min=1, help="Steps between checkpoints, loss curve and sample grid.")
     ] = 100,
     loss: Annotated[
-        str, typer.Option(help="paper (eq. 7) | pixel (valid + 6 hole + 0.1 TV) | pixel-mean (hole L1 per image).")
+        str,
+        typer.Option(
+            help="paper (eq. 7) | pixel (valid + 6 hole + 0.1 TV) | pixel-mean (hole L1 per image) | "
+            "hole-mean (pixel-mean without L_valid)."
+        ),
     ] = "paper",
     hole_bins: Annotated[
         int | None,

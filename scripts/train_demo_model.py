@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--hole-bins", type=int, default=4)
-    parser.add_argument("--loss", choices=("pixel", "pixel-mean", "paper"), default="pixel")
+    parser.add_argument("--loss", choices=("pixel", "pixel-mean", "hole-mean", "paper"), default="pixel")
     parser.add_argument("--keep-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

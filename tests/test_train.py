@@ -199,3 +199,20 @@ def test_torchrun_two_processes_agree_on_weights(one_image, tmp_path):
     # Rank 1's batches mattered: one process alone with the same seed ends elsewhere.
     single = train(config(one_image, tmp_path / "single", steps=3), log=lambda s: None)
     assert single.rank_digests[0] != digests[0]
+
+
+def test_hole_mean_loss_ignores_the_raw_output_on_known_pixels(one_image, tmp_path):
+    """--loss hole-mean: 1.5 L_hole_mean + 0.1 L_tv; compositing drops known pixels, so must the loss."""
+    from pconv_deploy.train.loop import PIXEL_WEIGHTS
+
+    loss = InpaintingLoss(None, PIXEL_WEIGHTS["hole-mean"])
+    gen = torch.Generator().manual_seed(0)
+    image, raw = torch.rand(2, 3, 32, 32, generator=gen), torch.rand(2, 3, 32, 32, generator=gen)
+    mask = (torch.rand(2, 1, 32, 32, generator=gen) > 0.3).float()
+    other = raw + mask * torch.rand(2, 3, 32, 32, generator=gen)  # changed on known pixels only
+    assert loss(image, mask, raw)["total"] == pytest.approx(loss(image, mask, other)["total"].item(), abs=1e-7)
+    assert loss(image, mask, raw)["total"] != pytest.approx(loss(image, mask, raw + (1 - mask) * 0.1)["total"].item())
+    result = train(config(one_image, tmp_path / "run", steps=2, loss="hole-mean"), log=lambda s: None)
+    for row in result.history:
+        assert row["valid"] > 0  # still reported
+        assert row["total"] == pytest.approx(1.5 * row["hole_mean"] + 0.1 * row["tv"], rel=1e-5)

@@ -22,6 +22,9 @@ TERMS = ("total", "valid", "hole", "hole_mean", "perceptual", "style_out", "styl
 PIXEL_WEIGHTS = {
     "pixel": {"valid": 1.0, "hole": 6.0, "tv": 0.1},
     "pixel-mean": {"valid": 1.0, "hole_mean": 1.5, "tv": 0.1},
+    # Compositing discards the raw output on known pixels: without L_valid the last (only full
+    # resolution) layer need not reproduce them and can specialise in the holes.
+    "hole-mean": {"hole_mean": 1.5, "tv": 0.1},
 }
 
 
@@ -221,7 +224,7 @@ def make_criterion(cfg: TrainConfig):
     if cfg.loss in PIXEL_WEIGHTS:
         return InpaintingLoss(None, PIXEL_WEIGHTS[cfg.loss])
     if cfg.loss != "paper":
-        raise PConvError(f"--loss must be 'paper', 'pixel' or 'pixel-mean', got {cfg.loss!r}")
+        raise PConvError(f"--loss must be 'paper' or one of {', '.join(PIXEL_WEIGHTS)}, got {cfg.loss!r}")
     from pconv_deploy.train.vgg import load_vgg16
 
     return InpaintingLoss(load_vgg16(cfg.vgg_weights))
