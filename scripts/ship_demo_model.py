@@ -1,8 +1,9 @@
 """Write a chosen snapshot as the bundled demo model, with its training provenance in the header.
 
-The header's "training" entry lists every phase (v1, then each run directory of
-scripts/train_demo_model.py up to the chosen step: recipe, steps, wall seconds) and the sha256 of
-both split files, which tests/test_bundled_model.py compares with the committed ones.
+The header's "training" entry lists every phase (v1, or the phases of the shipped model the first
+run started from, then each run directory of scripts/train_demo_model.py up to the chosen step:
+recipe, steps, wall seconds) and the sha256 of both split files, which tests/test_bundled_model.py
+compares with the committed ones.
 
 Usage: python scripts/ship_demo_model.py SNAPSHOT RUN_DIR [RUN_DIR ...] [--out CHECKPOINT]
 (RUN_DIRs in training order, the last one holds SNAPSHOT; --out defaults to the bundled model's path.)
@@ -42,6 +43,20 @@ def init_step(run_dir: Path) -> int:
     return int(read_metadata(json.loads((run_dir / "config.json").read_text())["init"])["step"])
 
 
+def earlier_phases(first_run: Path) -> list[dict]:
+    """The phases before the first run: v1, or those of a shipped model the run started from (--init)."""
+    from pconv_deploy.model.checkpoint import read_metadata
+
+    header = read_metadata(json.loads((first_run / "config.json").read_text())["init"])
+    if "training" not in header:
+        return [V1]
+    earlier = json.loads(header["training"])
+    phases = earlier["phases"]
+    if "averaged_steps" in earlier:  # that model was a mean of its last phase's snapshots
+        phases[-1]["averaged_steps"] = earlier["averaged_steps"]
+    return phases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("snapshot", type=Path)
@@ -57,7 +72,7 @@ def main() -> None:
     step = int(header["step"])
     # Each phase counts up to where the next one took its --init snapshot; the last up to SNAPSHOT.
     cutoffs = [init_step(run) for run in args.runs[1:]] + [step]
-    phases = [V1] + [phase(run, cut) for run, cut in zip(args.runs, cutoffs)]
+    phases = earlier_phases(args.runs[0]) + [phase(run, cut) for run, cut in zip(args.runs, cutoffs)]
     training = {
         "phases": phases,
         "train_split_sha256": file_sha256(SPLITS["demo-train"]),
