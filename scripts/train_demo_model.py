@@ -25,13 +25,13 @@ Phase 3 (still the fine-tune at 5e-5), from phase 2's step 900, with the loss av
 image's own holes and masks up to 30 % only (the evaluation's metric and bins):
     python scripts/train_demo_model.py /work/runs/demo-ft2 --finetune --loss pixel-mean --hole-bins 3 \
         --init /work/runs/demo-ft/snapshots/step-000900.safetensors --keep-every 100
-Phase 4 (the bundled model now), from phase 3's shipped mean ("v2", the bundled model before it),
-without L_valid (compositing discards the raw output on known pixels), two threads:
+Phase 4 (the bundled model now; stopped at step 13,300), from phase 3's shipped mean ("v2", the
+bundled model before it), without L_valid (compositing discards the raw output on known pixels),
+two threads:
     git show c0c27d2:pconv_deploy/assets/pconv-demo.safetensors > v2.safetensors
     python scripts/train_demo_model.py /work/runs/demo-hm --finetune --loss hole-mean --hole-bins 3 \
         --init v2.safetensors --keep-every 100 --threads 2
-    python scripts/average_snapshots.py mean.safetensors /work/runs/demo-hm/snapshots/step-00{85..99}00.safetensors \
-        /work/runs/demo-hm/snapshots/step-010000.safetensors
+    python scripts/average_snapshots.py mean.safetensors /work/runs/demo-hm/snapshots/step-0{110..133}00.safetensors
     python scripts/ship_demo_model.py mean.safetensors /work/runs/demo-hm
 Each phase resumes where it stopped when run again with the same arguments (stop it with
 SIGTERM). Every snapshot was scored on held-out hole L1 with mask seed 1 (scripts/pick_snapshot.py;
