@@ -53,10 +53,11 @@ def main() -> None:
             outs = {}
             for name, runner in runners.items():
                 start = time.perf_counter()
-                outs[name] = runner.inpaint([photo], [hole])[0]
+                job = runner.plan(photo, hole)  # Inpainter.inpaint's steps, so the planned tiles can be counted
+                runner.run_tiles(job.tiles)
+                outs[name] = job.finish()
                 seconds[name] += time.perf_counter() - start
-                jobs = runner.plan(photo, hole).tiles
-                share[name].append(sum(t.hole.size for t in jobs) / hole.size)
+                share[name].append(sum(t.hole.size for t in job.tiles) / hole.size)
             truth = photo[hole].astype(np.float32)
             for name, out in outs.items():
                 l1[name].append(np.abs(out[hole].astype(np.float32) - truth).mean())

@@ -48,6 +48,8 @@ from pathlib import Path
 
 
 def main() -> None:
+    from pconv_deploy.train.loop import PIXEL_WEIGHTS  # no torch at import: OMP_NUM_THREADS is set below
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--steps", type=int, default=100000, help="stop with Ctrl-C/SIGTERM; resume re-runs")
@@ -57,7 +59,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--hole-bins", type=int, default=4)
-    parser.add_argument("--loss", choices=("pixel", "pixel-mean", "hole-mean", "paper"), default="pixel")
+    parser.add_argument("--loss", choices=(*PIXEL_WEIGHTS, "paper"), default="pixel")
     parser.add_argument("--keep-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

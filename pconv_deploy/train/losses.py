@@ -7,7 +7,7 @@ Normalisations, as in the paper and the authors' code:
 - L_perc: for each of VGG16 pool1..pool3, the mean L1 between features of I_out and I_gt plus
   between I_comp and I_gt; summed over the three layers.
 - L_style_*: Gram matrices f f^T / (C*H*W) per image, mean L1 over the N*C*C entries, summed over layers.
-- L_hole_mean (not in the paper; `--loss pixel-mean`): L1 over each image's hole pixels, averaged
+- L_hole_mean (not in the paper; `--loss pixel-mean` and `hole-mean`): L1 over each image's hole pixels, averaged
   per image, so small holes weigh as much as large ones.
 - L_tv: absolute differences of horizontally and vertically neighbouring pixels of I_comp where
   both pixels lie in the hole region dilated by one pixel (3x3), summed and divided by N*C*H*W.
