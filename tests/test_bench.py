@@ -14,7 +14,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pconv_deploy.bench import BenchSettings, export_key, feeds, random_model, render, run_bench, run_worker, write_json
+from pconv_deploy.bench.prepare import export_key, random_model
+from pconv_deploy.bench.report import render, write_json
+from pconv_deploy.bench.run import run_bench
+from pconv_deploy.bench.spec import BenchSettings, WorkerSpec
+from pconv_deploy.bench.workers import feeds, run_worker
 from pconv_deploy.cli import app
 from pconv_deploy.errors import PConvError
 from pconv_deploy.export.graph import ExportNet
@@ -56,13 +60,13 @@ def test_random_model_has_nonzero_folded_biases():
 
 def test_compare_and_pipeline_workers(small_onnx, small_checkpoint, tmp_path):
     """The interleaved comparison and the pipeline run in their own processes and report consistent numbers."""
-    settings = {
-        "threads": 1, "warmup": 1, "repeats": 1, "compare_repeats": 2, "compare_size": 32, "gemm_size": 128,
-        "pipeline_images": 2, "pipeline_batch": 2,
-    }  # fmt: skip
+    settings = BenchSettings(
+        threads=1, warmup=1, repeats=1, compare_repeats=2, compare_size=32, gemm_size=128, pipeline_images=2,
+        pipeline_batch=2,
+    )  # fmt: skip
     files = {"checkpoint": str(small_checkpoint), "ours": str(small_onnx), "plain": str(small_onnx)}
     files["naive"] = str(small_onnx)  # the same file in every role: the worker's arithmetic, not speed, is tested
-    c = run_worker({"kind": "compare", "settings": settings, "files": files})
+    c = run_worker(WorkerSpec("compare", settings, files))
     expected = {"ours", "plain", "naive", "gemm_torch", "gemm_numpy"}
     assert set(c["ms_all"]) == expected | ({"openvino"} if importlib.util.find_spec("openvino") else set())
     assert all(len(v) == 2 for v in c["ms_all"].values())
@@ -73,11 +77,11 @@ def test_compare_and_pipeline_workers(small_onnx, small_checkpoint, tmp_path):
     best = max(c["gemm_gflops"].values())
     assert c["from_medians"]["efficiency"] == pytest.approx(c["ours_gflops"] / best, rel=1e-3)
     assert c["conv_gmacs"]["ours"] > 0 and c["peak_mib"] > 0
-    p = run_worker({"kind": "pipeline", "settings": settings, "files": files, "dir": str(tmp_path)})
+    p = run_worker(WorkerSpec("pipeline", settings, files, folder=str(tmp_path)))
     assert p["images"] == 2 and p["pipeline_images_per_s"] > 0 and p["model_images_per_s"] > 0
     assert len(list((tmp_path / "pipeline" / "out").glob("*.png"))) == 2
     with pytest.raises(PConvError, match="benchmark worker .* failed"):
-        run_worker({"kind": "pipeline", "settings": settings, "files": {"ours": str(tmp_path / "missing.onnx")}})
+        run_worker(WorkerSpec("pipeline", settings, {"ours": str(tmp_path / "missing.onnx")}))
 
 
 def test_tiny_bench_run(small_checkpoint, small_onnx, tmp_path):

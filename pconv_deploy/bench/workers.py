@@ -1,0 +1,216 @@
+"""`pconv bench` workers: each measurement in a fresh interpreter, so its peak RSS is its own.
+
+A worker reads a :class:`~pconv_deploy.bench.spec.WorkerSpec` as JSON on stdin and prints its result
+dict as the last line of stdout. Backends are opened the way the runtime opens them
+(:func:`pconv_deploy.runtime.load_backend`), so the bench measures what `pconv infer` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pconv_deploy.bench.spec import CONFIGS, BenchSettings, WorkerSpec
+from pconv_deploy.errors import PConvError
+
+
+def run_worker(spec: WorkerSpec) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter; returns its JSON result."""
+    cmd = [sys.executable, "-c", "import sys; from pconv_deploy.bench.workers import main; sys.exit(main())"]
+    proc = subprocess.run(cmd, input=spec.to_json(), capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PConvError(f"benchmark worker ({spec.kind} {spec.backend}) failed: {tail}")
+    return json.loads(lines[-1])
+
+
+def main() -> int:
+    """Entry point of a worker subprocess."""
+    spec = WorkerSpec.from_json(sys.stdin.read())
+    result = {"backend": measure_backend, "compare": measure_compare, "pipeline": measure_pipeline}[spec.kind](spec)
+    print(json.dumps(result))
+    return 0
+
+
+def max_rss_mib() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a
+    worker would report its parent's RSS (the main process holds a full model after exporting)."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(x for x in f if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024.0
+    except (OSError, StopIteration, ValueError):  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1024)
+
+
+def feeds(batch: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random images and binary masks with rectangular holes (about 20% of the pixels)."""
+    rng = np.random.default_rng(seed)
+    image = rng.random((batch, 3, size, size), dtype=np.float32)
+    mask = np.ones((batch, 1, size, size), np.float32)
+    for n in range(batch):
+        for _ in range(6):
+            y, x = rng.integers(0, size - size // 8, 2)
+            h, w = rng.integers(size // 16, size // 4, 2)
+            mask[n, 0, y : y + h, x : x + w] = 0.0
+    return image, mask
+
+
+def open_backend(config: str, files: dict[str, str], threads: int) -> Any:
+    """The runtime backend a main-table configuration names, with ``threads`` intra-op threads."""
+    backend, file_key, precision = CONFIGS[config]
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    if backend == "openvino":
+        import openvino as ov  # the runtime's own OpenVINO backend replaces this when it lands
+
+        compiled = ov.Core().compile_model(
+            files[file_key], "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+        )
+        return _Callable(lambda image, mask: compiled({"image": image, "mask": mask})[0])
+    from pconv_deploy.runtime import load_backend
+
+    device = "auto" if backend == "tensorrt" else "cpu"
+    return load_backend(files[file_key], backend, device, threads=threads)
+
+
+class _Callable:
+    def __init__(self, run: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+        self.run = run
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure_backend(spec: WorkerSpec) -> dict[str, Any]:
+    """One main-table cell: latency and images/s of one configuration at one size and batch."""
+    settings = spec.settings
+    if CONFIGS[spec.backend][0] == "torch":
+        import torch  # noqa: F401  (the import counts in the baseline, as for a torch user)
+    else:
+        import onnxruntime  # noqa: F401
+    base = max_rss_mib()
+    backend = open_backend(spec.backend, spec.files, settings.threads)
+    image, mask = feeds(spec.batch, spec.size)
+    median = statistics.median(time_calls(lambda: backend.run(image, mask), settings.warmup, settings.repeats))
+    return {
+        "latency_ms": round(median * 1000, 4),
+        "images_per_s": round(spec.batch / median, 3),
+        "peak_mib": round(max_rss_mib(), 1),
+        "base_mib": round(base, 1),
+    }
+
+
+def measure_compare(spec: WorkerSpec) -> dict[str, Any]:
+    """Ours, plain, naive (and OpenVINO) and the GEMMs, interleaved round by round in this one process."""
+    import onnx
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from pconv_deploy.bench.prepare import backend_unavailable
+    from pconv_deploy.bench.stats import compare_result, fastest_ratios, interleave
+    from pconv_deploy.export.checks import conv_macs
+
+    settings, files = spec.settings, spec.files
+    threads, size, n = settings.threads, settings.compare_size, settings.gemm_size
+    torch.set_num_threads(threads)
+    runners = {k: open_backend("onnxruntime", {"ours": files[k]}, threads) for k in ("ours", "plain", "naive")}
+    if backend_unavailable("openvino", files) is None:  # the other CPU engine, on our same FP32 file
+        runners["openvino"] = open_backend("openvino", files, threads)
+    image, mask = feeds(1, size)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    an, bn = a.numpy(), b.numpy()
+    calls = {name: (lambda r=r: r.run(image, mask)) for name, r in runners.items()}
+    calls["gemm_torch"] = lambda: torch.mm(a, b)
+    with threadpool_limits(limits=threads):
+        calls["gemm_numpy"] = lambda: an @ bn
+        times = interleave(calls, settings.warmup, settings.compare_repeats, time_calls)
+        blas = [f"{i['internal_api']} {i.get('architecture') or ''}".strip() for i in threadpool_info()]
+    macs = {k: conv_macs(onnx.load(files[k]), size, size).total for k in ("ours", "naive")}
+    result = compare_result(times, macs, n)
+    result["from_fastest"] = fastest_ratios(times, macs, n)
+    return {**result, "numpy_blas": blas, "peak_mib": round(max_rss_mib(), 1), "threads": threads}
+
+
+def photo_folder(folder: Path, count: int, size: int = 512) -> tuple[Path, Path]:
+    """``count`` JPEG photos (scikit-image's, cropped; noise if absent) and PNG hole masks (white = hole)."""
+    from PIL import Image
+
+    images, masks = folder / "images", folder / "masks"
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    sources = _photos()
+    _, hole_masks = feeds(count, size, seed=1)
+    for i in range(count):
+        pic = sources[i % len(sources)] if sources else np.random.default_rng(i).integers(0, 256, (size, size, 3))
+        pic = Image.fromarray(np.asarray(pic, np.uint8)).convert("RGB").resize((size, size), Image.BICUBIC)
+        pic.save(images / f"photo{i:03d}.jpg", quality=90)
+        Image.fromarray(((1 - hole_masks[i, 0]) * 255).astype(np.uint8)).save(masks / f"photo{i:03d}.png")
+    return images, masks
+
+
+def _photos() -> list[np.ndarray]:
+    try:
+        import skimage.data as data
+    except ImportError:
+        return []
+    return [getattr(data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket")]
+
+
+def measure_pipeline(spec: WorkerSpec) -> dict[str, Any]:
+    """``run_folder`` (what ``pconv infer`` runs) against ``backend.run`` on the same batches."""
+    from pconv_deploy.runtime import Inpainter
+    from pconv_deploy.runtime.pipeline import run_folder
+
+    settings: BenchSettings = spec.settings
+    count, batch, threads = settings.pipeline_images, settings.pipeline_batch, settings.threads
+    folder = Path(spec.folder) / "pipeline"
+    images, masks = photo_folder(folder, count)
+    inpainter = Inpainter.from_path(spec.files["ours"], "onnxruntime", batch, "full", device="cpu", threads=threads)
+    image, mask = feeds(batch, 512)
+    steps = -(-count // batch)
+
+    def model_only() -> None:
+        for _ in range(steps):
+            inpainter.backend.run(image, mask)
+
+    def pipeline() -> None:
+        out = folder / "out"
+        report = run_folder(inpainter, images, masks, out, overwrite=True, progress=False, echo=lambda _: None)
+        if report.count("ok") != count:
+            failed = [f"{r.image}: {r.error}" for r in report.files if r.status == "failed"]
+            raise PConvError(f"pipeline wrote {report.count('ok')} of {count} images {failed[:1]}")
+
+    times: dict[str, list[float]] = {"model": [], "pipeline": []}
+    for rnd in range(settings.warmup + settings.repeats):
+        for name, call in (("model", model_only), ("pipeline", pipeline)):
+            t = time_calls(call, 0, 1)[0]
+            if rnd >= settings.warmup:
+                times[name].append(t)
+    model_rate = steps * batch / statistics.median(times["model"])
+    pipe_rate = count / statistics.median(times["pipeline"])
+    return {
+        "images": count, "batch": batch, "strategy": "full",
+        "model_images_per_s": round(model_rate, 3), "pipeline_images_per_s": round(pipe_rate, 3),
+        "pipeline_over_model": round(pipe_rate / model_rate, 4), "peak_mib": round(max_rss_mib(), 1),
+    }  # fmt: skip
