@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from pconv_deploy.bench.spec import BACKENDS as BENCH_CONFIGS
 from pconv_deploy.contract import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, ONNX_SUFFIX
 from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.paths import check_folder_job, check_input_file, check_output_dir, check_output_file
@@ -510,8 +511,8 @@ def bench(
     sizes: Annotated[str, typer.Option(help="Square image sides, comma-separated.")] = "256,512",
     batch_sizes: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,4",
     backends: Annotated[
-        str, typer.Option(help="torch, onnxruntime, onnxruntime-fp16, openvino, tensorrt (missing ones are skipped).")
-    ] = ",".join(("torch", "onnxruntime", "onnxruntime-fp16", "openvino", "tensorrt")),
+        str, typer.Option(help="Comma-separated configurations (missing ones are skipped): " + ", ".join(BENCH_CONFIGS))
+    ] = ",".join(BENCH_CONFIGS),
     threads: Annotated[int, typer.Option(min=1, help="Intra-op threads for every backend and the GEMM.")] = 2,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per configuration (the median counts).")] = 3,
     compare_size: Annotated[
@@ -526,7 +527,13 @@ def bench(
     """Measure speed side by side in one run: backends, mask-path cost, naive mask conv, GEMM efficiency, pipeline."""
     from rich.console import Console
 
-    from pconv_deploy.bench import BenchSettings, parse_ints, render, run_bench, write_json
+    if json_path is not None:  # before the run: a bad path must not cost the results
+        check_output_file(json_path, "--json", suffixes=(".json",))
+    if work_dir is not None:
+        check_output_dir(work_dir, "--work-dir")
+    from pconv_deploy.bench.report import render, write_json
+    from pconv_deploy.bench.run import run_bench
+    from pconv_deploy.bench.spec import BenchSettings, parse_ints
 
     try:
         settings = BenchSettings(
