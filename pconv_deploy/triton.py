@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,13 @@ from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.files import fsync_dir, stale_temps, temp_path, write_text_atomic
 
 INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
+SAFE_NAME = r"[A-Za-z0-9_.-]+"  # model names and parameter keys: nothing to escape in a config, a path or a URL
+MAX_NAME_CHARS = 64  # leaves room for the staging folder's temp suffix under the 255-byte file name limit
+MAX_VALUE_CHARS = 4096  # a metadata value (a producer string, a sha256) is far shorter
+
+
+def platform_of(is_engine: bool) -> str:
+    return "tensorrt_plan" if is_engine else "onnxruntime_onnx"
 
 
 def model_metadata(model: Path) -> dict[str, str]:
@@ -50,14 +58,40 @@ def engine_max_batch(engine: Path) -> int:
     return min(profile.max[0] for profile in validate_sidecar(read_sidecar(engine), str(engine)))
 
 
+def pbtxt_string(text: str, what: str) -> str:
+    """``text`` as a protobuf text-format string literal: every byte outside printable ASCII, ``"`` and ``\\``
+    escaped, so no value can end the string and add fields of its own (a hostile ``pconv.producer``)."""
+    if len(text) > MAX_VALUE_CHARS:
+        raise PConvError(f"{what}: {len(text)} characters, more than {MAX_VALUE_CHARS}")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PConvError(f"{what}: not valid text (a lone surrogate)") from None
+    escaped = "".join("\\" + chr(b) if b in b'"\\' else chr(b) if 0x20 <= b < 0x7F else f"\\{b:03o}" for b in data)
+    return f'"{escaped}"'
+
+
 def tensor_lines(names: tuple[str, ...]) -> str:
     """``{ name: "image" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] }`` entries: [C, H, W], Triton adds the batch."""
     return ",\n".join(f'  {{ name: "{n}" data_type: TYPE_FP32 dims: [ {CHANNELS[n]}, -1, -1 ] }}' for n in names)
 
 
+def parameter_lines(meta: dict[str, str], model: Path) -> str:
+    """``parameters`` entries for the ``pconv.*`` metadata only (keys checked, values escaped)."""
+    lines = []
+    for key, value in sorted(meta.items()):
+        if not key.startswith("pconv."):
+            continue  # other metadata is not part of the contract: not copied into the config
+        if not re.fullmatch(SAFE_NAME, key) or len(key) > MAX_NAME_CHARS:
+            raise PConvError(f"{model}: metadata key {key[:80]!r} is not a plain name ([A-Za-z0-9_.-])")
+        value = pbtxt_string(str(value), f"{model}: metadata {key}")
+        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: {value} }} }}')
+    return "\n".join(lines)
+
+
 def config_text(name: str, platform: str, max_batch_size: int, instances: int, kind: str, meta: dict[str, str]) -> str:
+    """config.pbtxt; ``name`` is already checked (:func:`check_name`) and ``meta``'s lines escaped."""
     preferred = sorted({b for b in (max_batch_size // 2, max_batch_size) if b >= 1})
-    params = "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in sorted(meta.items()))
     return f"""name: "{name}"
 platform: "{platform}"
 max_batch_size: {max_batch_size}
@@ -72,15 +106,24 @@ dynamic_batching {{
   max_queue_delay_microseconds: 2000
 }}
 instance_group [ {{ count: {instances} kind: {kind} }} ]
-{params}
+{meta}
 """
+
+
+def check_name(name: str, flag: str = "--name") -> str:
+    """A model name Triton, a folder and a config all take as is: [A-Za-z0-9_.-], 1-64 characters, no leading dot."""
+    if not re.fullmatch(SAFE_NAME, name) or name.startswith(".") or len(name) > MAX_NAME_CHARS:
+        shown = name if len(name) <= 80 else f"{name[:80]}..."
+        raise PConvError(
+            f"{flag} {shown!r}: a model name is 1-{MAX_NAME_CHARS} characters of A-Z a-z 0-9 _ . - (no leading dot)"
+        )
+    return name
 
 
 def check_arguments(model: Path, name: str, version: int, max_batch_size: int, instances: int, kind: str) -> None:
     if not model.is_file():
         raise PConvError(f"{model}: no such model file")
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise PConvError(f"invalid model name {name!r}: a plain folder name is needed")
+    check_name(name)
     if kind not in INSTANCE_KINDS:
         raise PConvError(f"invalid instance kind {kind!r}: {' or '.join(INSTANCE_KINDS)}")
     if max_batch_size < 1 or instances < 1 or version < 1:
@@ -109,18 +152,19 @@ def write_triton_repo(
     meta = model_metadata(model)
     if is_engine and max_batch_size > (limit := engine_max_batch(model)):
         raise PConvError(f"{model}: its profiles accept batches up to {limit}, not --max-batch-size {max_batch_size}")
+    text = config_text(name, platform_of(is_engine), max_batch_size, instances, kind, parameter_lines(meta, model))
     target = repo / name
     if target.exists() and not overwrite:
         raise PConvError(f"{target}: already exists (use --overwrite to replace it)")
 
-    platform, file_name = ("tensorrt_plan", "model.plan") if is_engine else ("onnxruntime_onnx", "model.onnx")
+    file_name = "model.plan" if is_engine else "model.onnx"
     repo.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(repo, name)
     staging = temp_path(target)
     try:
         (staging / str(version)).mkdir(parents=True)
         shutil.copyfile(model, staging / str(version) / file_name)
-        write_text_atomic(staging / "config.pbtxt", config_text(name, platform, max_batch_size, instances, kind, meta))
+        write_text_atomic(staging / "config.pbtxt", text)
         fsync_dir(staging / str(version))
         replace_folder(staging, target)
     finally:

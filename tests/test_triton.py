@@ -71,7 +71,7 @@ def test_refusals_keep_the_existing_model(small_onnx, tmp_path):
     junk.write_bytes(b"not onnx")
     with pytest.raises(PConvError, match="junk.onnx: not a loadable ONNX model"):
         write_triton_repo(junk, tmp_path / "repo", name="other")
-    with pytest.raises(PConvError, match="invalid model name"):
+    with pytest.raises(PConvError, match="a model name is 1-64 characters"):
         write_triton_repo(small_onnx, tmp_path / "repo", name="../escape")
     assert write_triton_repo(small_onnx, tmp_path / "repo", max_batch_size=2, overwrite=True) == folder
     assert parse(folder).max_batch_size == 2
@@ -176,3 +176,75 @@ def test_infer_server_without_the_client_extra_is_one_line(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("error: --server needs the client extra") and len(r.stderr.splitlines()) == 1
     assert r.stderr.strip().endswith("pip install 'pconv-deploy[client]'")
+
+
+HOSTILE_VALUES = [
+    'x" }\n}\nbackend: "python"\nparameters { key: "EXECUTION_ENV_PATH" value: { string_value: "/tmp/evil.tar.gz',
+    'x" } } parameters { key: "EXECUTION_ENV_PATH" value: { string_value: "$$TRITON_MODEL_DIRECTORY/e.tgz" } }',
+    "back\\slash \\\" quote ' single \t tab \r\n crlf \x00 nul \x7f del",
+    "unicode: \u00e9\u4e2d\U0001f600 and # not a comment",
+    "",
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_VALUES)
+def test_config_from_hostile_metadata_has_exactly_our_fields(tmp_path, hostile):
+    """A crafted pconv.producer (or any value) stays one string: no backend, no EXECUTION_ENV_PATH, no new field."""
+    metadata = contract_metadata(**{"pconv.producer": hostile, "pconv.input_norm": hostile[::-1]})
+    model = write_contract_onnx(tmp_path / "m.onnx", metadata)
+    folder = write_triton_repo(model, tmp_path / "repo", max_batch_size=4, kind="KIND_CPU")
+    config = parse(folder)
+    assert config.parameters["pconv.producer"].string_value == hostile
+    assert config.parameters["pconv.input_norm"].string_value == hostile[::-1]
+    assert dict((k, v.string_value) for k, v in config.parameters.items()) == metadata
+    assert config.backend == "" and config.platform == "onnxruntime_onnx" and config.name == "pconv"
+    fields = sorted(f.name for f, _ in config.ListFields())
+    assert fields == sorted(
+        ["name", "platform", "max_batch_size", "input", "output", "dynamic_batching", "instance_group", "parameters"]
+    )
+    assert [i.name for i in config.input] == ["image", "mask"] and [o.name for o in config.output] == ["inpainted"]
+
+
+def test_engine_sidecar_metadata_is_escaped_too(tmp_path):
+    onnx_path = write_contract_onnx(tmp_path / "model.onnx")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine bytes")
+    hostile = HOSTILE_VALUES[0]
+    sidecar = make_sidecar(
+        onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), engine_path=engine,
+        metadata=contract_metadata(**{"pconv.producer": hostile}),
+        profiles=[ShapeRange((1, 32, 32), (2, 64, 64), (4, 128, 128))],
+        tensorrt_version="10.9.0.34", gpu_name="NVIDIA L4", compute_capability="8.9", version_compatible=False,
+    )  # fmt: skip
+    write_sidecar(engine, sidecar)
+    config = parse(write_triton_repo(engine, tmp_path / "repo", max_batch_size=4))
+    assert config.parameters["pconv.producer"].string_value == hostile and config.backend == ""
+    assert "EXECUTION_ENV_PATH" not in config.parameters
+
+
+def test_metadata_keys_outside_the_safe_set_are_refused(tmp_path):
+    model = write_contract_onnx(tmp_path / "m.onnx", contract_metadata(**{'pconv.x" } backend: "python': "1"}))
+    with pytest.raises(PConvError, match=r"metadata key .* is not a plain name"):
+        write_triton_repo(model, tmp_path / "repo")
+    assert not (tmp_path / "repo" / "pconv").exists()
+    other = write_contract_onnx(tmp_path / "o.onnx", {**contract_metadata(), 'other" key': 'v"'})
+    config = parse(write_triton_repo(other, tmp_path / "repo2"))  # non-contract metadata is not copied
+    assert sorted(config.parameters) == sorted(contract_metadata())
+
+
+BAD_NAMES = ['a"b', "a\nb", "x" * 240, "x" * 65, "", ".hidden", "a/b", "a b", "caf\u00e9", "a\\b", "a;b"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_model_names_are_one_line_errors(small_onnx, tmp_path, name):
+    cmd = [sys.executable, "-m", "pconv_deploy.cli", "triton-repo", str(small_onnx), "--repo", str(tmp_path / "r")]
+    r = subprocess.run([*cmd, "--name", name], capture_output=True, text=True, timeout=120)
+    assert r.returncode in (1, 2) and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "model name is 1-64 characters" in r.stderr, r.stderr
+    assert not (tmp_path / "r").exists() or not list((tmp_path / "r").iterdir())
+
+
+def test_longest_safe_name_works(small_onnx, tmp_path):
+    name = "A-z_0.9" + "x" * 57
+    config = parse(write_triton_repo(small_onnx, tmp_path / "repo", name=name))
+    assert config.name == name and len(name) == 64
