@@ -18,6 +18,10 @@ CHANNELS = {IMAGE: 3, MASK: 1, OUTPUT: 3}
 FORMAT_VERSION = "1"
 MASK_CONVENTION = "1=known,0=hole"
 
+# pconv.precision of a file: the graph's feature path (the mask path, compositing and I/O are float32 in all).
+# fp16: float16 features (TensorRT); int8: Q/DQ feature convolutions (`pconv export --precision int8`).
+PRECISIONS = ("fp32", "fp16", "int8")
+
 METADATA_KEYS = (
     "pconv.format",
     "pconv.layers",

@@ -171,7 +171,7 @@ def test_missing_and_unreadable_sidecars(engine, tmp_path):
         (lambda d: d.update(precision="fp16"), r"sidecar precision 'fp16' differs from the model's pconv.precision"),
         (lambda d: d["metadata"].pop("pconv.mask_convention"), r"metadata lacks pconv.mask_convention"),
         (lambda d: d["metadata"].update({"pconv.multiple": "64"}), r"pconv.multiple is 64 but pconv.layers is 5"),
-        (lambda d: d["metadata"].update({"pconv.precision": "int8"}), r"pconv.precision must be one of"),
+        (lambda d: d["metadata"].update({"pconv.precision": "int4"}), r"pconv.precision must be one of"),
         (lambda d: d.update(profiles=[]), r"'profiles' must be a non-empty list"),
         (lambda d: [s[2].__setitem__(2, 100) for s in d["profiles"][0].values()], r"profile 0: max shape 8x100x128"),
         (lambda d: d["profiles"][0]["image"][2].__setitem__(2, 96), r"profile 0: image and mask have different shapes"),

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pconv_deploy.contract import METADATA_KEYS, file_sha256
+from pconv_deploy.contract import METADATA_KEYS, PRECISIONS, file_sha256
 from pconv_deploy.engines.profiles import ProfileError, ShapeRange, validate
 from pconv_deploy.errors import PConvError
 from pconv_deploy.files import write_text_atomic
@@ -38,7 +38,6 @@ KEYS = (
     "metadata",
     "created",
 )
-PRECISIONS = ("fp32", "fp16")
 REBUILD = "rebuild it here with `pconv build-engine`"
 
 
