@@ -25,7 +25,30 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rich markup ate "[default: ...]" and cut option names at 80 columns
 )
+
+
+def print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"pconv-deploy {version('pconv-deploy')}")
+        except PackageNotFoundError:  # imported from a source tree that pip never installed
+            from pconv_deploy import __version__
+
+            typer.echo(f"pconv-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Partial-convolution inpainting: export to ONNX, check, build TensorRT engines, infer, train."""
 
 
 def exit_with_error(message: str, code: int = 1) -> None:
@@ -35,13 +58,16 @@ def exit_with_error(message: str, code: int = 1) -> None:
 
 @app.command()
 def init(
-    output: Annotated[Path, typer.Argument(help="Checkpoint to write (.safetensors).")],
+    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="Checkpoint to write (.safetensors).")],
     layers: Annotated[int, typer.Option(help="Encoder levels: 8 = the paper at 512, 7 = the common 256 setup.")] = 8,
     width: Annotated[float, typer.Option(help="Channel width multiplier (1.0 = the paper).")] = 1.0,
     input_norm: Annotated[str, typer.Option(help="imagenet | minus_one_one | unit")] = "imagenet",
     seed: Annotated[int, typer.Option(help="Seed for the random initialisation.")] = 0,
 ) -> None:
-    """Write a randomly initialised checkpoint (a starting point for training, or for tests)."""
+    """Write a randomly initialised checkpoint.
+
+    A starting point for training, or for tests.
+    """
     check_output_file(output, "OUTPUT", suffixes=(CHECKPOINT_SUFFIX,))
     import torch
 
@@ -58,11 +84,14 @@ def init(
 
 @app.command()
 def info(
-    checkpoint: Annotated[Path, typer.Argument(help="A pconv-deploy checkpoint (.safetensors).")],
-    size: Annotated[str, typer.Option(help="HxW at which to count MACs.")] = "512x512",
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(metavar="CHECKPOINT", help="A checkpoint (.safetensors); default: the bundled model."),
+    ] = None,
+    size: Annotated[str, typer.Option(metavar="HxW", help="Size at which to count MACs.")] = "512x512",
 ) -> None:
-    """Print a checkpoint's config, parameter count and MACs at a given size."""
-    check_input_file(checkpoint, "CHECKPOINT", (CHECKPOINT_SUFFIX,))
+    """Print a checkpoint's config, parameter count and MACs."""
+    checkpoint = check_input_file(checkpoint or bundled_checkpoint(), "CHECKPOINT", (CHECKPOINT_SUFFIX,))
     from pconv_deploy.model import feature_macs, load_checkpoint, parameter_count
     from pconv_deploy.model.checkpoint import read_metadata
 
@@ -93,7 +122,8 @@ class ImportFormat(str, Enum):
 @app.command("import-checkpoint")
 def import_checkpoint_command(
     source: Annotated[
-        Path, typer.Argument(help="A PyTorch checkpoint (.pth/.pt/.ckpt) or state dict of a PConv U-Net.")
+        Path,
+        typer.Argument(metavar="SOURCE", help="A PyTorch checkpoint (.pth/.pt/.ckpt) or state dict of a PConv U-Net."),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="pconv-deploy checkpoint to write (.safetensors).")],
     format: Annotated[
@@ -101,7 +131,10 @@ def import_checkpoint_command(
     ] = ImportFormat.auto,
     layers: Annotated[int | None, typer.Option(help="Expected encoder levels (checked against the file).")] = None,
 ) -> None:
-    """Convert a checkpoint of xiefan-guo/PConv, naoto0804, mmagic (or a bare state dict); loads no code."""
+    """Convert another project's PyTorch checkpoint.
+
+    Reads xiefan-guo/PConv, naoto0804, mmagic or a bare state dict; loads no code.
+    """
     from pconv_deploy.model.importers import import_checkpoint
 
     result = import_checkpoint(source, output, format.value, layers)
@@ -128,7 +161,10 @@ def export_command(
         Path | None, typer.Option(help="Where the Polygraphy JSON goes (default: OUTPUT_STEM.parity/).")
     ] = None,
 ) -> None:
-    """Export a checkpoint to ONNX (model contract in the README), graph-checked and parity-checked."""
+    """Export a checkpoint to ONNX, graph- and parity-checked.
+
+    The file carries the model contract (docs/contract.md) in its metadata.
+    """
     from onnx.defs import onnx_opset_version
 
     if opset > onnx_opset_version():
@@ -162,7 +198,7 @@ def export_command(
 
 @app.command("check")
 def check_command(
-    model: Annotated[Path, typer.Argument(help="An ONNX model from `pconv export`.")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="An ONNX model from `pconv export`.")],
     checkpoint: Annotated[
         Path | None, typer.Option(help="Checkpoint it was exported from (default: the bundled model).")
     ] = None,
@@ -173,7 +209,11 @@ def check_command(
         bool, typer.Option(help="Compute the PyTorch reference in float64 (slower; separates float32 noise).")
     ] = False,
 ) -> None:
-    """Check an ONNX model against PyTorch under ONNX Runtime through Polygraphy; exit 1 on a mismatch."""
+    """Check an ONNX model against PyTorch.
+
+    Runs the model under ONNX Runtime through Polygraphy, compares with the checkpoint in PyTorch and
+    exits 1 on a mismatch.
+    """
     check_input_file(model, "MODEL", (ONNX_SUFFIX,))
     if checkpoint is not None:
         check_input_file(checkpoint, "--checkpoint", (CHECKPOINT_SUFFIX,))
@@ -190,14 +230,14 @@ def check_command(
 
 @app.command("build-engine")
 def build_engine_command(
-    model: Annotated[Path, typer.Argument(help="The exported ONNX model (from `pconv export`).")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="The exported ONNX model (from `pconv export`).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Engine file to write; its sidecar is ENGINE.json.")],
     fp16: Annotated[
         bool, typer.Option(help="Require an FP16 graph (`pconv export --fp16`): TensorRT takes precision from it.")
     ] = False,
-    min_shape: Annotated[list[str] | None, typer.Option(help="BxHxW, once per profile.")] = None,
-    opt_shape: Annotated[list[str] | None, typer.Option(help="BxHxW TensorRT tunes for, once per profile.")] = None,
-    max_shape: Annotated[list[str] | None, typer.Option(help="BxHxW, once per profile.")] = None,
+    min_shape: Annotated[list[str] | None, typer.Option(metavar="BxHxW", help="Smallest shape, per profile.")] = None,
+    opt_shape: Annotated[list[str] | None, typer.Option(metavar="BxHxW", help="Tuned-for shape, per profile.")] = None,
+    max_shape: Annotated[list[str] | None, typer.Option(metavar="BxHxW", help="Largest shape, per profile.")] = None,
     timing_cache: Annotated[Path | None, typer.Option(help="Timing cache to reuse and update.")] = None,
     workspace: Annotated[float | None, typer.Option(help="Builder workspace limit in GiB.")] = None,
     version_compatible: Annotated[
@@ -210,7 +250,10 @@ def build_engine_command(
     ] = False,
     device: Annotated[int, typer.Option(help="CUDA device to build for.")] = 0,
 ) -> None:
-    """Build a TensorRT engine (strongly typed, precision from the graph) and its sidecar JSON. Needs a GPU."""
+    """Build a TensorRT engine and its sidecar JSON. Needs a GPU.
+
+    The network is strongly typed: the precision comes from the ONNX graph.
+    """
     check_input_file(model, "MODEL", (ONNX_SUFFIX,))
     check_output_file(output, "--output", [(model, "MODEL")])
     if timing_cache is not None:
@@ -239,7 +282,10 @@ def build_engine_command(
 
 @app.command()
 def doctor() -> None:
-    """Report what this machine can run: torch, ONNX Runtime providers that work, TensorRT, GPUs."""
+    """Report what this machine can run.
+
+    torch, the ONNX Runtime providers that work, TensorRT, GPUs.
+    """
     from pconv_deploy.doctor import report
 
     typer.echo(report())
@@ -283,7 +329,9 @@ def train(
     ] = None,
     keep_every: Annotated[int, typer.Option(min=0, help="Keep RUN/snapshots/step-N.safetensors every N steps.")] = 0,
 ) -> None:
-    """Train with the paper's loss; also under `torchrun --nproc-per-node N -m pconv_deploy.cli train ...`.
+    """Train a model (the paper's loss by default).
+
+    Also runs under `torchrun --nproc-per-node N -m pconv_deploy.cli train ...`.
 
     Resuming keeps the run's recipe: a different seed, size, batch size, layers, width, loss, hole bins
     or data is refused; --lr on resume overrides the run's learning rate (and says so).
@@ -341,7 +389,10 @@ def evaluate(
     size: Annotated[int, typer.Option(min=1, help="Square centre crop of each image.")] = 256,
     max_images: Annotated[int | None, typer.Option(min=1, help="Use only the first N images.")] = None,
 ) -> None:
-    """Hole L1 (0-255), L1 (%), PSNR and SSIM per hole-ratio bin on composited outputs, beside OpenCV Telea."""
+    """Score a model per hole-ratio bin, beside OpenCV Telea.
+
+    Hole L1 (0-255), L1 (%), PSNR and SSIM on composited outputs.
+    """
     if checkpoint is not None:
         check_input_file(checkpoint, "--checkpoint", (CHECKPOINT_SUFFIX,))
     if model is not None:
@@ -403,7 +454,11 @@ def infer(
         MaskConvention, typer.Option(help="hole-white: white (>= 128) marks the hole; hole-black: the inverse.")
     ] = MaskConvention.hole_white,
     strategy: Annotated[
-        Strategy, typer.Option(help="crop: windows around holes at native size; resize: whole image downscaled; full.")
+        Strategy,
+        typer.Option(
+            help="crop: windows around holes at native size; resize: whole image downscaled; "
+            "full: whole image at native size (most memory)."
+        ),
     ] = Strategy.crop,
     max_side: Annotated[int, typer.Option(min=32, help="Longest side the network sees (crop and resize).")] = 1024,
     margin: Annotated[
@@ -413,7 +468,9 @@ def infer(
     overwrite: Annotated[bool, typer.Option(help="Redo images whose output exists (default: skip them).")] = False,
     report: Annotated[Path | None, typer.Option(help="Write a JSON report with every file's status.")] = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this.")] = 60_000_000,
-    server: Annotated[list[str] | None, typer.Option(help="Triton http://HOST:PORT | grpc://HOST:PORT; repeat")] = None,
+    server: Annotated[
+        list[str] | None, typer.Option(metavar="URL", help="Triton http://HOST:PORT or grpc://HOST:PORT; repeatable.")
+    ] = None,
     server_model: Annotated[str, typer.Option(help="Model name on the --server(s).")] = "pconv",
     inflight: Annotated[int | None, typer.Option(min=1, help="Batches at once [default: 1, 2 per --server].")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (cuda: that GPU or an error).")] = "auto",
@@ -423,7 +480,10 @@ def infer(
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG / WebP quality (100: lossless WebP).")] = 95,
     png_level: Annotated[int, typer.Option(min=0, max=9, help="PNG zlib level (2: ~3x faster than 6).")] = 2,
 ) -> None:
-    """Inpaint a folder of images: one line per failed file, exit 1 if any failed, 130 if interrupted."""
+    """Inpaint a folder of images (or one image).
+
+    One line per failed file; exit 1 if any failed, 130 if interrupted.
+    """
     import signal
 
     from pconv_deploy.runtime import Inpainter
@@ -524,7 +584,10 @@ def bench(
     work_dir: Annotated[Path | None, typer.Option(help="Keep the exported models here.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the full results as JSON here.")] = None,
 ) -> None:
-    """Measure speed side by side in one run: backends, mask-path cost, naive mask conv, GEMM efficiency, pipeline."""
+    """Measure speed side by side in one run.
+
+    Backends, mask-path cost, naive mask conv, GEMM efficiency, pipeline.
+    """
     from rich.console import Console
 
     if json_path is not None:  # before the run: a bad path must not cost the results
@@ -552,7 +615,9 @@ def bench(
 
 @app.command("triton-repo")
 def triton_repo(
-    model: Annotated[Path, typer.Argument(help="An exported .onnx, or a TensorRT .engine/.plan with its sidecar.")],
+    model: Annotated[
+        Path, typer.Argument(metavar="MODEL", help="An exported .onnx, or a TensorRT .engine/.plan with its sidecar.")
+    ],
     repo: Annotated[Path, typer.Option(help="Triton model repository folder.")],
     name: Annotated[str, typer.Option(help="Model name (folder) in the repository.")] = "pconv",
     version: Annotated[int, typer.Option(min=1, help="Version folder.")] = 1,
@@ -561,7 +626,10 @@ def triton_repo(
     cpu: Annotated[bool, typer.Option(help="KIND_CPU instances instead of KIND_GPU.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
 ) -> None:
-    """Write a Triton model repository entry (config.pbtxt + the model) for ONNX Runtime or TensorRT."""
+    """Write a Triton model repository entry.
+
+    config.pbtxt and the model, for ONNX Runtime or TensorRT.
+    """
     check_input_file(model, "MODEL", (ONNX_SUFFIX, *ENGINE_SUFFIXES))
     check_output_dir(repo, "--repo")
     from pconv_deploy.triton import write_triton_repo
@@ -584,7 +652,10 @@ def serve(
     name: Annotated[str, typer.Option(help="Model name clients ask for.")] = "pconv",
     instances: Annotated[int, typer.Option(min=1, help="Model instances (batches run at once).")] = 1,
 ) -> None:
-    """Serve a model on a Triton Inference Server (PyTriton, in .venv-serve) until Ctrl-C or SIGTERM."""
+    """Serve a model on a Triton Inference Server.
+
+    Runs PyTriton in .venv-serve until Ctrl-C or SIGTERM.
+    """
     from pconv_deploy.serve.launcher import run_server
 
     code = run_server(

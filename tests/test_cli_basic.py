@@ -38,7 +38,8 @@ def test_readme_cli_block_lists_exactly_the_registered_commands():
 def test_help_lists_every_registered_command():
     r = pconv("--help")
     assert r.returncode == 0
-    listed = set(re.findall(r"^[│|] ([a-z][a-z-]*) ", r.stdout, flags=re.M))  # wrapped lines are indented further
+    commands = r.stdout.split("\nCommands:\n", 1)[1]
+    listed = set(re.findall(r"^  ([a-z][a-z-]*)  ", commands, flags=re.M))  # one line per command
     assert listed == registered_commands()
 
 
