@@ -107,3 +107,12 @@ def test_version_option_prints_the_package_version():
     r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"pconv-deploy {version('pconv-deploy')}"
+
+
+def test_info_without_a_checkpoint_describes_the_bundled_model():
+    """Like export, check and infer, `pconv info` alone works on the bundled model."""
+    from pconv_deploy.model.checkpoint import default_checkpoint
+
+    r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "info"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"checkpoint:   {default_checkpoint()}" in r.stdout
