@@ -666,11 +666,52 @@ def serve(
         raise typer.Exit(code)
 
 
+@app.command("app")
+def app_command(
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(help="Model to try: .onnx, .engine/.plan or .safetensors (torch); repeat to compare them."),
+    ] = None,
+    server: Annotated[
+        list[str] | None, typer.Option(help="Triton http://HOST:PORT | grpc://HOST:PORT (one more model); repeat")
+    ] = None,
+    server_model: Annotated[str, typer.Option(help="Model name on the --server(s).")] = "pconv",
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes the app.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one, printed).")] = 8765,
+    backend: Annotated[InferBackend, typer.Option(help="As for `pconv infer`.")] = InferBackend.auto,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime CPU threads [default: all cores].")] = None,
+    strategy: Annotated[Strategy, typer.Option(help="As for `pconv infer`: crop keeps big photos fast.")] = (
+        Strategy.crop
+    ),
+    max_side: Annotated[int, typer.Option(min=32, help="Longest side the network sees (crop and resize).")] = 1024,
+    margin: Annotated[int, typer.Option(min=0, help="crop: context px around each hole.")] = 64,
+    memory_limit: Annotated[str | None, typer.Option(help="Memory for the app, e.g. 6GiB [default: 80% free].")] = None,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse photos with more pixels than this.")] = 60_000_000,
+    max_upload: Annotated[str, typer.Option(help="Largest request body (photo + mask), e.g. 128MiB.")] = "128MiB",
+) -> None:
+    """Try models on your own photos in the browser: paint the hole, inpaint, compare models side by side."""
+    from pconv_deploy.app import AppOptions, run_app
+    from pconv_deploy.runtime.memory import parse_memory
+
+    models = tuple(model or ()) or (() if server else (bundled_checkpoint(),))
+    for path in models:
+        check_input_file(path, "--model", missing=True)
+    options = AppOptions(
+        models=models, servers=tuple(server or ()), server_model=server_model, host=host, port=port,
+        backend=backend.value, device=device, threads=threads, strategy=strategy.value, max_side=max_side,
+        margin=margin, memory_limit=parse_memory(memory_limit) if memory_limit else "auto", max_pixels=max_pixels,
+        max_upload=parse_memory(max_upload),
+    )  # fmt: skip
+    run_app(options, announce=typer.echo)
+
+
 MAX_WARNINGS = 10  # warning lines printed before "and N more"
 
 OPTIONAL_MODULES = {  # module -> the extra that installs it
     "torch": "torch", "onnx": "torch", "onnxscript": "torch", "safetensors": "torch", "polygraphy": "torch",
     "cv2": "train", "skimage": "train", "tensorrt": "gpu", "tritonclient": "client",
+    "fastapi": "app", "starlette": "app", "uvicorn": "app", "python_multipart": "app",
 }  # fmt: skip
 
 
