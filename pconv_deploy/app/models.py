@@ -9,6 +9,7 @@ to itself, and a CPU backend uses every core on one request already.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -101,6 +102,9 @@ class ModelSet:
     """The served models by name, in the order given (the first is the one the others are compared with)."""
 
     def __init__(self, options: AppOptions, announce: Callable[[str], None] = print) -> None:
+        # ONNX Runtime's POSIX builds start a telemetry client on import that writes $TMPDIR/.ses; the app
+        # promises to write nothing but what the user downloads. Effective only before onnxruntime is imported.
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         self.options = options
         self.progress = Progress()
         self.lock = threading.Lock()
