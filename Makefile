@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch==2.13.0 is pinned first so that pip takes the local CPU wheel; see README for CUDA builds.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint install clean serve-env gpu-check
+.PHONY: demo test lint docs install clean serve-env gpu-check
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,11 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check pconv_deploy tests scripts
 
-test: $(VENV)/.installed lint
+# The documentation site: --strict turns a broken link or a page missing from the nav into a failure.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
+test: $(VENV)/.installed lint docs
 	$(BIN)/pytest -q -rs
 
 # On a CUDA machine: the gpu extra, `pytest -m gpu -rs`, an FP16 engine and `pconv bench`, then a short report.
@@ -43,4 +47,4 @@ gpu-check: $(VENV)/.installed
 	BIN=$(BIN) bash scripts/gpu_smoke.sh
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) demo-out
+	rm -rf $(VENV) $(SERVE_VENV) demo-out site

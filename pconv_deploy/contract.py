@@ -1,4 +1,4 @@
-"""The model contract's shared vocabulary (DESIGN.md section 2), importable without torch or onnx.
+"""The model contract's shared vocabulary (docs/design.md section 2), importable without torch or onnx.
 
 Every exported ONNX file carries these ``metadata_props``; every engine sidecar repeats them; the
 runtime, the TensorRT backend and the Triton config read them. Spell them here and nowhere else.
@@ -40,7 +40,7 @@ METADATA_DEFAULTS = {
     "pconv.output_activation": "none",  # applied inside the graph; "tanh" for the seed's PUNet
 }
 
-# What pconv.layers and pconv.width stand for: the paper's encoder widths per level (DESIGN.md section 4),
+# What pconv.layers and pconv.width stand for: the paper's encoder widths per level (docs/design.md section 4),
 # scaled by the width. Here, not in model/, because the runtime's memory estimate reads them without torch.
 ENCODER_CHANNELS = (64, 128, 256, 512, 512, 512, 512, 512)
 

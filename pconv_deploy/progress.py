@@ -1,7 +1,7 @@
 """One progress display for long jobs (inference folders, training, benchmarks).
 
 A rich bar on stderr when it is a terminal; nothing but plain lines when output goes to a log
-(CI, files), so logs stay readable (DESIGN.md section 11).
+(CI, files), so logs stay readable (docs/design.md section 11).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A Triton Inference Server model repository for an exported model or a TensorRT engine.
 
-Layout (DESIGN.md section 10): ``REPO/NAME/config.pbtxt`` and ``REPO/NAME/VERSION/model.onnx``
+Layout (docs/design.md section 10): ``REPO/NAME/config.pbtxt`` and ``REPO/NAME/VERSION/model.onnx``
 (platform ``onnxruntime_onnx``) or ``model.plan`` (platform ``tensorrt_plan``). With
 ``max_batch_size`` set, Triton owns the batch dimension, so ``dims`` leave it out. The
 model contract's metadata travels as config ``parameters`` so that a client (``pconv infer

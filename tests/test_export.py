@@ -176,7 +176,7 @@ def epsilon_ratio(self, count):
 
 
 def test_epsilon_trap_is_caught(tmp_path, monkeypatch):
-    """DESIGN.md section 3: an epsilon-based ratio exports as 1/0 in all-hole windows -> NaN; export fails."""
+    """docs/design.md section 3: an epsilon-based ratio exports as 1/0 in all-hole windows -> NaN; export fails."""
     torch.manual_seed(0)
     model = PConvUNet(layers=3, width=0.125).eval()
     monkeypatch.setattr(ExportPConv, "ratio_and_valid", epsilon_ratio)

@@ -6,7 +6,7 @@ machines only the harness tests run: the same Polygraphy comparison with ONNX Ru
 TensorRT, which must pass for the model against itself and must FAIL for a deliberately wrong
 runner (`Shifted`) just beyond each threshold, so a passing GPU comparison means something.
 
-Accuracy bar (DESIGN.md section 6): FP32 engine within 1e-3 of ONNX Runtime FP32 (TF32 is
+Accuracy bar (docs/design.md section 6): FP32 engine within 1e-3 of ONNX Runtime FP32 (TF32 is
 off in Polygraphy's config); FP16 engine PSNR >= 40 dB against ONNX Runtime FP32.
 """
 

@@ -47,7 +47,7 @@ def test_full_network_matches_seed_table():
     assert len(convs) == 16
     got = [(c.conv.in_channels, c.conv.out_channels, c.conv.kernel_size[0]) for c in convs]
     assert got == ENC + [(c_in, c_out, 3) for c_in, c_out in DEC]
-    # exactly the table's count (37.97 GMACs at 512x512, as README and DESIGN.md section 12 give it)
+    # exactly the table's count (37.97 GMACs at 512x512, as docs/design.md section 4 gives it)
     assert feature_macs(model, 512, 512) == seed_table_macs(512, 512)
     assert f"{seed_table_macs(512, 512) / 1e9:.2f}" == "37.97"
     assert feature_macs(model, 256, 768) == seed_table_macs(256, 768)

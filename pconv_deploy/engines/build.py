@@ -1,4 +1,4 @@
-"""ONNX -> TensorRT engine + sidecar, through Polygraphy's loaders (DESIGN.md sections 6-7).
+"""ONNX -> TensorRT engine + sidecar, through Polygraphy's loaders (docs/design.md sections 6-7).
 
 Two halves:
 

@@ -18,7 +18,7 @@ from pconv_deploy.errors import PConvError
 
 Shape = tuple[int, int, int]  # (batch, height, width)
 
-# The contract's inputs and their channel counts (DESIGN.md section 2).
+# The contract's inputs and their channel counts (docs/design.md section 2).
 INPUT_CHANNELS = {name: CHANNELS[name] for name in INPUT_NAMES}
 
 

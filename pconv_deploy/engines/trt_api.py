@@ -1,4 +1,4 @@
-"""The one adapter between pconv-deploy and the TensorRT and CUDA Python APIs (DESIGN.md section 7).
+"""The one adapter between pconv-deploy and the TensorRT and CUDA Python APIs (docs/design.md section 7).
 
 Every call the runtime and the builder make into ``tensorrt`` / ``tensorrt_lean`` and into
 cuda-python's ``cuda.bindings.runtime`` is in this file, so that the CPU tests can hold each of

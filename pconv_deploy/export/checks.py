@@ -1,4 +1,4 @@
-"""Checks every exported graph must pass before it is written (DESIGN.md section 5).
+"""Checks every exported graph must pass before it is written (docs/design.md section 5).
 
 - ``onnx.checker`` full check and strict shape inference (type errors fail, not warn);
 - the model contract: input/output names, dtypes and ranks, the metadata keys, no external data;
@@ -6,7 +6,7 @@
 - conv MACs at a concrete size, split into feature and mask convolutions: the mask path
   must be the grouped one-channel count, not a C_out x C_in convolution that doubles the cost;
 - no Inf/NaN under ONNX Runtime for all-hole, no-hole and sparse masks (the epsilon trap
-  of DESIGN.md section 3 shows up exactly here).
+  of docs/design.md section 3 shows up exactly here).
 """
 
 from __future__ import annotations

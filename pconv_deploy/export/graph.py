@@ -1,7 +1,7 @@
 """The export-time network: the same function as ``PConvUNet`` + compositing, in fewer, cheaper ops.
 
 ``ExportNet(model)`` copies a trained :class:`~pconv_deploy.model.unet.PConvUNet` and rewrites it
-for deployment (DESIGN.md sections 3, 4 and 6). Every rewrite keeps the outputs exact; the parity
+for deployment (docs/design.md sections 3, 4 and 6). Every rewrite keeps the outputs exact; the parity
 check (:mod:`pconv_deploy.export.parity`) compares against the original model, never against this one.
 
 1. BatchNorm is folded into the partial conv's weights and bias. In valid pixels
@@ -95,7 +95,7 @@ class ExportPConv(nn.Module):
 
 
 class ExportNet(nn.Module):
-    """``forward(image, mask) -> inpainted``: the model contract of DESIGN.md section 2."""
+    """``forward(image, mask) -> inpainted``: the model contract of docs/design.md section 2."""
 
     def __init__(self, model: PConvUNet, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()

@@ -1,9 +1,9 @@
-"""PyTorch model -> one self-contained, checked ONNX file honouring the model contract (DESIGN.md section 2).
+"""PyTorch model -> one self-contained, checked ONNX file honouring the model contract (docs/design.md section 2).
 
 Contract: inputs ``image`` [N,3,H,W] float32 RGB in [0,1] and ``mask`` [N,1,H,W] float32
 (1 = known); output ``inpainted`` [N,3,H,W] float32, composited and clamped. N, H, W are
 dynamic; H and W are multiples of 2^layers. ``fp16=True`` exports the same contract with a
-float16 feature path (DESIGN.md section 6).
+float16 feature path (docs/design.md section 6).
 
 Order of work: export the export-time network (:mod:`.graph`) with the dynamo exporter,
 add the metadata, run the graph checks (:mod:`.checks`), then write to a temp file in the

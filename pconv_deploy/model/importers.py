@@ -1,6 +1,6 @@
 """Checkpoints of other PConv code bases -> pconv-deploy checkpoints (``pconv import-checkpoint``).
 
-Formats (DESIGN.md section 3; each read from that project's own source):
+Formats (docs/design.md section 3; each read from that project's own source):
 
 - ``xiefan-guo``: the seed's ``PUNet`` (xiefan-guo/PConv ``src/generator.py``), saved by its
   ``train.py`` as ``{'n_iter', 'generator'}``; keys ``ec_images_{i}.conv.weight``,

@@ -7,7 +7,7 @@ Per sliding window with features X, binary mask M, weights W and bias b:
 
 sum(1) counts every element of the window (C_in * kh * kw, multi-channel semantics).
 No epsilon: ``clamp(count, min=1)`` is exact for binary masks and survives both the
-ONNX optimizer (which folds ``count + 1e-8`` away) and FP16 (DESIGN.md section 3).
+ONNX optimizer (which folds ``count + 1e-8`` away) and FP16 (docs/design.md section 3).
 
 Masks are carried as one single-channel mask per concatenated channel group, so a
 decoder layer gets exact multi-channel semantics from a G-channel mask convolution

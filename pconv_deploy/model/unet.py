@@ -1,4 +1,4 @@
-"""The paper's PConv U-Net (DESIGN.md section 4), configurable in depth and width."""
+"""The paper's PConv U-Net (docs/design.md section 4), configurable in depth and width."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Backends: one small interface over ONNX Runtime, TensorRT, the PyTorch reference and remote servers.
 
-A backend runs one padded batch of the model contract (DESIGN.md section 2):
+A backend runs one padded batch of the model contract (docs/design.md section 2):
 ``run(image [N,3,H,W] float32 RGB in [0,1], mask [N,1,H,W] float32 1 = known) -> [N,3,H,W]``,
 composited and clamped, with H and W already multiples of ``multiple``. Padding, batching,
 strategies and the memory budget live in :mod:`pconv_deploy.runtime.inpainter`, so a backend stays

@@ -97,7 +97,7 @@ def add_parameters(triton: object, name: str, parameters: dict[str, str]) -> Non
 
 
 def python_backend_env() -> None:
-    """Let Triton's Python backend stub load this interpreter's libpython, not the system's (DESIGN.md 10).
+    """Let Triton's Python backend stub load this interpreter's libpython, not the system's (docs/design.md section 10).
 
     The stub links ``libpython3.X.so.1.0``; with a non-system interpreter the system copy loads and
     model load fails (``'_thread.RLock' object has no attribute '_recursion_count'``). The

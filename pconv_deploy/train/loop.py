@@ -1,6 +1,6 @@
 """The training loop, `train(TrainConfig)`, used by `pconv train`: set up (or resume), step, save.
 
-Paper schedule (DESIGN.md section 9): Adam at 2e-4, then fine-tuning at 5e-5 with the
+Paper schedule (docs/design.md section 9): Adam at 2e-4, then fine-tuning at 5e-5 with the
 encoder's BatchNorm frozen (eval mode, affine not trained) while the decoder's keeps training.
 Runs unchanged under `torchrun` (DistributedDataParallel); only rank 0 writes files.
 """

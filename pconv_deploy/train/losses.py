@@ -1,4 +1,4 @@
-"""The paper's loss (Liu et al. 2018, eq. 7), every term returned separately (DESIGN.md section 9).
+"""The paper's loss (Liu et al. 2018, eq. 7), every term returned separately (docs/design.md section 9).
 
     total = L_valid + 6 L_hole + 0.05 L_perc + 120 (L_style_out + L_style_comp) + 0.1 L_tv
 

