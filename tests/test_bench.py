@@ -81,7 +81,7 @@ def test_compare_and_pipeline_workers(small_onnx, small_checkpoint, tmp_path):
     assert p["images"] == 2 and p["pipeline_images_per_s"] > 0 and p["model_images_per_s"] > 0
     assert len(list((tmp_path / "pipeline" / "out").glob("*.png"))) == 2
     with pytest.raises(PConvError, match="benchmark worker .* failed"):
-        run_worker(WorkerSpec("pipeline", settings, {"ours": str(tmp_path / "missing.onnx")}))
+        run_worker(WorkerSpec("pipeline", settings, {"ours": str(tmp_path / "missing.onnx")}, folder=str(tmp_path)))
 
 
 def test_tiny_bench_run(small_checkpoint, small_onnx, tmp_path):

@@ -183,6 +183,8 @@ def measure_pipeline(spec: WorkerSpec) -> dict[str, Any]:
     from pconv_deploy.runtime.pipeline import run_folder
 
     settings: BenchSettings = spec.settings
+    if not spec.folder:
+        raise PConvError("the pipeline measurement needs a scratch folder")
     count, batch, threads = settings.pipeline_images, settings.pipeline_batch, settings.threads
     folder = Path(spec.folder) / "pipeline"
     images, masks = photo_folder(folder, count)
