@@ -28,8 +28,14 @@ option with its default. Task-oriented guides: [Getting started](getting-started
 [Inference](inference.md), [Export and checks](export-and-checks.md), [TensorRT and GPUs](tensorrt-and-gpus.md),
 [Serving](serving.md), [Training and evaluation](training-and-evaluation.md).
 
-Errors are one line on stderr naming the file and the problem (exit 1); usage errors exit 2. Every
-command checks its file and folder arguments before it loads a model or writes anything.
+Errors are one line on stderr naming the file and the problem (exit 1); usage errors exit 2.
+Every command checks its file and folder arguments before loading a model or doing any work
+(`pconv_deploy/paths.py`): an output under a file, a folder where a file goes (or the reverse),
+a dangling link, an unwritable place, an output equal to an input, a wrong suffix
+(`export -o x.txt`, `check model.safetensors`) or an empty file is one line, exit 2, and nothing
+is created. A missing optional module (torch, onnx, cv2, tensorrt, tritonclient) is one line naming
+the extra that installs it. Without `--model`/`--checkpoint`, `info`, `export`, `check` and `infer`
+use the bundled demo model.
 """
 
 

@@ -21,7 +21,8 @@ from pconv_deploy.contract import CHANNELS, IMAGE, INPUT_NAMES, MASK, METADATA_K
 from pconv_deploy.errors import PConvError, first_line
 
 # Op types of the exported graphs (FP32 and FP16) plus close relatives a future exporter
-# version may emit instead. All are in onnx-tensorrt's supported-operator list (operators.md).
+# version may emit instead. All are in onnx-tensorrt's supported-operator list,
+# https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md
 TENSORRT_OPS = frozenset(
     {
         "Add", "Cast", "Clip", "Concat", "Constant", "Conv", "Div", "Expand", "Gather", "Identity",
