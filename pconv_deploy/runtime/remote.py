@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -36,6 +36,7 @@ SCHEMES = ("http", "grpc")
 # is noticed at connect time (at most 10 s), not after this.
 REQUEST_SECONDS = 300.0
 REST_SECONDS = (1.0, 30.0)  # a failed server rests this long first, doubling per failure up to the second value
+WAIT_POLL_SECONDS = 0.5
 
 
 class ServersUnavailable(PConvError):
@@ -129,7 +130,16 @@ class Server:
 class TritonBackend:
     """The runtime backend interface (name, multiple, metadata, max_batch, run) over one or more Triton servers."""
 
-    def __init__(self, urls: Sequence[str], model_name: str = "pconv", timeout: float = REQUEST_SECONDS) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        model_name: str = "pconv",
+        timeout: float = REQUEST_SECONDS,
+        wait: float = 0.0,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
+        """Connect to ``urls``; when no server has the model ready, poll for up to ``wait`` seconds (a server
+        still starting), telling ``on_wait`` once, then give up with :class:`ServersUnavailable` (one line)."""
         try:  # fail here, naming the extra, not in a worker thread
             import tritonclient.grpc  # noqa: F401
             import tritonclient.http  # noqa: F401
@@ -143,11 +153,11 @@ class TritonBackend:
         self.servers = [Server(url, *parse_server(url)) for url in dict.fromkeys(urls)]
         self.lock = threading.Lock()
         self.opened: list[object] = []  # every client made, closed by close()
-        with ThreadPoolExecutor(len(self.servers)) as pool:
-            found = list(pool.map(self.describe, self.servers))
+        found = self.wait_for_model(wait, on_wait)
         reachable = [(s, m) for s, m in zip(self.servers, found) if m is not None]
         if not reachable:
-            raise ServersUnavailable(self.all_failed_message("no server answered"))
+            waited = f" within {wait:g} s" if wait > 0 else ""
+            raise ServersUnavailable(self.all_failed_message(f"no server had model {model_name!r} ready{waited}"))
         first, model = reachable[0]
         for server, other in reachable[1:]:
             self.check_same(server, other, first, model)
@@ -159,6 +169,19 @@ class TritonBackend:
         # activations live on the server), so the Inpainter's memory budget does not shrink batches for them.
         self.bytes_per_pixel = 64
         self.name = f"triton ({len(reachable)}/{len(self.servers)} servers)"
+
+    def wait_for_model(self, wait: float, on_wait: Callable[[str], None] | None) -> list[ServedModel | None]:
+        """Describe every server, again every WAIT_POLL_SECONDS until one has the model ready or ``wait`` ran out."""
+        deadline = time.monotonic() + wait
+        for attempt in range(int(wait / WAIT_POLL_SECONDS) + 2):  # bounded; the deadline normally ends it
+            with ThreadPoolExecutor(len(self.servers)) as pool:
+                found = list(pool.map(self.describe, self.servers))
+            if any(m is not None for m in found) or time.monotonic() >= deadline:
+                return found
+            if attempt == 0 and on_wait is not None:
+                on_wait(f"waiting up to {wait:g} s for model {self.model_name!r} on {len(self.servers)} server(s)")
+            time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        return found
 
     # -- talking to one server ---------------------------------------------------------------------------------
     def client(self, server: Server) -> object:
@@ -184,14 +207,26 @@ class TritonBackend:
         try:
             client = self.client(server)
             if server.scheme == "http":
-                config = client.get_model_config(self.model_name)
+                ready = client.is_model_ready(self.model_name)
+                config = client.get_model_config(self.model_name) if ready else None
             else:
-                config = client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout)["config"]
+                ready = client.is_model_ready(self.model_name, client_timeout=self.timeout)
+                config = (
+                    client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout)["config"]
+                    if ready
+                    else None
+                )
         except Exception as e:  # connection refused, timeouts, unknown model: all mean "not usable now"
             with self.lock:
                 server.rest(error_line(e))
             return None
+        if not ready:
+            with self.lock:
+                server.rest(f"model {self.model_name!r} not ready")
+            return None
         server.model = check_config(config, f"{server.url} model {self.model_name!r}")
+        with self.lock:
+            server.failures, server.resting_until = 0, 0.0
         return server.model
 
     def check_same(self, server: Server, model: ServedModel, first: Server, reference: ServedModel) -> None:

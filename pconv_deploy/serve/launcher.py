@@ -22,6 +22,9 @@ from pconv_deploy.errors import PConvError
 SERVE_ENV = ".venv-serve"
 PYTHON_VARIABLE = "PCONV_SERVE_PYTHON"  # an interpreter with nvidia-pytriton, numpy<2 and this package
 STOP_SECONDS = 30.0  # after a forwarded signal, how long the server gets to stop before it is killed
+# Largest N*H*W of one request: 16 MP (4 x 2048^2, 16 x 1024^2) is 256 MiB of float32 image + mask and already
+# gigabytes of activations in the network; `pconv infer --server` sends batch x max-side^2 (4 x 1024^2 by default).
+MAX_PIXELS = 16 * 1024 * 1024
 
 
 def project_root() -> Path:

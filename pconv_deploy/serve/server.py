@@ -35,6 +35,10 @@ import numpy as np
 from pconv_deploy.contract import CHANNELS, IMAGE, MASK, OUTPUT
 from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.files import pid_alive
+from pconv_deploy.serve.checks import Limits
+from pconv_deploy.serve.fronts import GrpcFront, HttpFront, Readiness
+from pconv_deploy.serve.launcher import MAX_PIXELS
+from pconv_deploy.serve.upstream import LOOPBACK, filter_tritonserver_log, private_ports, wait_until_answers
 
 log = logging.getLogger("pconv_deploy.serve")
 
@@ -52,6 +56,8 @@ class ServeOptions:
     max_batch_size: int = 8
     queue_delay_us: int = 2000
     instances: int = 1
+    max_pixels: int = MAX_PIXELS  # N*H*W of one request
+    start_seconds: float = 300.0  # how long the model may take to get ready after tritonserver started
 
 
 def check_batch(image: np.ndarray, mask: np.ndarray, multiple: int) -> str | None:
@@ -149,44 +155,43 @@ def fresh_workspace() -> Path:
 
 
 def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> None:
-    """Load the model, start Triton on ``options``' ports and serve until SIGINT/SIGTERM, then stop it."""
-    from pconv_deploy.runtime.backends import load_backend
+    """Load the model, start Triton behind the checking fronts on ``options``' ports, serve until SIGINT/SIGTERM.
 
+    Tritonserver listens on private loopback ports; the public HTTP and gRPC ports open only once the
+    model answered a warm-up request, so "ready" is never printed (nor answered) before it can answer.
+    """
+    from pconv_deploy.runtime.backends import load_backend
+    from pconv_deploy.triton import check_name
+
+    check_name(options.name)
+    if options.max_pixels < 1:
+        raise PConvError(f"--max-pixels {options.max_pixels}: must be at least 1")
     check_ports(options)
     backend = load_backend(options.model, "auto", on_fallback=announce)
     metadata = dict(backend.metadata)
     metadata.setdefault("pconv.multiple", str(backend.multiple))
     python_backend_env()
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig
+    filter_tritonserver_log()
+    from pytriton.triton import Triton
 
-    config = TritonConfig(
-        http_address=options.host, http_port=options.http_port,
-        grpc_address=options.host, grpc_port=options.grpc_port,
-        metrics_address=options.host, metrics_port=options.metrics_port,
-        allow_gpu_metrics=False, exit_timeout_secs=5, log_verbose=0,
-    )  # fmt: skip
-    model_config = ModelConfig(
-        max_batch_size=options.max_batch_size,
-        batcher=DynamicBatcher(
-            max_queue_delay_microseconds=options.queue_delay_us,
-            preferred_batch_size=sorted({max(1, options.max_batch_size // 2), options.max_batch_size}),
-        ),
-    )
-    tensors = {n: Tensor(name=n, dtype=np.float32, shape=(CHANNELS[n], -1, -1)) for n in (IMAGE, MASK, OUTPUT)}
-    infer = make_infer(backend.run, backend.multiple)
-    triton = Triton(config=config, workspace=fresh_workspace())
+    http_port, grpc_port = private_ports(2)
+    triton = Triton(config=triton_config(options, http_port, grpc_port), workspace=fresh_workspace())
+    limits = Limits(multiple=backend.multiple, max_batch=options.max_batch_size, max_pixels=options.max_pixels)
+    readiness = Readiness(f"{LOOPBACK}:{http_port}", options.name)
+    fronts: list = []
     try:
-        triton.bind(
-            model_name=options.name,
-            infer_func=[infer] * options.instances,
-            inputs=[tensors[IMAGE], tensors[MASK]],
-            outputs=[tensors[OUTPUT]],
-            config=model_config,
-            strict=True,
-        )
-        add_parameters(triton, options.name, metadata)
-        triton.run()  # starts tritonserver, loads the model, waits until it is ready
+        bind_model(triton, options, backend, metadata)
+        triton.run()  # starts tritonserver and loads the model
+        wait_until_answers(readiness, options.name, backend.multiple, options.start_seconds)
+        readiness.start()
+        inflight = max(4, 2 * options.max_batch_size * options.instances)
+        for front, port, upstream in (
+            (HttpFront, options.http_port, http_port),
+            (GrpcFront, options.grpc_port, grpc_port),
+        ):
+            fronts.append(front(upstream=f"{LOOPBACK}:{upstream}", model=options.name, limits=limits,
+                                readiness=readiness, inflight=inflight))  # fmt: skip
+            fronts[-1].start(options.host, port)
         where = f"http://{options.host}:{options.http_port} grpc://{options.host}:{options.grpc_port}"
         announce(f"{READY_MARK}: model {options.name!r} ({options.model.name}, {backend.name}) at {where}, "
             f"metrics http://{options.host}:{options.metrics_port}/metrics; Ctrl-C or SIGTERM stops it")  # fmt: skip
@@ -196,8 +201,45 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
     except KeyboardInterrupt:
         announce("pconv serve: stopping")
     finally:
+        readiness.stop()
+        for front in reversed(fronts):
+            front.stop()
         triton.stop()
     announce("pconv serve: stopped")
+
+
+def triton_config(options: ServeOptions, http_port: int, grpc_port: int) -> object:
+    """Tritonserver on private loopback ports (the fronts own the public ones); metrics on the public host."""
+    from pytriton.triton import TritonConfig
+
+    return TritonConfig(
+        http_address=LOOPBACK, http_port=http_port, grpc_address=LOOPBACK, grpc_port=grpc_port,
+        metrics_address=options.host, metrics_port=options.metrics_port,
+        allow_gpu_metrics=False, exit_timeout_secs=5, log_verbose=0,
+    )  # fmt: skip
+
+
+def bind_model(triton: object, options: ServeOptions, backend: object, metadata: dict[str, str]) -> None:
+    """The served function with the contract's tensors, dynamic batching and the ``pconv.*`` parameters."""
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+
+    model_config = ModelConfig(
+        max_batch_size=options.max_batch_size,
+        batcher=DynamicBatcher(
+            max_queue_delay_microseconds=options.queue_delay_us,
+            preferred_batch_size=sorted({max(1, options.max_batch_size // 2), options.max_batch_size}),
+        ),
+    )
+    tensors = {n: Tensor(name=n, dtype=np.float32, shape=(CHANNELS[n], -1, -1)) for n in (IMAGE, MASK, OUTPUT)}
+    triton.bind(
+        model_name=options.name,
+        infer_func=[make_infer(backend.run, backend.multiple)] * options.instances,
+        inputs=[tensors[IMAGE], tensors[MASK]],
+        outputs=[tensors[OUTPUT]],
+        config=model_config,
+        strict=True,
+    )
+    add_parameters(triton, options.name, metadata)
 
 
 def parse_args(argv: list[str] | None) -> ServeOptions:
