@@ -23,9 +23,9 @@ def registered_commands() -> set[str]:
 
 
 def readme_cli_commands() -> set[str]:
-    """The commands of the README's CLI block (the lines that start with `pconv NAME`)."""
+    """The commands of the README's "All commands" block (the lines that start with `pconv NAME`)."""
     text = README.read_text()
-    block = text.split("## CLI", 1)[1].split("```", 2)[1]
+    block = text.split("## All commands", 1)[1].split("```", 2)[1]
     return set(re.findall(r"^pconv ([a-z][a-z-]*)", block, flags=re.M))
 
 
