@@ -670,10 +670,13 @@ def serve(
 def app_command(
     model: Annotated[
         list[Path] | None,
-        typer.Option(help="Model to try: .onnx, .engine/.plan or .safetensors (torch); repeat to compare them."),
+        typer.Option(
+            metavar="MODEL", help="Model to try: .onnx, .engine/.plan or .safetensors (torch); repeat to compare them."
+        ),
     ] = None,
     server: Annotated[
-        list[str] | None, typer.Option(help="Triton http://HOST:PORT | grpc://HOST:PORT (one more model); repeat")
+        list[str] | None,
+        typer.Option(metavar="URL", help="Triton http://HOST:PORT or grpc://HOST:PORT (one more model); repeatable."),
     ] = None,
     server_model: Annotated[str, typer.Option(help="Model name on the --server(s).")] = "pconv",
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes the app.")] = "127.0.0.1",
@@ -690,7 +693,10 @@ def app_command(
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse photos with more pixels than this.")] = 60_000_000,
     max_upload: Annotated[str, typer.Option(help="Largest request body (photo + mask), e.g. 128MiB.")] = "128MiB",
 ) -> None:
-    """Try models on your own photos in the browser: paint the hole, inpaint, compare models side by side."""
+    """Try models on your own photos in the browser.
+
+    Paint the hole, inpaint, compare models side by side.
+    """
     from pconv_deploy.app import AppOptions, run_app
     from pconv_deploy.runtime.memory import parse_memory
 

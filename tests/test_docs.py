@@ -139,8 +139,9 @@ def test_reference_check_catches_a_missing_document(tmp_path):
     files[1].parent.mkdir()
     files[0].write_text("See [design](docs/design.md) and [ghost](docs/ghost.md).\n")
     files[1].write_text("Back to ../README.md; see https://example.org/OTHER.md\n")
-    files[2].write_text('"""The contract (DESIGN.md section 2)."""\n')
-    assert dangling_document_references(files, tmp_path) == ["README.md:1: docs/ghost.md", "code.py:1: DESIGN.md"]
+    missing = "NOTES" + ".md"  # spelled in two parts, so this file does not name it
+    files[2].write_text(f'"""The contract ({missing} section 2)."""\n')
+    assert dangling_document_references(files, tmp_path) == ["README.md:1: docs/ghost.md", f"code.py:1: {missing}"]
 
 
 def test_cli_reference_page_is_current():
