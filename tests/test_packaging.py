@@ -62,6 +62,7 @@ def test_wheel_and_sdist_carry_the_package_and_its_metadata(dist):
     assert not any(n.startswith(("tests/", "scripts/", "docs/")) for n in names)
     metadata = next(zipfile.ZipFile(wheel).read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
     assert "License-Expression: MIT" in metadata  # the SPDX form, not the deprecated license table
+    assert "License-File: LICENSE" in metadata and any(n.endswith("licenses/LICENSE") for n in names)
     entry_points = next(zipfile.ZipFile(wheel).read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert "pconv = pconv_deploy.cli:main" in entry_points
     with tarfile.open(sdist) as tar:
