@@ -4,7 +4,8 @@
 
 Makes ``--count`` photo-like 4000x3000 JPEGs (scikit-image photos upscaled, with sensor-like noise)
 and masks covering about 1% of each (``--masks objects``: one to three irregular blobs per photo;
-``strokes``: strokes scattered over the photo), then runs `pconv infer` as a user would
+``strokes``: six long straight strokes at any angle; ``scribbles``: short scribbles scattered over
+the photo), then runs `pconv infer` as a user would
 (one subprocess per run, ONNX Runtime CPU): ``--strategy crop``, ``--strategy full`` under
 ``--memory-limit``, and crop again (load on a shared machine drifts: the crop time is the mean
 of the two). Peak memory is the report's ``peak_memory_bytes`` (ru_maxrss of the infer process).
@@ -51,10 +52,21 @@ def make_photos(folder: Path, count: int, masks: str = "objects", hole_ratio: fl
         mask.save(folder / "masks" / f"photo{i}.png")
 
 
+MASKS = ("objects", "strokes", "scribbles")
+
+
 def hole_mask(
     size: tuple[int, int], rng: np.random.Generator, masks: str = "objects", ratio: float = 0.01
 ) -> Image.Image:
-    """A mode-L mask (255 = hole) of ``size`` (w, h) covering about ``ratio``: objects or scattered strokes."""
+    """A mode-L mask (255 = hole) of ``size`` (w, h): objects or scribbles covering about ``ratio``, or strokes.
+
+    ``objects``: scribbles around one to three centres; ``scribbles``: short curved scribbles
+    (5-point polylines, 15-34 px wide) scattered until ``ratio``; ``strokes``: six straight
+    strokes, 20-60 px wide, 300-600 px long, at any angle, anywhere (about 1% of 12 MP; ``ratio``
+    is not used): the long diagonal holes one axis-aligned window covers badly.
+    """
+    if masks == "strokes":
+        return straight_strokes(size, rng)
     w, h = size
     mask = Image.new("L", size, 0)
     draw = ImageDraw.Draw(mask)
@@ -72,6 +84,19 @@ def hole_mask(
             x, y = np.clip([x, y] + rng.integers(-step, step, 2), 0, [w - 1, h - 1])
             points.append((int(x), int(y)))
         draw.line(points, fill=255, width=int(rng.integers(15, 35)), joint="curve")
+    return mask
+
+
+def straight_strokes(size: tuple[int, int], rng: np.random.Generator, count: int = 6) -> Image.Image:
+    """``count`` straight strokes 20-60 px wide, 300-600 px long, any angle, centres anywhere in the image."""
+    w, h = size
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    for _ in range(count):
+        length, angle = rng.uniform(300, 600), rng.uniform(0, np.pi)
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
+        draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=255, width=int(rng.integers(20, 61)))
     return mask
 
 
@@ -138,7 +163,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="ONNX model (default: the bundled demo model, exported)")
     parser.add_argument("--count", type=int, default=4)
     parser.add_argument("--memory-limit", default="6GiB", help="--memory-limit for the full-strategy run")
-    parser.add_argument("--masks", choices=("objects", "strokes"), default="objects", help="hole layout")
+    parser.add_argument("--masks", choices=MASKS, default="objects", help="hole layout (see hole_mask)")
     parser.add_argument("--keep", type=Path, help="make the photos in this folder and keep them")
     args = parser.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="pconv-photos-"))

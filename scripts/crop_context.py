@@ -1,14 +1,18 @@
 """How much context the crop strategy needs: hole L1 against the true photo for each margin, and full.
 
-    .venv/bin/python scripts/crop_context.py [--model demo.onnx] [--margins 0,32,64,96,128] [--seeds 2]
+    .venv/bin/python scripts/crop_context.py --model demo.onnx [--margins 0,32,64,96,128] [--seeds 2]
+    .venv/bin/python scripts/crop_context.py --model demo.onnx --masks strokes --margins 64 --unsplit
 
 Held-out photos of at least ``--min-pixels`` (the demo-heldout split at native resolution, 6-20 MP:
 needs the demo-data extra and the Debian wallpaper packages, see pconv_deploy/train/photos.py),
-each with object masks of about 1% holes drawn as scripts/bench_photos.py draws them. For every
-margin, ``--strategy crop`` fills the holes; ``full`` runs the whole photo at once. Reports the
-mean L1 (0-255) inside the holes against the photo before masking, the mean |crop - full| there,
-and the share of pixels the network ran on. The photos were never trained on; the masks differ
-from the model-selection masks.
+each with masks drawn as scripts/bench_photos.py draws them (``--masks``: objects of about 1%
+holes by default; strokes: six long straight strokes). For every margin, ``--strategy crop``
+fills the holes (long holes split into several windows); with ``--unsplit`` also one window per
+hole as before splitting (``plan_windows(split=False)``); ``full`` runs the whole photo at once.
+Reports the mean L1 (0-255) inside the holes against the photo before masking, paired against
+full's and against the unsplit crop's (mean ± standard error over photo-masks), the mean
+|crop - full| there, and the share of pixels the network ran on. The photos were never trained
+on; the masks differ from the model-selection masks.
 """
 
 from __future__ import annotations
@@ -22,7 +26,27 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_photos import hole_mask  # noqa: E402
+from bench_photos import MASKS, hole_mask  # noqa: E402
+
+
+def unsplit_job(runner, photo: np.ndarray, hole: np.ndarray):
+    """``runner.plan`` for crop with one window per hole (no splitting): Inpainter.plan's crop branch."""
+    from pconv_deploy.runtime.tiles import Job, make_tile, plan_windows
+
+    job = Job(photo, hole)
+    for window, paste in plan_windows(hole, runner.margin, runner.multiple, split=False):
+        y0, y1, x0, x1 = window
+        tile = make_tile(photo, hole, window, None if max(y1 - y0, x1 - x0) <= runner.max_side else runner.max_side)
+        tile.paste = paste
+        job.tiles.append(tile)
+    return job
+
+
+def paired(a: list[float], b: list[float]) -> str:
+    """Mean of a - b with its standard error."""
+    diff = np.subtract(a, b)
+    se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    return f"{diff.mean():+.3f} ± {se:.3f}"
 
 
 def main() -> None:
@@ -31,7 +55,9 @@ def main() -> None:
     parser.add_argument("--margins", default="0,32,64,96,128")
     parser.add_argument("--seeds", type=int, default=2, help="masks per photo")
     parser.add_argument("--min-pixels", type=float, default=6e6)
-    parser.add_argument("--ratio", type=float, default=0.01, help="hole share of each photo")
+    parser.add_argument("--ratio", type=float, default=0.01, help="hole share of each photo (objects, scribbles)")
+    parser.add_argument("--masks", choices=MASKS, default="objects", help="hole layout (bench_photos.hole_mask)")
+    parser.add_argument("--unsplit", action="store_true", help="also crop with one window per hole (no splitting)")
     args = parser.parse_args()
 
     from pconv_deploy.runtime import Inpainter
@@ -40,38 +66,44 @@ def main() -> None:
     margins = [int(m) for m in args.margins.split(",")]
     paths = [p for p in split_paths("demo-heldout") if np.prod(Image.open(p).size) >= args.min_pixels]
     runners = {f"crop {m}": Inpainter.from_path(args.model, strategy="crop", margin=m) for m in margins}
+    if args.unsplit:
+        runners |= {f"crop {m} unsplit": runners[f"crop {m}"] for m in margins}
     runners["full"] = Inpainter.from_path(args.model, strategy="full")
     l1 = {name: [] for name in runners}
     to_full = {name: [] for name in runners}
     share = {name: [] for name in runners}
     seconds = dict.fromkeys(runners, 0.0)
+    holes = []
     for path in paths:
         photo = np.asarray(Image.open(path).convert("RGB"))
         h, w = photo.shape[:2]
         for seed in range(args.seeds):
-            hole = np.asarray(hole_mask((w, h), np.random.default_rng(seed), "objects", args.ratio)) > 127
+            hole = np.asarray(hole_mask((w, h), np.random.default_rng(seed), args.masks, args.ratio)) > 127
             outs = {}
             for name, runner in runners.items():
                 start = time.perf_counter()
-                job = runner.plan(photo, hole)  # Inpainter.inpaint's steps, so the planned tiles can be counted
+                # Inpainter.inpaint's steps, so the planned tiles can be counted
+                job = unsplit_job(runner, photo, hole) if name.endswith("unsplit") else runner.plan(photo, hole)
                 runner.run_tiles(job.tiles)
                 outs[name] = job.finish()
                 seconds[name] += time.perf_counter() - start
                 share[name].append(sum(t.hole.size for t in job.tiles) / hole.size)
+            holes.append(hole.mean())
             truth = photo[hole].astype(np.float32)
             for name, out in outs.items():
                 l1[name].append(np.abs(out[hole].astype(np.float32) - truth).mean())
                 to_full[name].append(np.abs(out[hole].astype(np.float32) - outs["full"][hole]).mean())
         print(f"{path.name}: {w}x{h}", file=sys.stderr)
-    print(f"{len(paths)} held-out photos of >= {args.min_pixels / 1e6:g} MP, {args.seeds} object masks each "
-          f"(~{100 * args.ratio:g}% holes), model {args.model.name}")  # fmt: skip
-    print("| strategy | hole L1 vs photo | - full (paired, ± s.e.) | abs(crop - full) | pixels run | seconds |")
-    print("|---|---|---|---|---|---|")
+    print(f"{len(paths)} held-out photos of >= {args.min_pixels / 1e6:g} MP, {args.seeds} {args.masks} masks each "
+          f"({100 * np.mean(holes):.2f}% holes), model {args.model.name}")  # fmt: skip
+    print("| strategy | hole L1 vs photo | - full (paired, ± s.e.) | - unsplit (paired) | abs(crop - full) "
+          "| pixels run | seconds |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for name in runners:
-        diff = np.subtract(l1[name], l1["full"])
-        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-        print(f"| {name} | {np.mean(l1[name]):.2f} | {diff.mean():+.3f} ± {se:.3f} | {np.mean(to_full[name]):.2f} | "
-              f"{100 * np.mean(share[name]):.1f}% | {seconds[name]:.1f} |")  # fmt: skip
+        base = name if name == "full" or name.endswith("unsplit") else f"{name} unsplit"
+        to_unsplit = paired(l1[name], l1[base]) if base in l1 and base != name else "-"
+        print(f"| {name} | {np.mean(l1[name]):.2f} | {paired(l1[name], l1['full'])} | {to_unsplit} | "
+              f"{np.mean(to_full[name]):.2f} | {100 * np.mean(share[name]):.1f}% | {seconds[name]:.1f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

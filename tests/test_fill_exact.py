@@ -5,7 +5,10 @@ channel is x and green channel is y, it fits an affine map to the known pixels o
 given and fills the holes with that map, so a correct pipeline reproduces the coordinate image
 exactly in every hole. A fill pasted a few pixels off, into the wrong image, or from the wrong
 tile shows up as wrong coordinates. The backend also records which window of the image it saw, so
-the context around every hole is checked against what the network really received.
+the context around every hole is checked against what the network really received; with
+``tag=True`` it writes the number of the window into the blue channel of the holes it fills, so the
+window that filled each hole pixel is known and the context around that pixel is checked in it
+(long holes are split into several windows, each filling only its own piece).
 """
 
 import threading
@@ -30,9 +33,10 @@ class CoordinateBackend:
     metadata: dict[str, str] = {}
     bytes_per_pixel = 64
 
-    def __init__(self) -> None:
+    def __init__(self, tag: bool = False) -> None:
         self.seen: list[tuple[float, float, int, int, float, float]] = []  # (y0, x0, h, w, step, blue) per window
         self.lock = threading.Lock()
+        self.tag = tag  # blue in the holes = 1 + the window's index in seen (red and green stay exact)
 
     def run(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         out = image.copy()
@@ -47,6 +51,8 @@ class CoordinateBackend:
             # red = x / 255 and green = y / 255 in the image: the fit says where this window sits and its scale.
             with self.lock:
                 self.seen.append((coef[1][2] * 255, coef[0][2] * 255, h, w, coef[0][1] * 255, coef[2][2] * 255))
+                if self.tag:
+                    out[i, 2][~known] = len(self.seen) / 255
         return np.clip(out, 0, 1)
 
 
@@ -89,6 +95,36 @@ def check_context(backend: CoordinateBackend, hole: np.ndarray, blue: int) -> No
         )
 
 
+def check_pixel_context(backend: CoordinateBackend, hole: np.ndarray, out: np.ndarray, margin: int = MARGIN) -> None:
+    """Every hole pixel was filled by a native window (its tag in blue) holding ``margin`` px around it (clipped)."""
+    h, w = hole.shape
+    ys, xs = np.nonzero(hole)
+    tags = out[ys, xs, 2].astype(int)
+    assert tags.min() >= 1 and tags.max() <= len(backend.seen), "a hole pixel was not filled by a window"
+    seen = np.array([(round(y0), round(x0), wh, ww, step) for y0, x0, wh, ww, step, _ in backend.seen])
+    wy, wx, wh, ww, step = seen[tags - 1].T
+    assert np.allclose(step, 1), "filled from a downscaled window"
+    lacking = (
+        (wy > np.maximum(0, ys - margin))
+        | (wy + wh < np.minimum(h, ys + margin + 1))
+        | (wx > np.maximum(0, xs - margin))
+        | (wx + ww < np.minimum(w, xs + margin + 1))
+    )
+    assert not lacking.any(), f"{lacking.sum()} hole pixels lack {margin} px of context, e.g. at y {ys[lacking][:3]}"
+
+
+def fill_tagged(hole: np.ndarray, margin: int = MARGIN) -> tuple[CoordinateBackend, np.ndarray]:
+    """Crop-inpaint the coordinate image (blue 0) with a tagging backend: (backend, output)."""
+    image = coordinate_image(0)
+    backend = CoordinateBackend(tag=True)
+    inpainter = Inpainter(backend, strategy="crop", max_side=4096)
+    inpainter.margin = margin
+    [out] = inpainter.inpaint([image], [hole])
+    assert np.array_equal(out[~hole], image[~hole])
+    assert np.array_equal(out[hole][:, :2], image[hole][:, :2]), "a hole pixel got another pixel's fill"
+    return backend, out
+
+
 @pytest.mark.parametrize("strategy", ["crop", "full", "resize"])
 def test_every_hole_pixel_gets_its_own_fill(strategy):
     backend = CoordinateBackend()
@@ -103,7 +139,7 @@ def test_every_hole_pixel_gets_its_own_fill(strategy):
         # crop and full reproduce the coordinates exactly; resize goes through a 2x down/up-scale (rounding).
         assert error.max() <= (1 if strategy == "resize" else 0), (strategy, error.max())
         if strategy == "crop":
-            check_context(backend, hole, 40 * k)
+            check_context(backend, hole, 40 * k)  # these holes are compact: each lies whole in one window
     steps = {round(seen[4], 2) for seen in backend.seen}
     assert steps == ({2.0} if strategy == "resize" else {1.0})  # image pixels per network pixel
     if strategy == "crop":
@@ -141,7 +177,50 @@ def test_overlapping_windows_fill_each_hole_from_its_own_window():
     inpainter = Inpainter(backend, strategy="crop")
     inpainter.margin = MARGIN
     job = inpainter.plan(coordinate_image(0), hole)
-    assert len(job.tiles) == 2 and any(tile.paste is not None for tile in job.tiles)
+    assert len(job.tiles) >= 2 and any(tile.paste is not None for tile in job.tiles)
     [out] = inpainter.inpaint([coordinate_image(0)], [hole])
     assert np.array_equal(out, coordinate_image(0))
-    check_context(backend, hole, 0)
+    backend, out = fill_tagged(hole)
+    check_pixel_context(backend, hole, out)
+
+
+def line(shape: tuple[int, int], points: list[tuple[int, int]], width: int) -> np.ndarray:
+    """A bool mask with a polyline of ``width`` px through (x, y) ``points``."""
+    mask = np.zeros(shape, np.uint8)
+    cv2.polylines(mask, [np.array(points, np.int32)], False, 1, width)
+    return mask > 0
+
+
+def ring(shape: tuple[int, int], centre: tuple[int, int], radius: int, width: int) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    cv2.circle(mask, centre, radius, 1, width)
+    return mask > 0
+
+
+SPLIT_MARGIN = 12  # the coordinate image is at most 256 px wide: a small margin leaves room to split
+SPLIT_HOLES = {
+    "diagonal stroke": line((H, W), [(20, 15), (235, 200)], 5),
+    "L-shape": line((H, W), [(30, 20), (30, 190), (230, 190)], 6),
+    "ring": ring((H, W), (128, 112), 90, 5),
+    "stroke off the border": line((H, W), [(-10, 150), (180, 215), (300, 215)], 4),
+    "stroke spanning the image": line((H, W), [(0, 0), (W - 1, H - 1)], 4),
+    "zigzag spanning the image": line((H, W), [(0, H - 1), (80, 0), (170, H - 1), (W - 1, 0)], 4),
+}
+
+
+@pytest.mark.parametrize("name", SPLIT_HOLES)
+def test_split_windows_fill_every_hole_pixel_with_its_context(name):
+    """Long holes are filled by several windows; every pixel exactly, from a window with the margin around it."""
+    hole = SPLIT_HOLES[name]
+    backend, out = fill_tagged(hole, SPLIT_MARGIN)
+    check_pixel_context(backend, hole, out, SPLIT_MARGIN)
+    assert len(np.unique(out[hole][:, 2])) > 1, "not split into several windows"
+
+
+def test_hole_covering_the_image_is_one_window():
+    """A hole over all but a frame of the image: one window, the whole image (no piece without known pixels)."""
+    hole = np.ones((H, W), bool)
+    hole[:3], hole[-3:], hole[:, :3], hole[:, -3:] = False, False, False, False
+    backend, out = fill_tagged(hole, SPLIT_MARGIN)
+    check_pixel_context(backend, hole, out, SPLIT_MARGIN)
+    assert [(round(y0), round(x0), h, w) for y0, x0, h, w, _, _ in backend.seen] == [(0, 0, H, W)]

@@ -81,7 +81,7 @@ def test_scattered_holes_get_overlapping_windows_each_pixel_filled_once():
     for i in range(800):
         hole[100 + i : 104 + i, 100 + i : 110 + i] = True  # window about 0..1110 on both axes
     hole[1050:1070, 1050:1070] = True  # its window (986..1134) overlaps the stroke's at a corner
-    plans = plan_windows(hole, margin=64, multiple=32)
+    plans = plan_windows(hole, margin=64, multiple=32, split=False)  # whole holes (splitting: test_tiles.py)
     assert len(plans) == 2 and any(paste is not None for _, paste in plans)
     filled = np.zeros(hole.shape, int)
     for (y0, y1, x0, x1), paste in plans:
