@@ -337,8 +337,9 @@ async function showResult(index, blob, seconds, roundTrip, mask, first) {
   link.download = `${stem(state.photo.name)}-${model.name.replace(/[^\w.-]+/g, "_")}.png`;
   const slider = card.querySelector(".slider");
   const split = () => {
-    card.querySelector("img.after").style.clipPath = `inset(0 ${100 - slider.value}% 0 0)`;
-    card.querySelector(".divider").style.left = `${slider.value}%`;
+    // The result covers the right part: slide right for more "after", left for more "before".
+    card.querySelector("img.after").style.clipPath = `inset(0 0 0 ${100 - slider.value}%)`;
+    card.querySelector(".divider").style.left = `${100 - slider.value}%`;
   };
   slider.addEventListener("input", split);
   split();
@@ -347,6 +348,7 @@ async function showResult(index, blob, seconds, roundTrip, mask, first) {
   stats.innerHTML = `${model.backend} · inference <b>${seconds.toFixed(2)} s</b> (round trip ${roundTrip.toFixed(2)} s)`;
   const pixels = await decodePixels(blob);
   if (index === 0) {
+    if (state.models.length > 1) stats.innerHTML += " · the reference for the differences";
     first.pixels = pixels;
     first.name = model.name;
     return;
