@@ -50,6 +50,11 @@ def encoder_channels(layers: int, width: float) -> list[int]:
     return [max(1, round(c * width)) for c in ENCODER_CHANNELS[:layers]]
 
 
+# What a CPU engine computes a file's float parts in (`pconv infer --inference-precision`), spelled as
+# OpenVINO's INFERENCE_PRECISION_HINT: "auto" is f32, the file's own numbers; bf16 and f16 are asked for,
+# never chosen silently. Not the file's precision (pconv.precision: what the graph itself stores).
+INFERENCE_PRECISIONS = ("auto", "f32", "bf16", "f16")
+
 # Model files by suffix.
 ONNX_SUFFIX = ".onnx"
 ENGINE_SUFFIXES = (".engine", ".plan")
@@ -89,6 +94,30 @@ def contract_metadata(
         "pconv.producer": f"pconv-deploy {__version__}",
         "pconv.output_activation": output_activation,
     }
+
+
+def contract_levels(metadata: dict[str, str], where: str) -> tuple[int, int]:
+    """(pconv.layers, pconv.multiple) of a file's metadata, range-checked before any use.
+
+    The one reader for these two integers (build-engine, triton-repo, the engine runtime and check):
+    a header or sidecar is untrusted text, and ``2**layers`` of a hand-edited 30000000000 runs for
+    minutes. Both must be plain decimal integers, layers one of the network's depths and multiple
+    exactly 2**layers; anything else is one line naming the file and the field.
+    """
+    from pconv_deploy.errors import PConvError
+
+    values = []
+    for key in ("pconv.layers", "pconv.multiple"):
+        text = metadata.get(key)
+        if not isinstance(text, str) or not text.isascii() or not text.isdigit() or len(text) > 4:
+            raise PConvError(f"{where}: {key} must be a positive integer, got {text!r}")
+        values.append(int(text))
+    layers, multiple = values
+    if not 2 <= layers <= len(ENCODER_CHANNELS):
+        raise PConvError(f"{where}: pconv.layers must be from 2 to {len(ENCODER_CHANNELS)}, got {layers}")
+    if multiple != 2**layers:
+        raise PConvError(f"{where}: pconv.multiple is {multiple} but pconv.layers is {layers} (expected {2**layers})")
+    return layers, multiple
 
 
 def metadata_value(metadata: dict[str, str], key: str) -> str:

@@ -22,7 +22,6 @@ Only the torch backend imports torch, and only when a ``.safetensors`` checkpoin
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from pconv_deploy.contract import (
     CHECKPOINT_SUFFIX,
     ENGINE_SUFFIXES,
     IMAGE,
+    INFERENCE_PRECISIONS,
     INPUT_NAMES,
     MASK,
     ONNX_SUFFIX,
@@ -42,10 +42,14 @@ from pconv_deploy.contract import (
     contract_metadata,
 )
 from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.runtime.memory import CALL_OVERHEAD, activation_bytes_per_pixel
 
 log = logging.getLogger("pconv_deploy.runtime")
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
+# On the CPU, `auto` runs these files on OpenVINO when it is installed (same precision, measured faster: the
+# runtime-speed docs page); other files stay on ONNX Runtime, the reference every parity check uses.
+OPENVINO_AUTO_PRECISIONS = ("int8",)
 
 
 @runtime_checkable
@@ -70,9 +74,14 @@ def parse_device(device: str) -> tuple[str, int | None]:
 class OnnxRuntimeBackend:
     """ONNX Runtime with CUDA when it really runs (checked with ``get_providers()``), else CPU.
 
-    ``threads``: intra-op threads on the CPU (None: ONNX Runtime's default, one per core). The CPU
-    memory arena is off: with it, a second 12 MP call doubled the process's memory (2.4 -> 5.4 GiB
-    measured with the demo model), and calls of changing sizes kept every peak.
+    ``threads``: intra-op threads on the CPU (None: ONNX Runtime's default, one per core).
+
+    Memory between calls: the CPU arena is on, grows by what is requested (not by powers of two, which
+    doubled a 12 MP call's memory) and keeps a call's buffers for the next call only when both have the
+    same shape and the call needs at most ``keep_bytes`` (set by the Inpainter out of its budget; None:
+    no limit). Any other call gives its buffers back at its end. Without it every call maps and zeroes
+    its ~100-400 MB of activations again: 45-95 thousand page faults per full-width 512x512 image, about
+    a fifth of the folder job's time (docs/runtime-speed.md).
     """
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
@@ -91,7 +100,9 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        options.enable_cpu_mem_arena = False
+        options.enable_cpu_mem_arena = True
+        if kind != "cuda":
+            use_growing_arena(ort, options)
         # Idle intra-op threads sleep instead of spinning: decoding and encoding threads share the cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_mem_pattern = False
@@ -110,6 +121,11 @@ class OnnxRuntimeBackend:
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         image_input = next(i for i in self.session.get_inputs() if i.name == IMAGE)
         self.multiple = model_multiple(self.metadata, image_input.shape, path)
+        self.keep_bytes: int | None = None
+        self.call_bytes_per_pixel = activation_bytes_per_pixel(self.metadata)
+        self.last_shape: tuple[int, ...] | None = None
+        self.give_back = ort.RunOptions()
+        self.give_back.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def check_cuda(self, path: Path, device: str, index: int) -> None:
         """A CUDA request runs on that GPU or not at all (never silently on the CPU)."""
@@ -120,20 +136,43 @@ class OnnxRuntimeBackend:
             raise PConvError(f"{path}: {device} was requested but ONNX Runtime uses GPU {options.get('device_id')}")
 
     def check_io(self, path: Path) -> None:
-        inputs = [i.name for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
-        if set(INPUT_NAMES) - set(inputs) or OUTPUT not in outputs:
-            raise PConvError(
-                f"{path}: not a pconv model (inputs {sorted(inputs)}, outputs {outputs}; "
-                f"expected inputs {list(INPUT_NAMES)} and output '{OUTPUT}')"
-            )
+        check_io_names(path, [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
 
     @property
     def provider_label(self) -> str:
         return "CUDA" if self.name == "onnxruntime-cuda" else "CPU"
 
     def run(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT], {IMAGE: image, MASK: mask})[0]
+        keep = image.shape == self.last_shape and self.provider == "CPUExecutionProvider"
+        if keep and self.keep_bytes is not None:
+            n, _, h, w = image.shape
+            keep = CALL_OVERHEAD + n * h * w * self.call_bytes_per_pixel <= self.keep_bytes
+        self.last_shape = image.shape
+        return self.session.run([OUTPUT], {IMAGE: image, MASK: mask}, None if keep else self.give_back)[0]
+
+
+_ARENA: list = []  # the process-wide CPU arena ONNX Runtime sessions share (registered once)
+
+
+def use_growing_arena(ort, options) -> None:
+    """Sessions use one CPU arena that grows by what is requested (ORT's own grows by powers of two)."""
+    if not _ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        try:
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))  # 1: kSameAsRequested
+        except Exception:  # registered already by someone else in this process: share theirs
+            pass
+        _ARENA.append(info)
+    options.add_session_config_entry("session.use_env_allocators", "1")
+
+
+def check_io_names(path: Path, inputs: list[str], outputs: list[str]) -> None:
+    """The model takes ``image`` and ``mask`` and returns ``inpainted``, or one line saying what it has."""
+    if set(INPUT_NAMES) - set(inputs) or OUTPUT not in outputs:
+        raise PConvError(
+            f"{path}: not a pconv model (inputs {sorted(inputs)}, outputs {outputs}; "
+            f"expected inputs {list(INPUT_NAMES)} and output '{OUTPUT}')"
+        )
 
 
 class TorchBackend:
@@ -201,33 +240,47 @@ def load_backend(
     device: str = "auto",
     on_fallback: Callable[[str], None] | None = None,
     threads: int | None = None,
+    precision: str = "auto",
 ) -> Backend:
     """Open ``model_path`` with the requested backend; ``auto`` picks the fastest usable one.
 
     - ``.engine`` / ``.plan``: TensorRT when ``tensorrt_unavailable()`` finds no reason against it, else (auto only)
       the ONNX file named in the engine's sidecar JSON, announced through ``on_fallback``;
-    - ``.onnx``: ONNX Runtime, CUDA when the session really runs on it, else CPU;
+    - ``.onnx``: ONNX Runtime, CUDA when the session really runs on it, else CPU; on the CPU an INT8 file runs
+      on OpenVINO when it is installed (same numbers, faster), and ``precision`` bf16 / f16 needs OpenVINO;
     - ``.safetensors``: the PyTorch reference (needs torch).
 
     ``device``: auto | cpu | cuda | cuda:N (a CUDA request is never served by the CPU);
-    ``threads``: ONNX Runtime's CPU threads.
+    ``threads``: the CPU engine's threads; ``precision``: one of ``INFERENCE_PRECISIONS`` (auto: the file's own).
     """
     path = Path(model_path)
     if backend not in BACKENDS:
         raise PConvError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if precision not in INFERENCE_PRECISIONS:
+        raise PConvError(f"unknown inference precision {precision!r}: choose one of {', '.join(INFERENCE_PRECISIONS)}")
+    if precision not in ("auto", "f32") and backend not in ("auto", "openvino"):
+        raise PConvError(
+            f"--inference-precision {precision} needs --backend openvino ({backend} computes what the file stores)"
+        )
     parse_device(device)
     if not path.exists():
         raise PConvError(f"{path}: no such model file")
     suffix = path.suffix.lower()
     if suffix in ENGINE_SUFFIXES:
+        if backend == "openvino":  # the engine's source ONNX, on the CPU
+            return open_onnx(engine_source_onnx(path), backend, device, threads, precision)
         return load_engine(path, backend, device, on_fallback or log.warning, threads)
     if suffix == ONNX_SUFFIX:
-        if backend in ("auto", "onnxruntime"):
-            return OnnxRuntimeBackend(path, device, threads)
+        if backend in ("auto", "onnxruntime", "openvino"):
+            return open_onnx(path, backend, device, threads, precision)
         if backend == "tensorrt":
             raise PConvError(f"{path}: the tensorrt backend needs an engine: build one with `pconv build-engine`")
         raise PConvError(f"{path}: the torch backend needs a checkpoint ({CHECKPOINT_SUFFIX}), not an ONNX file")
     if suffix == CHECKPOINT_SUFFIX:
+        if precision not in ("auto", "f32"):
+            raise PConvError(
+                f"{path}: --inference-precision {precision} runs an exported .onnx on OpenVINO, not a checkpoint"
+            )
         if backend in ("auto", "torch"):
             return load_torch(path, device)
         raise PConvError(f"{path}: the {backend} backend needs an exported model: run `pconv export` first")
@@ -235,6 +288,39 @@ def load_backend(
         f"{path}: unknown model type {suffix or '(no suffix)'}: expected {ONNX_SUFFIX}, "
         f"{', '.join(ENGINE_SUFFIXES)} or {CHECKPOINT_SUFFIX}"
     )
+
+
+def open_onnx(path: Path, backend: str, device: str, threads: int | None, precision: str) -> Backend:
+    """An ONNX file on ONNX Runtime or OpenVINO (``auto``: :func:`cpu_engine` chooses)."""
+    if backend == "auto":
+        backend = cpu_engine(path, device, precision)
+    if backend == "openvino":
+        from pconv_deploy.runtime.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(path, device, threads, precision)
+    return OnnxRuntimeBackend(path, device, threads)
+
+
+def cpu_engine(path: Path, device: str, precision: str) -> str:
+    """``auto``'s engine for an ONNX file: never a lower precision than the file asks for.
+
+    bf16 / f16 are only ever asked for, and only OpenVINO computes them. Otherwise ONNX Runtime (CUDA
+    when it has it), except that on the CPU an INT8 file runs on OpenVINO when it is installed: its
+    int8 convolutions are the same Q/DQ arithmetic, measured ~1.4x faster there.
+    """
+    from pconv_deploy.runtime.openvino_backend import onnx_metadata, openvino_installed
+
+    if precision not in ("auto", "f32"):
+        return "openvino"
+    kind, _ = parse_device(device)
+    if kind == "cuda" or not openvino_installed():
+        return "onnxruntime"
+    if kind == "auto":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return "onnxruntime"
+    return "openvino" if onnx_metadata(path).get("pconv.precision") in OPENVINO_AUTO_PRECISIONS else "onnxruntime"
 
 
 def load_engine(path: Path, backend: str, device: str, announce: Callable[[str], None], threads: int | None) -> Backend:
@@ -277,17 +363,7 @@ def tensorrt_unavailable() -> str | None:
 
 
 def engine_source_onnx(engine: Path) -> Path:
-    """The ONNX file an engine was built from, as recorded in its sidecar ``<engine>.json``."""
-    from pconv_deploy.engines.sidecar import sidecar_path
+    """The ONNX file an engine was built from: its sidecar validated, the file beside the engine and unchanged."""
+    from pconv_deploy.engines.sidecar import source_onnx
 
-    sidecar = sidecar_path(engine)
-    try:
-        onnx_file = json.loads(sidecar.read_text())["onnx_file"]
-    except FileNotFoundError:
-        raise PConvError(f"{engine}: no sidecar {sidecar.name}, so no ONNX file to fall back to") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PConvError(f"{sidecar}: unreadable engine sidecar ({first_line(e)})") from None
-    path = engine.parent / str(onnx_file)
-    if not path.is_file():
-        raise PConvError(f"{engine}: its source ONNX {path} (from {sidecar.name}) does not exist")
-    return path
+    return source_onnx(engine)
