@@ -15,9 +15,10 @@ from typing import Annotated
 import typer
 
 from pconv_deploy.bench.spec import BACKENDS as BENCH_CONFIGS
-from pconv_deploy.contract import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, ONNX_SUFFIX
+from pconv_deploy.contract import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, ONNX_SUFFIX, PRECISIONS
 from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.paths import check_folder_job, check_input_file, check_output_dir, check_output_file
+from pconv_deploy.serve.launcher import MAX_PIXELS as SERVE_MAX_PIXELS
 
 app = typer.Typer(
     name="pconv",
@@ -135,6 +136,7 @@ def import_checkpoint_command(
 
     Reads xiefan-guo/PConv, naoto0804, mmagic or a bare state dict; loads no code.
     """
+    check_output_file(output, "--output", [(source, "SOURCE")], (CHECKPOINT_SUFFIX,))
     from pconv_deploy.model.importers import import_checkpoint
 
     result = import_checkpoint(source, output, format.value, layers)
@@ -150,11 +152,27 @@ def import_checkpoint_command(
     typer.echo(f"wrote {result.path}")
 
 
+Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)  # fp32, fp16, int8 (contract.py)
+
+
 @app.command("export")
 def export_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write (one self-contained file).")],
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to export (default: the bundled model).")] = None,
-    fp16: Annotated[bool, typer.Option(help="Float16 feature path; I/O and mask path stay float32.")] = False,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(help="Feature path precision [default: fp32]; the mask path, compositing and I/O stay float32."),
+    ] = None,
+    fp16: Annotated[bool, typer.Option(help="Same as --precision fp16.")] = False,
+    calibration: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="int8: photos to calibrate on (masks drawn like training's).")
+    ] = None,
+    calibration_images: Annotated[
+        int | None, typer.Option(min=1, help="int8: use the first N photos of DIR (sorted) [default: all].")
+    ] = None,
+    int8_activations: Annotated[
+        str, typer.Option(help="int8: u8 (CPU: ONNX Runtime, OpenVINO) or s8 (symmetric: TensorRT).")
+    ] = "u8",
     opset: Annotated[int, typer.Option(min=18, help="ONNX opset; keep 20 for TensorRT unless you need another.")] = 20,
     check: Annotated[bool, typer.Option(help="Check parity with PyTorch through Polygraphy before writing.")] = True,
     parity_dir: Annotated[
@@ -172,24 +190,42 @@ def export_command(
     checkpoint = check_input_file(checkpoint or bundled_checkpoint(), "--checkpoint", (CHECKPOINT_SUFFIX,))
     check_output_file(output, "--output", [(checkpoint, "--checkpoint")], (ONNX_SUFFIX,))
     from pconv_deploy.export import export_checkpoint
+    from pconv_deploy.export.calibration import calibration_set
+    from pconv_deploy.export.onnx_export import resolve_precision
     from pconv_deploy.export.parity import PARITY_FILES, ParityError, default_parity_dir
 
+    chosen = resolve_precision(precision.value if precision else None, fp16)
+    if (chosen == "int8") != (calibration is not None):
+        exit_with_error("--calibration DIR goes with --precision int8 (and int8 needs it)", 2)
+    cal = calibration_set(calibration, calibration_images) if calibration is not None else None
+    from pconv_deploy.export.quantize import INT8_ACTIVATIONS, Int8Recipe
+
+    if int8_activations not in INT8_ACTIVATIONS:
+        exit_with_error(f"--int8-activations {int8_activations}: expected one of {', '.join(INT8_ACTIVATIONS)}", 2)
     if check:
         check_output_dir(parity_dir or default_parity_dir(output), "--parity-dir", files=PARITY_FILES)
     from pconv_deploy.model.checkpoint import default_checkpoint
 
     try:
         result = export_checkpoint(
-            checkpoint or default_checkpoint(), output, fp16=fp16, opset=opset, check=check, parity_dir=parity_dir
+            checkpoint or default_checkpoint(),
+            output,
+            opset=opset,
+            check=check,
+            parity_dir=parity_dir,
+            precision=chosen,
+            calibration=cal,
+            recipe=Int8Recipe(activations=int8_activations),
         )
     except ParityError as e:
         if e.report is not None:
             typer.echo(e.report.table())
         exit_with_error(str(e))
+    except OSError as e:  # a full disk while writing: the temp file is already gone
+        exit_with_error(f"{output}: cannot write ({e.strerror or first_line(e)})")
     macs, (h, w) = result.graph.macs, result.graph.mac_size
     size_mb = result.path.stat().st_size / 1e6
-    precision = "fp16" if fp16 else "fp32"
-    typer.echo(f"wrote {result.path} ({precision}, {size_mb:.1f} MB, exported in {result.seconds:.0f} s)")
+    typer.echo(f"wrote {result.path} ({chosen}, {size_mb:.1f} MB, exported in {result.seconds:.0f} s)")
     typer.echo(f"conv GMACs @ {h}x{w}: {macs.feature / 1e9:.3f} features + {macs.mask_overhead:.2%} mask path")
     if result.parity is not None:
         typer.echo(result.parity.table())
@@ -208,24 +244,30 @@ def check_command(
     fp64_reference: Annotated[
         bool, typer.Option(help="Compute the PyTorch reference in float64 (slower; separates float32 noise).")
     ] = False,
+    photos: Annotated[
+        Path | None,
+        typer.Option(metavar="DIR", help="fp16/int8: score hole L1 on these photos (not the calibration ones)."),
+    ] = None,
 ) -> None:
     """Check an ONNX model against PyTorch.
 
-    Runs the model under ONNX Runtime through Polygraphy, compares with the checkpoint in PyTorch and
-    exits 1 on a mismatch.
+    FP32: parity through Polygraphy under ONNX Runtime. FP16/INT8: quality against the FP32 model
+    (PSNR, hole L1 per bin, known pixels, adversarial masks). Exits 1 on a failure.
     """
     check_input_file(model, "MODEL", (ONNX_SUFFIX,))
     if checkpoint is not None:
         check_input_file(checkpoint, "--checkpoint", (CHECKPOINT_SUFFIX,))
-    from pconv_deploy.export.parity import PARITY_FILES, check_onnx, default_parity_dir
+    from pconv_deploy.export.calibration import find_photos
+    from pconv_deploy.export.parity import PARITY_FILES, default_parity_dir
+    from pconv_deploy.export.verify import check_onnx
 
     check_output_dir(save_dir or default_parity_dir(model), "--save-dir", files=PARITY_FILES)
-
-    report = check_onnx(model, checkpoint, save_dir=save_dir, fp64_reference=fp64_reference)
+    found = find_photos(photos) if photos is not None else None
+    report = check_onnx(model, checkpoint, save_dir=save_dir, photos=found, fp64_reference=fp64_reference)
     typer.echo(report.table())
     typer.echo(f"reproduce: {report.polygraphy_command(model)}")
     if not report.passed:
-        exit_with_error(f"{model}: parity check failed ({report.summary()})")
+        exit_with_error(f"{model}: {report.kind} check failed ({report.summary()})")
 
 
 @app.command("build-engine")
@@ -235,6 +277,9 @@ def build_engine_command(
     fp16: Annotated[
         bool, typer.Option(help="Require an FP16 graph (`pconv export --fp16`): TensorRT takes precision from it.")
     ] = False,
+    precision: Annotated[
+        Precision | None, typer.Option(help="Require a graph of this precision (--fp16 = --precision fp16).")
+    ] = None,
     min_shape: Annotated[list[str] | None, typer.Option(metavar="BxHxW", help="Smallest shape, per profile.")] = None,
     opt_shape: Annotated[list[str] | None, typer.Option(metavar="BxHxW", help="Tuned-for shape, per profile.")] = None,
     max_shape: Annotated[list[str] | None, typer.Option(metavar="BxHxW", help="Largest shape, per profile.")] = None,
@@ -264,6 +309,7 @@ def build_engine_command(
         model,
         output,
         fp16=fp16,
+        precision=precision.value if precision else None,
         min_shapes=min_shape,
         opt_shapes=opt_shape,
         max_shapes=max_shape,
@@ -336,16 +382,8 @@ def train(
     Resuming keeps the run's recipe: a different seed, size, batch size, layers, width, loss, hole bins
     or data is refused; --lr on resume overrides the run's learning rate (and says so).
     """
-    if lr is not None and not lr > 0:
-        exit_with_error(f"--lr must be > 0, got {lr}", 2)
-    from pconv_deploy.train.state import RUN_FILES
-
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only the writing rank probes (it makes and removes dirs)
-        check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], RUN_FILES)
-    for path, option in ((init, "--init"), (vgg_weights, "--vgg-weights")):
-        if path is not None:
-            check_input_file(path, option)
     from pconv_deploy.train.loop import TrainConfig, train
+    from pconv_deploy.train.state import RUN_FILES
 
     cfg = TrainConfig(
         data=data,
@@ -367,7 +405,18 @@ def train(
         hole_bins=hole_bins,
         keep_every=keep_every,
     )
+    try:
+        cfg.check()
+    except PConvError as e:
+        exit_with_error(str(e), 2)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only the writing rank probes (it makes and removes dirs)
+        check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], RUN_FILES)
+    for path, option in ((init, "--init"), (vgg_weights, "--vgg-weights")):
+        if path is not None:
+            check_input_file(path, option)
     result = train(cfg, log=typer.echo)
+    if result.skipped_images:
+        typer.echo(f"skipped {len(result.skipped_images)} unusable image(s) (listed in {output}/train.json)")
     if result.history:
         last = result.history[-1]
         typer.echo(
@@ -472,6 +521,9 @@ def infer(
         list[str] | None, typer.Option(metavar="URL", help="Triton http://HOST:PORT or grpc://HOST:PORT; repeatable.")
     ] = None,
     server_model: Annotated[str, typer.Option(help="Model name on the --server(s).")] = "pconv",
+    server_wait: Annotated[
+        float, typer.Option(min=0, max=86400, help="Seconds to wait for the --server model to get ready (starting).")
+    ] = 60.0,
     inflight: Annotated[int | None, typer.Option(min=1, help="Batches at once [default: 1, 2 per --server].")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (cuda: that GPU or an error).")] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime CPU threads [default: all cores].")] = None,
@@ -503,7 +555,11 @@ def infer(
         exit_with_error(f"--images {images}: no files to inpaint", 2)
     warnings = warn_orphan_masks(images, masks, report)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
-    runner = open_runner(model, backend.value, device, threads) if not server else remote_runner(server, server_model)
+    runner = (
+        open_runner(model, backend.value, device, threads)
+        if not server
+        else remote_runner(server, server_model, server_wait)
+    )
     inflight = inflight or (2 * len(server) if server else 1)
     limit, out_cfg = infer_settings(memory_limit, output_format.value, quality, png_level)
     inpainter = Inpainter(runner, batch_size, strategy.value, max_side, margin, inflight, limit)
@@ -556,11 +612,11 @@ def open_runner(model: Path, backend: str, device: str, threads: int | None) -> 
     return load_backend(model, backend, device, on_fallback=lambda line: typer.echo(line, err=True), threads=threads)
 
 
-def remote_runner(servers: list[str], model_name: str) -> object:
+def remote_runner(servers: list[str], model_name: str, wait: float = 0.0) -> object:
     """The backend for `infer --server`: batches go to the Triton servers (thread-safe, retried across them)."""
     from pconv_deploy.runtime.remote import TritonBackend
 
-    return TritonBackend(servers, model_name)
+    return TritonBackend(servers, model_name, wait=wait, on_wait=lambda line: typer.echo(line, err=True))
 
 
 @app.command()
@@ -651,6 +707,9 @@ def serve(
     max_batch_size: Annotated[int, typer.Option(min=1, help="Largest batch Triton's dynamic batcher forms.")] = 8,
     name: Annotated[str, typer.Option(help="Model name clients ask for.")] = "pconv",
     instances: Annotated[int, typer.Option(min=1, help="Model instances (batches run at once).")] = 1,
+    max_pixels: Annotated[
+        int, typer.Option(min=1, help="Refuse requests with more pixels (N*H*W) than this, before allocating.")
+    ] = SERVE_MAX_PIXELS,
 ) -> None:
     """Serve a model on a Triton Inference Server.
 
@@ -660,7 +719,7 @@ def serve(
 
     code = run_server(
         model, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host=host,
-        max_batch_size=max_batch_size, name=name, instances=instances,
+        max_batch_size=max_batch_size, name=name, instances=instances, max_pixels=max_pixels,
     )  # fmt: skip
     if code:
         raise typer.Exit(code)

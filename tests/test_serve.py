@@ -61,10 +61,11 @@ def free_ports(n: int) -> list[int]:
 class Served:
     """One `pconv serve` process group on loopback ports."""
 
-    def __init__(self, model: Path, log: Path) -> None:
-        self.http, self.grpc, self.metrics = free_ports(3)
+    def __init__(self, model: Path, log: Path, *extra: str, ports: list[int] | None = None) -> None:
+        self.http, self.grpc, self.metrics = ports or free_ports(3)
         self.log = log
         command = [sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(model), "--max-batch-size", "4"]
+        command += list(extra)
         command += ["--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
         with open(log, "wb") as out:  # SIGINT ignored, as for a background job of a script: it must still stop
             self.proc = subprocess.Popen(
@@ -142,11 +143,11 @@ def wait_port_closed(port: int, timeout: float = 40) -> None:
 
 
 @contextlib.contextmanager
-def serving(model: Path, folder: Path, count: int = 1):
+def serving(model: Path, folder: Path, count: int = 1, *extra: str):
     servers = []
     try:
         for i in range(count):
-            servers.append(Served(model, folder / f"serve-{i}.log"))
+            servers.append(Served(model, folder / f"serve-{i}.log", *extra))
         for s in servers:
             s.wait_ready()
         yield servers
@@ -327,7 +328,7 @@ def test_every_server_down_at_start(serve_env, work, tmp_path):
     _, images, masks = work
     http_port, grpc_port = free_ports(2)
     r = run_infer(images, masks, tmp_path / "out", "--server", f"http://127.0.0.1:{http_port}",
-                  "--server", f"grpc://127.0.0.1:{grpc_port}")  # fmt: skip
+                  "--server", f"grpc://127.0.0.1:{grpc_port}", "--server-wait", "0")  # fmt: skip
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: Triton servers unavailable"), r.stderr
@@ -405,3 +406,92 @@ def test_serve_on_a_port_in_use_is_one_line(one_server, small_onnx):
     assert r.returncode == 1, r.stderr
     port = one_server.http
     assert r.stderr.strip() == f"error: --http-port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)"
+
+
+def test_ready_only_when_the_model_answers(serve_env, small_onnx, tmp_path):
+    """From launch to "ready": the public health endpoint never says ready before the model does, and the
+    first request right after the ready line succeeds (issue 21: it failed with "unknown model")."""
+    import http.client
+
+    def status(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        except OSError:
+            return 0  # not listening yet
+        finally:
+            connection.close()
+
+    image = np.zeros((1, 3, 32, 32), np.float32)
+    mask = np.ones((1, 1, 32, 32), np.float32)
+    tensors = ((IMAGE, image), (MASK, mask))
+    inputs = [{"name": n, "datatype": "FP32", "shape": list(a.shape), "parameters": {"binary_data_size": a.nbytes}}
+              for n, a in tensors]  # fmt: skip
+    header = json.dumps({"inputs": inputs})
+    body = header.encode() + image.tobytes() + mask.tobytes()
+    infer_headers = {"Inference-Header-Content-Length": str(len(header.encode()))}
+    server = Served(small_onnx, tmp_path / "serve.log")
+    seen = []
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        for _ in range(int(START_SECONDS / POLL)):
+            ready_line = READY_MARK in server.log.read_text(errors="replace")
+            if ready_line:
+                first = status(server.http, "POST", "/v2/models/pconv/infer", body, infer_headers)
+                break
+            health = status(server.http, "GET", "/v2/health/ready")
+            model = status(server.http, "GET", "/v2/models/pconv/ready")
+            seen.append((health, model))
+            assert server.proc.poll() is None and time.monotonic() < deadline, server.log.read_text()[-2000:]
+            time.sleep(POLL)
+        assert ready_line, server.log.read_text()[-2000:]
+        assert first == 200
+        assert [s for s in seen if s[0] == 200 and s[1] != 200] == [], "health said ready before the model was"
+        assert status(server.http, "GET", "/v2/health/ready") == 200
+        assert status(server.http, "GET", "/v2/models/pconv/ready") == 200
+        log = server.log.read_text()
+        assert not [line for line in log.splitlines() if line.startswith("E1") or line.startswith("E0")], log
+    finally:
+        server.stop()
+
+
+def test_infer_started_before_the_server_waits_for_it(serve_env, small_onnx, work, tmp_path):
+    """`pconv infer --server` started first waits (bounded) for the model, then runs the folder."""
+    root, images, masks = work
+    ports = free_ports(3)
+    url = f"http://127.0.0.1:{ports[0]}"
+    with open(tmp_path / "infer.log", "wb") as log:
+        proc = subprocess.Popen(infer_command(images, masks, tmp_path / "out", "--server", url, "--server-wait",
+                                              str(START_SECONDS)), stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    server = None
+    try:
+        time.sleep(2)  # infer is waiting by now: nothing listens yet
+        assert proc.poll() is None, (tmp_path / "infer.log").read_text()
+        server = Served(small_onnx, tmp_path / "serve.log", ports=ports)
+        code = proc.wait(timeout=START_SECONDS + RUN_SECONDS)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if server is not None:
+            server.stop()
+    text = (tmp_path / "infer.log").read_text()
+    assert code == 0 and "12 inpainted" in text and f"waiting up to {START_SECONDS} s for model 'pconv'" in text, text
+    assert_like_local(tmp_path / "out", root / "local", images)
+
+
+def test_infer_server_wait_gives_up_in_one_line(serve_env, work, tmp_path):
+    _, images, masks = work
+    port = free_ports(1)[0]
+    started = time.monotonic()
+    r = run_infer(images, masks, tmp_path / "out", "--server", f"http://127.0.0.1:{port}", "--server-wait", "3")
+    elapsed = time.monotonic() - started
+    assert r.returncode == 1 and 3 <= elapsed < 60, (elapsed, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == "waiting up to 3 s for model 'pconv' on 1 server(s)", r.stderr
+    assert len(lines) == 2 and lines[1].startswith(
+        "error: Triton servers unavailable (no server had model 'pconv' ready within 3 s)"
+    ), r.stderr
+    assert f"127.0.0.1:{port}" in lines[1] and "Traceback" not in r.stderr

@@ -1,0 +1,241 @@
+"""`pconv serve` against hostile requests (issue 21): each gets a one-line 4xx, and the server keeps serving.
+
+A real server on loopback (tests/test_serve.py's helpers); the requests are raw HTTP bodies (JSON and
+the binary tensor extension) and raw gRPC messages, so nothing client-side tidies them first.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+
+import numpy as np
+import pytest
+from test_serve import serve_env, serving  # noqa: F401 (serve_env is a fixture)
+
+from pconv_deploy.contract import IMAGE, MASK, OUTPUT
+
+MULTIPLE = 32  # the small test model's pconv.multiple
+BIG = 2**63
+
+
+def json_request(image: dict, mask: dict) -> bytes:
+    return json.dumps({"inputs": [{"name": IMAGE, "datatype": "FP32", **image},
+                                  {"name": MASK, "datatype": "FP32", **mask}]}).encode()  # fmt: skip
+
+
+def binary_request(image: np.ndarray, mask: np.ndarray, shapes: tuple | None = None) -> tuple[bytes, dict]:
+    """The binary tensor extension: a JSON header, then the raw float32 tensors."""
+    shapes = shapes or (list(image.shape), list(mask.shape))
+    inputs = [{"name": n, "datatype": "FP32", "shape": s, "parameters": {"binary_data_size": a.nbytes}}
+              for n, s, a in ((IMAGE, shapes[0], image), (MASK, shapes[1], mask))]  # fmt: skip
+    header = json.dumps({"inputs": inputs, "outputs": [{"name": OUTPUT, "parameters": {"binary_data": True}}]})
+    body = header.encode() + image.astype("<f4").tobytes() + mask.astype("<f4").tobytes()
+    return body, {"Inference-Header-Content-Length": str(len(header.encode()))}
+
+
+def post(port: int, body: bytes, headers: dict | None = None, path: str = "/v2/models/pconv/infer") -> tuple:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request(
+            "POST", path, body=body, headers={"Content-Type": "application/octet-stream", **(headers or {})}
+        )
+        response = connection.getresponse()
+        return response.status, response.read(), dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+def get_status(port: int, path: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def good_batch(seed: int = 0, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mask = np.ones((1, 1, size, size), np.float32)
+    mask[..., 10:40, 20:50] = 0
+    image = rng.random((1, 3, size, size), dtype=np.float32) * mask
+    return image, mask
+
+
+def assert_one_line_refusal(status: int, body: bytes, expected: str) -> str:
+    assert 400 <= status < 500, (status, body[:500])
+    message = json.loads(body)["error"]
+    assert len(message.splitlines()) == 1 and "Traceback" not in message and ".py" not in message, message
+    assert "/tmp" not in message and "/work" not in message, message
+    assert expected in message, message
+    return message
+
+
+def assert_still_serving(server, local) -> None:
+    """Ready, and a good request gives ONNX Runtime's pixels (the local backend on the same model)."""
+    assert get_status(server.http, "/v2/models/pconv/ready") == 200
+    assert get_status(server.http, "/v2/health/ready") == 200
+    image, mask = good_batch(7)
+    status, body, headers = post(server.http, *binary_request(image, mask))
+    assert status == 200, body[:500]
+    header = int(headers["Inference-Header-Content-Length"])
+    out = np.frombuffer(body[header:], "<f4").reshape(1, 3, 64, 64)
+    np.testing.assert_allclose(out, local.run(image, mask), atol=1e-4)
+    assert np.array_equal(out[:, :, mask[0, 0] == 1], image[:, :, mask[0, 0] == 1])  # known pixels unchanged
+
+
+@pytest.fixture(scope="module")
+def attacked(serve_env, small_onnx, tmp_path_factory):  # noqa: F811
+    from pconv_deploy.runtime.backends import load_backend
+
+    with serving(small_onnx, tmp_path_factory.mktemp("attacks")) as (server,):
+        yield server, load_backend(small_onnx, "auto")
+
+
+def as_json(image_shape: list, mask_shape: list, image_data: list, mask_data: list, **image: object) -> tuple:
+    return json_request(
+        {"shape": image_shape, "data": image_data, **image}, {"shape": mask_shape, "data": mask_data}
+    ), {}
+
+
+def as_binary(image: np.ndarray, mask: np.ndarray, image_shape: list | None = None, mask_shape: list | None = None):
+    shapes = (image_shape, mask_shape) if image_shape else None
+    return binary_request(image, mask, shapes)
+
+
+def shape_attacks() -> list[tuple[str, bytes, dict, str]]:
+    """(what, body, headers, expected words) for the issue's shape attacks, JSON and binary."""
+    zeros, image, mask = np.zeros(0, np.float32), *good_batch()
+    huge = 100_000
+    no_shm = {"parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 12288}}
+    third = [{"name": n, "datatype": "FP32", "shape": [1], "data": [0]} for n in (IMAGE, MASK, "x")]
+    cases = [
+        ("1x3x100000x100000, JSON", *as_json([1, 3, huge, huge], [1, 1, huge, huge], [0.0], [1.0]), "--max-pixels"),
+        ("2^63, empty JSON data", *as_json([1, 3, BIG, 1], [1, 1, BIG, 1], [], []), "--max-pixels"),
+        ("2^63, empty binary data", *as_binary(zeros, zeros, [1, 3, BIG, 1], [1, 1, BIG, 1]), "--max-pixels"),
+        ("2^64-1 and negative", *as_json([1, 3, 2**64 - 1, -2], [1, 1, 2**64 - 1, -2], [], []), "positive"),
+        ("16384^2", *as_binary(zeros, zeros, [1, 3, 16384, 16384], [1, 1, 16384, 16384]), "--max-pixels"),
+        ("not a multiple", *as_binary(image[..., :40, :], mask[..., :40, :]), "multiples of 32"),
+        ("image and mask sizes differ", *as_binary(image, mask[..., :32, :]), "differ in N, H or W"),
+        ("H=W=0", *as_binary(image[..., :0, :0], mask[..., :0, :0]), "positive"),
+        ("binary data short", *as_binary(image[..., :32], mask, [1, 3, 64, 64], [1, 1, 64, 64]), "needs 49152 bytes"),
+        ("JSON data short", *as_json([1, 3, 32, 32], [1, 1, 32, 32], [0.5] * 7, [1] * 1024), "7 values"),
+        ("N > max_batch_size", *as_binary(*(np.repeat(a[..., :32, :32], 5, 0) for a in (image, mask))), "max_batch"),
+        ("FP16", *as_json([1, 3, 32, 32], [1, 1, 32, 32], [0] * 3072, [1] * 1024, datatype="FP16"), "must be FP32"),
+        ("a third input", json.dumps({"inputs": third}).encode(), {}, "exactly 'image' and 'mask'"),
+        ("not JSON", b"\xff{{{", {}, "not valid JSON"),
+        ("deeply nested JSON", b"[" * 100_000 + b"]" * 100_000, {}, "JSON"),
+        ("header past the body", b"{}", {"Inference-Header-Content-Length": "999"}, "Inference-Header-Content-Length"),
+        ("shared memory", *as_json([1, 3, 32, 32], [1, 1, 32, 32], [0] * 3072, [1] * 1024, **no_shm), "shared-memory"),
+    ]
+    return cases
+
+
+VALUE_ATTACKS = [("mask", v, "exactly 0 (hole) or 1 (known)") for v in (0.5, 2.0, -1.0, math.nan, 1e30, math.inf)]
+VALUE_ATTACKS += [("image", v, "finite and in [0, 1]") for v in (math.nan, math.inf, -math.inf, 1.5, -0.25)]
+
+
+def test_shape_attacks_get_one_line_4xx_and_the_server_keeps_serving(attacked):
+    server, local = attacked
+    for what, body, headers, expected in shape_attacks():
+        status, answer, _ = post(server.http, body, headers)
+        assert_one_line_refusal(status, answer, expected)
+        assert get_status(server.http, "/v2/health/ready") == 200, what
+    assert_still_serving(server, local)
+
+
+@pytest.mark.parametrize("encoding", ["binary", "json"])
+def test_value_attacks_get_one_line_4xx(attacked, encoding):
+    """Non-binary masks and non-finite or out-of-range image values, one value in a hole, are refused."""
+    server, local = attacked
+    for tensor, value, expected in VALUE_ATTACKS:
+        image, mask = good_batch()
+        target = mask if tensor == "mask" else image
+        target[0, 0, 20, 30] = value  # (20, 30) is in the hole
+        if encoding == "binary":
+            status, body, _ = post(server.http, *binary_request(image, mask))
+        else:
+            data = {n: {"shape": list(a.shape), "data": a.ravel().tolist()} for n, a in ((IMAGE, image), (MASK, mask))}
+            status, body, _ = post(server.http, json_request(data[IMAGE], data[MASK]))
+        message = assert_one_line_refusal(status, body, expected)
+        assert "[0, 0, 20, 30]" in message, message
+    assert_still_serving(server, local)
+
+
+def test_grpc_attacks_get_invalid_argument(attacked):
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    server, local = attacked
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc}")
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+    def request(shapes, raw=None, **typed):
+        message = service_pb2.ModelInferRequest(model_name="pconv")
+        for name, shape in zip((IMAGE, MASK), shapes):
+            tensor = message.inputs.add(name=name, datatype="FP32", shape=shape)
+            if name in typed:
+                tensor.contents.fp32_contents.extend(typed[name])
+        message.raw_input_contents.extend(raw or [])
+        return message
+
+    image, mask = good_batch()
+    bad_mask = mask.copy()
+    bad_mask[0, 0, 0, 0] = 0.5
+    cases = [
+        (request([[1, 3, 2**62, 2**62], [1, 1, 2**62, 2**62]], [b"", b""]), "--max-pixels"),
+        (request([[1, 3, 100_000, 100_000], [1, 1, 100_000, 100_000]]), "--max-pixels"),
+        (request([[1, 3, 0, 0], [1, 1, 0, 0]], [b"", b""]), "positive"),
+        (request([[1, 3, 40, 64], [1, 1, 40, 64]]), "multiples of 32"),
+        (request([[1, 3, 64, 64], [1, 1, 64, 64]], [image.tobytes(), bad_mask.tobytes()]), "exactly 0 (hole) or 1"),
+        (request([[1, 3, 64, 64], [1, 1, 64, 64]], [image.tobytes()[:-4], mask.tobytes()]), "needs 49152"),
+        (request([[1, 3, 32, 32], [1, 1, 32, 32]], image=[math.nan] * 3072, mask=[1.0] * 1024), "finite"),
+    ]
+    try:
+        for message, expected in cases:
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.ModelInfer(message, timeout=60)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
+            details = raised.value.details()
+            assert expected in details and len(details.splitlines()) == 1, details
+        with pytest.raises(grpc.RpcError) as raised:  # not a protobuf message at all
+            channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"\xff\xff\xff", timeout=30)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        ok = stub.ModelInfer(request([[1, 3, 64, 64], [1, 1, 64, 64]], [image.tobytes(), mask.tobytes()]), timeout=60)
+        out = np.frombuffer(ok.raw_output_contents[0], "<f4").reshape(1, 3, 64, 64)
+        np.testing.assert_allclose(out, local.run(image, mask), atol=1e-4)
+        assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=30).ready
+    finally:
+        channel.close()
+    assert_still_serving(server, local)
+
+
+def test_control_calls_are_refused_and_the_model_stays_loaded(attacked):
+    """Beyond the issue: unloading the model, shared memory, log and trace settings, compressed bodies."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    server, local = attacked
+    paths = ["/v2/repository/models/pconv/unload", "/v2/repository/index", "/v2/logging", "/v2/trace/setting"]
+    for path in [*paths, "/v2/systemsharedmemory/region/x/register"]:
+        status, body, _ = post(server.http, b"{}", path=path)
+        assert status == 404 and "not served by pconv serve" in json.loads(body)["error"], (path, status, body)
+    image, mask = good_batch()
+    body, headers = binary_request(image, mask)
+    status, answer, _ = post(server.http, body, {**headers, "Content-Encoding": "gzip"})
+    assert_one_line_refusal(status, answer, "compressed requests are not accepted")
+    status, answer, _ = post(server.http, body, headers, path="/v2/models/other/infer")
+    assert_one_line_refusal(status, answer, "unknown model")
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc}")
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    try:
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.RepositoryModelUnload(service_pb2.RepositoryModelUnloadRequest(model_name="pconv"), timeout=30)
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        channel.close()
+    assert_still_serving(server, local)
