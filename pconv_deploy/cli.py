@@ -521,9 +521,7 @@ def infer(
         list[str] | None, typer.Option(metavar="URL", help="Triton http://HOST:PORT or grpc://HOST:PORT; repeatable.")
     ] = None,
     server_model: Annotated[str, typer.Option(help="Model name on the --server(s).")] = "pconv",
-    server_wait: Annotated[
-        float, typer.Option(min=0, max=86400, help="Seconds to wait for the --server model to get ready (starting).")
-    ] = 60.0,
+    server_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the --server model.")] = 60.0,
     inflight: Annotated[int | None, typer.Option(min=1, help="Batches at once [default: 1, 2 per --server].")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (cuda: that GPU or an error).")] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime CPU threads [default: all cores].")] = None,
@@ -555,11 +553,8 @@ def infer(
         exit_with_error(f"--images {images}: no files to inpaint", 2)
     warnings = warn_orphan_masks(images, masks, report)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
-    runner = (
-        open_runner(model, backend.value, device, threads)
-        if not server
-        else remote_runner(server, server_model, server_wait)
-    )
+    remote = (server, server_model, server_wait)
+    runner = remote_runner(*remote) if server else open_runner(model, backend.value, device, threads)
     inflight = inflight or (2 * len(server) if server else 1)
     limit, out_cfg = infer_settings(memory_limit, output_format.value, quality, png_level)
     inpainter = Inpainter(runner, batch_size, strategy.value, max_side, margin, inflight, limit)

@@ -495,3 +495,21 @@ def test_infer_server_wait_gives_up_in_one_line(serve_env, work, tmp_path):
         "error: Triton servers unavailable (no server had model 'pconv' ready within 3 s)"
     ), r.stderr
     assert f"127.0.0.1:{port}" in lines[1] and "Traceback" not in r.stderr
+
+
+def test_missing_serve_environment_is_one_line(tmp_path, monkeypatch, small_onnx):
+    """The serve interpreter: $PCONV_SERVE_PYTHON, else .venv-serve of a checkout; a pip install says what to set."""
+    monkeypatch.delenv(launcher.PYTHON_VARIABLE, raising=False)
+    monkeypatch.setattr(launcher, "project_root", lambda: tmp_path)  # as site-packages' parent after pip install
+    with pytest.raises(PConvError, match=r"^no serve environment: set \$PCONV_SERVE_PYTHON to the python of an"):
+        launcher.serve_python()
+    (tmp_path / "pyproject.toml").write_text("")  # a checkout without `make serve-env`
+    with pytest.raises(PConvError, match=r"\.venv-serve/bin/python is missing; run `make serve-env`"):
+        launcher.serve_python()
+    env = {**os.environ, launcher.PYTHON_VARIABLE: str(tmp_path / "nope" / "python")}
+    r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(small_onnx)],
+                       capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert (
+        r.returncode == 1
+        and r.stderr.strip() == f"error: ${launcher.PYTHON_VARIABLE}={tmp_path}/nope/python: no such interpreter"
+    )

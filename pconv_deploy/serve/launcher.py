@@ -41,11 +41,17 @@ def serve_python() -> Path:
         return path
     if importlib.util.find_spec("pytriton") is not None:
         return Path(sys.executable)
-    candidate = project_root() / SERVE_ENV / "bin" / "python"
+    root = project_root()
+    candidate = root / SERVE_ENV / "bin" / "python"
     if candidate.is_file():
         return candidate
+    if not (root / "pyproject.toml").is_file():  # installed by pip, not a source checkout: no .venv-serve beside it
+        raise PConvError(
+            f"no serve environment: set ${PYTHON_VARIABLE} to the python of an environment with "
+            "'pconv-deploy[serve]' installed (PyTriton needs numpy<2, so not this one)"
+        )
     raise PConvError(
-        f"no serve environment: {candidate} is missing; run `make serve-env` in {project_root()} "
+        f"no serve environment: {candidate} is missing; run `make serve-env` in {root} "
         f"(or install 'pconv-deploy[serve]' in a numpy<2 environment and set ${PYTHON_VARIABLE})"
     )
 
