@@ -55,6 +55,10 @@ def encoder_channels(layers: int, width: float) -> list[int]:
 # never chosen silently. Not the file's precision (pconv.precision: what the graph itself stores).
 INFERENCE_PRECISIONS = ("auto", "f32", "bf16", "f16")
 
+# The largest hole-to-image ratio the models are trained and evaluated on: the top of the paper's largest
+# bin (50-60 %). `pconv infer` warns past it: such a mask is more often one saved with the inverse convention.
+TRAINED_HOLE_RATIO = 0.6
+
 # Model files by suffix.
 ONNX_SUFFIX = ".onnx"
 ENGINE_SUFFIXES = (".engine", ".plan")

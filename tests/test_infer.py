@@ -261,3 +261,36 @@ def test_margin_sets_the_context_crop_windows_carry(small_onnx, tmp_path):
     for name in ("margin 0", "none"):  # a smaller window changes the fill (slightly, for this model)
         assert not np.array_equal(outs[name], outs["full"]), name
     assert not np.array_equal(outs["none"], outs["margin 0"])
+
+
+def test_hole_larger_than_trained_warns_naming_the_convention(small_onnx, tmp_path):
+    """A mask saved with the hole black reads as a ~95 % hole: inpainted (exit 0) but warned, per file, counted."""
+    from pconv_deploy.contract import TRAINED_HOLE_RATIO
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    hole = np.zeros((96, 128), bool)
+    hole[30:50, 40:80] = True  # 6.5 % of the image
+    for name in ("inverse", "normal", "edge"):
+        save(images / f"{name}.png", np.full((96, 128, 3), 120, np.uint8))
+    save_mask(masks / "inverse.png", ~hole)  # the hole drawn black: white (= hole by default) is 93.5 %
+    save_mask(masks / "normal.png", hole)
+    edge = np.zeros((96, 128), bool)
+    edge.flat[: int(TRAINED_HOLE_RATIO * edge.size)] = True  # exactly at the trained range: no warning
+    save_mask(masks / "edge.png", edge)
+    report = tmp_path / "report.json"
+    r = pconv("infer", "--images", images, "--masks", masks, "--output", tmp_path / "out", "--model", small_onnx,
+              "--report", report)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1 and "inverse.png" in lines[0] and f"{1 - hole.mean():.0%} of the image" in lines[0]
+    assert "--mask-convention hole-black" in lines[0] and f"{TRAINED_HOLE_RATIO:.0%}" in lines[0]
+    data = json.loads(report.read_text())
+    assert data["totals"]["warned"] == 1 and data["totals"]["ok"] == 3
+    assert [f["warning"] is not None for f in data["files"]] == [False, True, False]  # edge, inverse, normal
+    r = pconv("infer", "--images", images, "--masks", masks, "--output", tmp_path / "out2", "--model", small_onnx,
+              "--mask-convention", "hole-black")  # fmt: skip
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("warning:")]
+    assert r.returncode == 0 and len(lines) == 1 and "normal.png" in lines[0]  # edge: 40 % black
+    assert "--mask-convention hole-white" in lines[0]

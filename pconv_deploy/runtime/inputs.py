@@ -28,6 +28,7 @@ class FileResult:
     output: str | None
     status: str = "pending"
     error: str | None = None
+    warning: str | None = None  # inpainted, but look at it (e.g. a hole larger than the model was trained for)
 
 
 def pair_files(

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pconv_deploy.contract import TRAINED_HOLE_RATIO
 from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.files import clean_stale_temps, write_text_atomic
 from pconv_deploy.progress import ProgressBar
@@ -60,6 +61,7 @@ class Report:
     def to_json(self) -> dict:
         self.totals = {s: self.count(s) for s in ("ok", "skipped", "failed", "pending")}
         self.totals["total"] = len(self.files)
+        self.totals["warned"] = sum(f.warning is not None for f in self.files)
         data = asdict(self)
         files = data.pop("files")
         return {"format": REPORT_FORMAT, **data, "files": files}
@@ -211,6 +213,7 @@ class FolderRun:
         problem = unstorable(r.output, picture.alpha is not None)
         if problem:
             raise InputError(problem)
+        r.warning = large_hole_warning(r.mask, float(hole.mean()), opts.mask_convention)
         job = self.inpainter.plan(picture.pixels, hole)
         return ImageInFlight(r, picture, job, len(job.tiles))
 
@@ -222,6 +225,8 @@ class FolderRun:
         except Exception as e:
             self.record_failure(r, e)
             return
+        if r.warning:
+            self.print_line(f"warning: {r.image}: {r.warning}")
         if item.tiles_left == 0:
             self.submit_write(item)
         for tile in item.job.tiles:
@@ -284,6 +289,17 @@ class FolderRun:
         r.error = str(e) if isinstance(e, PConvError) else f"{type(e).__name__}: {first_line(e)}"
         self.print_line(f"failed: {r.image}: {r.error}")
         self.bar.advance()
+
+
+def large_hole_warning(mask: str | None, ratio: float, convention: str) -> str | None:
+    """What to say about a mask whose hole is larger than the model's trained range (None: nothing)."""
+    if ratio <= TRAINED_HOLE_RATIO:
+        return None
+    hole, other = ("white", "hole-black") if convention == "hole-white" else ("black", "hole-white")
+    return (
+        f"mask {mask} makes {ratio:.0%} of the image a hole ({hole} = hole), more than the model is trained for "
+        f"(up to {TRAINED_HOLE_RATIO:.0%}); if {hole} marks what to keep, use --mask-convention {other}"
+    )
 
 
 def one_line(text: str) -> str:
