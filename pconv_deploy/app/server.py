@@ -55,8 +55,9 @@ def create_app(models: ModelSet):
         return JSONResponse({"error": first_line(e)}, status_code=e.status)
 
     @app.exception_handler(PConvError)
-    async def failed(request: Request, e: PConvError) -> JSONResponse:  # e.g. over the memory budget
-        return JSONResponse({"error": first_line(e)}, status_code=getattr(e, "status", 422))
+    async def failed(request: Request, e: PConvError) -> JSONResponse:  # over the memory budget; servers down
+        status = 503 if getattr(e, "fatal", False) else 422  # fatal: every Triton server failed the request
+        return JSONResponse({"error": first_line(e)}, status_code=status)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, e: Exception) -> JSONResponse:
