@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from pconv_deploy.bench.spec import BACKENDS as BENCH_CONFIGS
-from pconv_deploy.contract import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, ONNX_SUFFIX, PRECISIONS
+from pconv_deploy.contract import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, INFERENCE_PRECISIONS, ONNX_SUFFIX, PRECISIONS
 from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.paths import check_folder_job, check_input_file, check_output_dir, check_output_file
 from pconv_deploy.serve.launcher import MAX_PIXELS as SERVE_MAX_PIXELS
@@ -458,8 +458,12 @@ def evaluate(
 class InferBackend(str, Enum):
     auto = "auto"
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
     tensorrt = "tensorrt"
     torch = "torch"
+
+
+InferencePrecision = Enum("InferencePrecision", {p: p for p in INFERENCE_PRECISIONS}, type=str)
 
 
 class MaskConvention(str, Enum):
@@ -524,7 +528,11 @@ def infer(
     server_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the --server model.")] = 60.0,
     inflight: Annotated[int | None, typer.Option(min=1, help="Batches at once [default: 1, 2 per --server].")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (cuda: that GPU or an error).")] = "auto",
-    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime CPU threads [default: all cores].")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU engine threads [default: all cores].")] = None,
+    inference_precision: Annotated[
+        InferencePrecision,
+        typer.Option(help="OpenVINO computes in: auto = f32 (the file's numbers); bf16 / f16 faster, asked for only."),
+    ] = InferencePrecision.auto,
     memory_limit: Annotated[str | None, typer.Option(help="Memory for the run, e.g. 6GiB [default: 80% free].")] = None,
     output_format: Annotated[OutputFormat, typer.Option(help=OUTPUT_FORMAT_HELP)] = OutputFormat.png,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG / WebP quality (100: lossless WebP).")] = 95,
@@ -554,7 +562,8 @@ def infer(
     warnings = warn_orphan_masks(images, masks, report)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
     remote = (server, server_model, server_wait)
-    runner = remote_runner(*remote) if server else open_runner(model, backend.value, device, threads)
+    local = (model, backend.value, device, threads, inference_precision.value)
+    runner = remote_runner(*remote) if server else open_runner(*local)
     inflight = inflight or (2 * len(server) if server else 1)
     limit, out_cfg = infer_settings(memory_limit, output_format.value, quality, png_level)
     inpainter = Inpainter(runner, batch_size, strategy.value, max_side, margin, inflight, limit)
@@ -601,10 +610,11 @@ def warn_orphan_masks(images: Path, masks: Path, report: Path | None) -> list[st
     return warnings
 
 
-def open_runner(model: Path, backend: str, device: str, threads: int | None) -> object:
+def open_runner(model: Path, backend: str, device: str, threads: int | None, precision: str = "auto") -> object:
     from pconv_deploy.runtime import load_backend
 
-    return load_backend(model, backend, device, on_fallback=lambda line: typer.echo(line, err=True), threads=threads)
+    announce = lambda line: typer.echo(line, err=True)  # noqa: E731
+    return load_backend(model, backend, device, on_fallback=announce, threads=threads, precision=precision)
 
 
 def remote_runner(servers: list[str], model_name: str, wait: float = 0.0) -> object:

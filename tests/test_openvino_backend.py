@@ -226,3 +226,29 @@ def test_inpainter_full_strategy_on_openvino(small_onnx):
     ours = Inpainter.from_path(small_onnx, backend="openvino", strategy="full", device="cpu").inpaint([image], [hole])
     ort = Inpainter.from_path(small_onnx, backend="onnxruntime", strategy="full", device="cpu").inpaint([image], [hole])
     assert np.abs(ours[0].astype(int) - ort[0]).max() <= 1 and np.array_equal(ours[0][~hole], image[~hole])
+
+
+def test_pconv_infer_options(small_onnx, tmp_path):
+    from PIL import Image
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    Image.fromarray(np.full((64, 80, 3), 90, np.uint8)).save(images / "a.png")
+    hole = np.zeros((64, 80), np.uint8)
+    hole[20:40, 10:30] = 255
+    Image.fromarray(hole).save(masks / "a.png")
+
+    def infer(*extra: str) -> subprocess.CompletedProcess:
+        args = ["infer", "--images", images, "--masks", masks, "--output", tmp_path / "out", "--model", small_onnx,
+                "--overwrite", *extra]  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "pconv_deploy.cli", *map(str, args)], capture_output=True, text=True
+        )
+
+    r = infer("--backend", "openvino", "--inference-precision", "bf16", "--threads", "1")
+    assert r.returncode == 0 and "1 inpainted" in r.stdout and "openvino-cpu-bf16" in r.stdout, r.stderr
+    r = infer("--backend", "onnxruntime", "--inference-precision", "bf16")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "needs --backend openvino" in r.stderr
+    r = infer("--inference-precision", "int8")
+    assert r.returncode == 2
