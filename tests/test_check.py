@@ -14,7 +14,8 @@ from polygraphy.json import load_json
 
 from pconv_deploy.export import ExportError, conv_macs, export_checkpoint
 from pconv_deploy.export.graph import ExportPConv
-from pconv_deploy.export.parity import MASK_KINDS, ParityCase, ParityError, check_onnx, make_mask, run_parity
+from pconv_deploy.export.parity import MASK_KINDS, ParityCase, ParityError, make_mask, run_parity
+from pconv_deploy.export.verify import check_onnx
 from pconv_deploy.model import PConvUNet, feature_macs, load_checkpoint, save_checkpoint
 
 BIN = Path(sys.executable).parent

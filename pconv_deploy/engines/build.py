@@ -8,9 +8,12 @@ Two halves:
   the precision, so TensorRT 10 and 11 take the same path), the profiles, the timing cache,
   then the engine and its sidecar written atomically. Runs only with the full TensorRT and a GPU.
 
-FP16: the precision lives in the ONNX graph. ``--fp16`` asks for an FP16 graph; given an
-FP32 one we refuse and say to run ``pconv export --fp16`` (the FP16 graph is exported from
-the checkpoint with float32 masks and I/O, not converted afterwards).
+FP16 and INT8: the precision lives in the ONNX graph. ``--precision fp16|int8`` (``--fp16`` is
+``--precision fp16``) asks for that graph; given another we refuse and say which ``pconv export``
+makes it (the FP16 graph is exported from the checkpoint with float32 masks and I/O, not converted
+afterwards). An INT8 file is explicitly quantized (Q/DQ around the feature convolutions, mask path
+float32) and builds as any strongly typed network; TensorRT takes only symmetric INT8 Q/DQ (zero
+point 0), so a file exported with ``--int8-activations u8`` (the CPU default) is refused here.
 
 Where each builder call comes from (checked against the installed Polygraphy and the
 ``tensorrt_lean`` 11.4 enums in tests/test_engines_build.py):
@@ -103,6 +106,7 @@ def plan_build(
     output: str | Path,
     *,
     fp16: bool = False,
+    precision: str | None = None,
     min_shapes: list[str] | None = None,
     opt_shapes: list[str] | None = None,
     max_shapes: list[str] | None = None,
@@ -114,12 +118,7 @@ def plan_build(
     """Check the ONNX and every option; nothing is written."""
     onnx_path, output = Path(onnx_path), Path(output)
     metadata = read_onnx_contract(onnx_path)
-    precision = metadata["pconv.precision"]
-    if fp16 and precision != "fp16":
-        raise BuildError(
-            f"{onnx_path}: --fp16 needs an FP16 graph but this one is {precision} (TensorRT takes the precision "
-            f"from the graph): run `pconv export --fp16` and build from that file"
-        )
+    precision = check_precision(onnx_path, metadata["pconv.precision"], precision, fp16)
     if output.resolve() == onnx_path.resolve() or output.suffix.lower() == ONNX_SUFFIX:
         raise BuildError(f"{output}: the engine must not overwrite or look like an ONNX file; use e.g. model.engine")
     if output.is_dir():
@@ -140,6 +139,30 @@ def plan_build(
         version_compatible=version_compatible,
         exclude_lean_runtime=exclude_lean_runtime,
     )
+
+
+def check_precision(onnx_path: Path, graph: str, wanted: str | None, fp16: bool) -> str:
+    """The graph's precision, if it is the one asked for (``--fp16`` = ``--precision fp16``) and TensorRT builds it."""
+    if fp16 and wanted not in (None, "fp16"):
+        raise BuildError(f"--fp16 and --precision {wanted} disagree: give one of them")
+    wanted = wanted or ("fp16" if fp16 else None)
+    if wanted is not None and wanted != graph:
+        option = "--fp16" if fp16 else f"--precision {wanted}"
+        raise BuildError(
+            f"{onnx_path}: {option} needs an {wanted.upper()} graph but this one is {graph} (TensorRT takes the "
+            f"precision from the graph): run `pconv export {option}` and build from that file"
+        )
+    if graph == "int8":
+        import onnx
+
+        from pconv_deploy.export.checks import ExportError
+        from pconv_deploy.export.quantize import check_tensorrt_int8
+
+        try:
+            check_tensorrt_int8(onnx.load(str(onnx_path), load_external_data=False))
+        except ExportError as e:
+            raise BuildError(f"{onnx_path}: {e}") from None
+    return graph
 
 
 def polygraphy_loaders(plan: BuildPlan, trt: Any) -> tuple[Any, Any]:

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING
 import onnx
 import torch
 
-from pconv_deploy.contract import IMAGE, INPUT_NAMES, MASK, ONNX_SUFFIX, OUTPUT_NAMES, contract_metadata
+from pconv_deploy.contract import (
+    IMAGE,
+    INPUT_NAMES,
+    MASK,
+    ONNX_SUFFIX,
+    OUTPUT_NAMES,
+    PRECISIONS,
+    contract_metadata,
+)
 from pconv_deploy.errors import first_line
 from pconv_deploy.export.checks import ExportError, GraphReport, check_finite, check_graph, mask_overhead_limit
 from pconv_deploy.export.graph import ExportNet
@@ -33,7 +41,9 @@ from pconv_deploy.files import atomic_write
 from pconv_deploy.model.unet import PConvConfig, PConvUNet
 
 if TYPE_CHECKING:
+    from pconv_deploy.export.calibration import CalibrationSet
     from pconv_deploy.export.parity import ParityReport
+    from pconv_deploy.export.quantize import Int8Recipe
 
 
 @dataclass
@@ -44,13 +54,13 @@ class ExportResult:
     parity: ParityReport | None = None  # when checked
 
 
-def build_metadata(config: PConvConfig, fp16: bool, checkpoint_sha256: str | None) -> dict[str, str]:
+def build_metadata(config: PConvConfig, precision: str, checkpoint_sha256: str | None) -> dict[str, str]:
     """The ``metadata_props`` every pconv-deploy ONNX file carries (the runtime and sidecar read these keys)."""
     return contract_metadata(
         layers=config.layers,
         width=config.width,
         input_norm=config.input_norm,
-        precision="fp16" if fp16 else "fp32",
+        precision=precision,
         checkpoint_sha256=checkpoint_sha256,
         output_activation=config.output_activation,
     )
@@ -92,9 +102,34 @@ def build_onnx(
         raise ExportError(f"torch.onnx.export failed: {first_line(e)}") from e
     proto.doc_string = "pconv-deploy partial-convolution inpainting; contract: see metadata_props and README"
     del proto.metadata_props[:]
-    for key, value in build_metadata(model.config, fp16, checkpoint_sha256).items():
+    for key, value in build_metadata(model.config, "fp16" if fp16 else "fp32", checkpoint_sha256).items():
         proto.metadata_props.add(key=key, value=value)
     report = check_graph(proto, max_mask_overhead=mask_overhead_limit(model.config.width))
+    check_finite(proto)
+    return proto, report
+
+
+def build_int8(
+    model: PConvUNet,
+    calibration: CalibrationSet,
+    recipe: Int8Recipe | None = None,
+    *,
+    opset: int = 20,
+    checkpoint_sha256: str | None = None,
+) -> tuple[onnx.ModelProto, GraphReport]:
+    """The FP32 graph, calibrated and quantized (feature convolutions only), metadata and checks updated."""
+    from pconv_deploy.export.checks import TENSORRT_OPS
+    from pconv_deploy.export.quantize import QDQ_OPS, Int8Recipe, calibration_metadata, quantize_int8
+
+    recipe = recipe or Int8Recipe()
+    fp32, _ = build_onnx(model, opset, checkpoint_sha256=checkpoint_sha256)
+    proto = quantize_int8(fp32, calibration, recipe)
+    values = {**build_metadata(model.config, "int8", checkpoint_sha256), **calibration_metadata(calibration, recipe)}
+    del proto.metadata_props[:]
+    for key, value in values.items():
+        proto.metadata_props.add(key=key, value=value)
+    limit = mask_overhead_limit(model.config.width)
+    report = check_graph(proto, max_mask_overhead=limit, allowed_ops=TENSORRT_OPS | QDQ_OPS)
     check_finite(proto)
     return proto, report
 
@@ -142,31 +177,57 @@ def export_checkpoint(
     opset: int = 20,
     check: bool = True,
     parity_dir: str | Path | None = None,
+    *,
+    precision: str | None = None,
+    calibration: CalibrationSet | None = None,
+    recipe: Int8Recipe | None = None,
 ) -> ExportResult:
-    """Export a checkpoint; with ``check`` the Polygraphy parity check must pass before the file appears.
+    """Export a checkpoint; with ``check`` the parity (FP32) or quality (FP16, INT8) check must pass
+    before the file appears. ``precision`` is fp32, fp16 (``fp16=True`` is a synonym) or int8, which
+    needs ``calibration``.
 
-    On a parity failure the model is kept as ``<output stem>.failed.onnx`` (for ``polygraphy run``)
+    On a failed check the model is kept as ``<output stem>.failed.onnx`` (for ``polygraphy run``)
     and ParityError is raised; ``output`` itself is never written.
     """
     from pconv_deploy.contract import file_sha256
     from pconv_deploy.model.checkpoint import load_checkpoint
 
+    precision = resolve_precision(precision, fp16)
     output = Path(output)
     model = load_checkpoint(checkpoint_path)
     start = time.perf_counter()
-    proto, graph = build_onnx(model, opset, fp16=fp16, checkpoint_sha256=file_sha256(checkpoint_path))
+    sha = file_sha256(checkpoint_path)
+    if precision == "int8":
+        if calibration is None:
+            raise ExportError("--precision int8 needs calibration photos (--calibration DIR)")
+        proto, graph = build_int8(model, calibration, recipe, opset=opset, checkpoint_sha256=sha)
+    else:
+        proto, graph = build_onnx(model, opset, fp16=precision == "fp16", checkpoint_sha256=sha)
     seconds = time.perf_counter() - start
     if not check:
         return ExportResult(write_atomic(proto, output), graph, seconds)
 
-    from pconv_deploy.export.parity import ParityError, default_parity_dir, run_parity
+    from pconv_deploy.export.parity import ParityError, default_parity_dir
+    from pconv_deploy.export.verify import verify
 
     output.parent.mkdir(parents=True, exist_ok=True)
     failed = output.with_name(f"{output.stem}.failed{ONNX_SUFFIX}")
-    with atomic_write(output) as staged:  # renamed to ``output`` only if parity passes
+    with atomic_write(output) as staged:  # renamed to ``output`` only if the check passes
         onnx.save_model(proto, str(staged), save_as_external_data=False)
-        report = run_parity(staged, model, save_dir=parity_dir or default_parity_dir(output))
+        report = verify(staged, model, save_dir=parity_dir or default_parity_dir(output))
         if not report.passed:
             staged.replace(failed)
-            raise ParityError(f"{failed}: parity check failed ({report.summary()}); {output} not written", report)
+            message = f"{failed}: {report.kind} check failed ({report.summary()}); {output} not written"
+            raise ParityError(message, report)
     return ExportResult(output, graph, seconds, report)
+
+
+def resolve_precision(precision: str | None, fp16: bool = False) -> str:
+    """``--precision`` with ``--fp16`` as its synonym; one line when they disagree or the name is unknown."""
+    if precision is None:
+        return "fp16" if fp16 else "fp32"
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if fp16 and precision != "fp16":
+        raise ExportError(f"--fp16 and --precision {precision} disagree: give one of them")
+    return precision

@@ -7,8 +7,11 @@ sizes including non-square ones.
 
 Verdicts (per iteration, i.e. per batch):
 - FP32: max |error| <= 1e-4 on [0, 1] pixels (``SimpleCompareFunc``, ``max`` statistic);
-- FP16: PSNR against the FP32 PyTorch output >= 40 dB (``PsnrCompareFunc``);
-- both: no Inf/NaN (``Comparator.validate``).
+- FP16, INT8: PSNR against the FP32 PyTorch output >= ``MIN_PSNR`` (``PsnrCompareFunc``), plus the
+  quality check of :mod:`.verify` (hole L1 per bin, known pixels, adversarial masks);
+- all: no Inf/NaN (``Comparator.validate``).
+
+Every threshold of ``pconv check`` and ``pconv export`` is here, in one place.
 
 The inputs and the PyTorch outputs are saved as Polygraphy JSON, so that
 ``polygraphy run MODEL.onnx --onnxrt --load-inputs inputs.json --load-outputs reference.json ...``
@@ -25,11 +28,24 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from pconv_deploy.contract import IMAGE, MASK, OUTPUT, file_sha256, metadata_value
-from pconv_deploy.export.checks import ExportError, check_contract, check_graph, mask_overhead_limit, metadata
+from pconv_deploy.contract import IMAGE, MASK, OUTPUT, PRECISIONS, file_sha256, metadata_value
+from pconv_deploy.export.checks import (
+    TENSORRT_OPS,
+    ExportError,
+    check_contract,
+    check_graph,
+    mask_overhead_limit,
+    metadata,
+)
+from pconv_deploy.export.quantize import QDQ_OPS, check_mask_path_float
 
 FP32_ATOL = 1e-4
-FP16_MIN_PSNR = 40.0
+# Reduced precision, against the FP32 PyTorch model. PSNR of the composited [0, 1] output over the
+# parity cases and the quality samples; hole L1 increase (0-255) in each bin up to 30 % holes
+# (INT8: the issue's target for the bundled model, measured in docs/precision.md).
+MIN_PSNR = {"fp16": 40.0, "int8": 30.0}
+MAX_HOLE_L1_INCREASE = {"fp16": 0.05, "int8": 0.10}
+FP16_MIN_PSNR = MIN_PSNR["fp16"]
 MASK_KINDS = ("strokes", "all-hole", "no-hole", "sparse")
 
 
@@ -167,9 +183,11 @@ class ParityReport:
     def min_psnr(self) -> float:
         return min(r.psnr for r in self.rows)
 
+    kind = "parity"
+
     def criterion(self) -> str:
-        if self.precision == "fp16":
-            return f"PSNR >= {FP16_MIN_PSNR:g} dB vs {self.reference} PyTorch, no Inf/NaN"
+        if self.precision in MIN_PSNR:
+            return f"PSNR >= {MIN_PSNR[self.precision]:g} dB vs {self.reference} PyTorch, no Inf/NaN"
         return f"max |err| <= {FP32_ATOL:g} vs {self.reference} PyTorch, no Inf/NaN"
 
     def summary(self) -> str:
@@ -195,8 +213,8 @@ class ParityReport:
 
 
 def polygraphy_flags(precision: str) -> list[str]:
-    if precision == "fp16":
-        return ["--compare", "psnr", "--psnr-threshold", f"{FP16_MIN_PSNR:g}", "--validate"]
+    if precision in MIN_PSNR:
+        return ["--compare", "psnr", "--psnr-threshold", f"{MIN_PSNR[precision]:g}", "--validate"]
     return ["--check-error-stat", "max", "--atol", f"{FP32_ATOL:g}", "--rtol", "0", "--validate"]
 
 
@@ -243,8 +261,8 @@ def _compare_with_polygraphy(onnx_path, precision: str, feeds: list, reference: 
     from polygraphy.comparator.compare import PsnrCompareFunc, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
-    if precision == "fp16":
-        compare = PsnrCompareFunc(psnr_threshold=FP16_MIN_PSNR)
+    if precision in MIN_PSNR:
+        compare = PsnrCompareFunc(psnr_threshold=MIN_PSNR[precision])
     else:
         compare = SimpleCompareFunc(atol=FP32_ATOL, rtol=0.0, check_error_stat="max")
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
@@ -290,17 +308,12 @@ def _save_polygraphy_json(save_dir: Path, feeds: list, reference: list) -> tuple
     return inputs_json, reference_json
 
 
-def check_onnx(
-    onnx_path: str | Path,
-    checkpoint: str | Path | None = None,
-    cases: Sequence[ParityCase] = DEFAULT_CASES,
-    save_dir: str | Path | None = None,
-    fp64_reference: bool = False,
-) -> ParityReport:
-    """``pconv check``: graph checks, then parity against the checkpoint it was exported from.
+def load_checked(onnx_path: str | Path, checkpoint: str | Path | None = None) -> tuple:
+    """The contract and graph checks of ``pconv check``; returns (the checkpoint's model, the file's metadata).
 
     Without ``checkpoint`` the bundled default is used. A checkpoint whose sha256 differs from
-    the one recorded in the ONNX metadata is refused before anything runs.
+    the one recorded in the ONNX metadata is refused before anything runs, and so is a
+    ``pconv.precision`` that ``pconv build-engine`` would refuse (the same ``PRECISIONS``).
     """
     from pconv_deploy.model.checkpoint import default_checkpoint, load_checkpoint
 
@@ -316,6 +329,8 @@ def check_onnx(
     except ExportError as e:
         raise ExportError(f"{onnx_path}: {e}") from None
     meta = metadata(proto)
+    if meta["pconv.precision"] not in PRECISIONS:
+        raise ExportError(f"{onnx_path}: pconv.precision must be one of {PRECISIONS}, got {meta['pconv.precision']!r}")
     checkpoint = Path(checkpoint) if checkpoint is not None else default_checkpoint()
     recorded = meta["pconv.checkpoint_sha256"]
     if recorded != "none" and recorded != file_sha256(checkpoint):
@@ -331,9 +346,9 @@ def check_onnx(
             f"{onnx_path}: layers/width/input_norm/output_activation in its metadata differ from {checkpoint}'s config"
         )
     try:
-        check_graph(proto, max_mask_overhead=mask_overhead_limit(cfg.width))
+        check_graph(proto, max_mask_overhead=mask_overhead_limit(cfg.width), allowed_ops=TENSORRT_OPS | QDQ_OPS)
+        if meta["pconv.precision"] == "int8":
+            check_mask_path_float(proto)
     except ExportError as e:
         raise ExportError(f"{onnx_path}: {e}") from None
-    del proto
-    save_dir = save_dir if save_dir is not None else default_parity_dir(onnx_path)
-    return run_parity(onnx_path, model, cases, save_dir, fp64_reference=fp64_reference)
+    return model, meta
