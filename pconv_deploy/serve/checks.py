@@ -150,11 +150,21 @@ def by_name(inputs: object) -> dict[str, dict]:
     return {i["name"]: i for i in inputs}
 
 
-def parse_json(data: bytes, what: str) -> dict:
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are all different: with a repeated key Python keeps the last value and
+    tritonserver's RapidJSON the first, so one request would be checked and another one run."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        repeated = next(k for k in value if sum(1 for key, _ in pairs if key == k) > 1)
+        raise BadRequest(f"the key {short(repeated)} appears twice in one JSON object")
+    return value
+
+
+def parse_json(data: bytes | memoryview, what: str) -> dict:
     try:
-        value = json.loads(data)
+        value = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=unique_keys)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        raise BadRequest(f"{what} is not valid JSON") from None
+        raise BadRequest(f"{what} is not valid JSON (UTF-8)") from None
     if not isinstance(value, dict):
         raise BadRequest(f"{what} must be a JSON object")
     return value
@@ -187,16 +197,21 @@ def flatten(data: object, count: int, name: str) -> np.ndarray:
             return np.full(count, np.inf, np.float32)
 
 
-def check_http_infer(body: bytes, header_length: int | None, limits: Limits) -> None:
-    """A KServe v2 HTTP infer request: JSON (``header_length`` None) or JSON header + binary tensors."""
+def check_http_infer(body: bytes, header_length: int | None, limits: Limits) -> tuple[bytes, int | None]:
+    """A KServe v2 HTTP infer request: JSON (``header_length`` None) or JSON header + binary tensors.
+
+    Returns what to pass on: the JSON re-written from what was checked (so tritonserver's parser sees
+    exactly that), then the binary tensors unchanged, and the new header length.
+    """
     if header_length is None:
         if len(body) > MAX_JSON_BYTES:
             raise BadRequest(f"JSON request of {len(body)} bytes: at most {MAX_JSON_BYTES}; send binary tensors")
-        header, binary = parse_json(body, "the request"), b""
+        header, binary = parse_json(body, "the request"), memoryview(b"")
     else:
         if not 0 < header_length <= min(len(body), MAX_HEADER_BYTES):
             raise BadRequest(f"Inference-Header-Content-Length {header_length}: must be 1 to min(body, 64 KiB)")
-        header, binary = parse_json(body[:header_length], "the request header"), body[header_length:]
+        view = memoryview(body)
+        header, binary = parse_json(view[:header_length], "the request header"), view[header_length:]
     if set(header) - {"id", "inputs", "outputs", "parameters"}:
         raise BadRequest(
             f"unknown request field {short(sorted(set(header) - {'id', 'inputs', 'outputs', 'parameters'}))}"
@@ -224,6 +239,13 @@ def check_http_infer(body: bytes, header_length: int | None, limits: Limits) -> 
     if offset != len(binary):
         raise BadRequest(f"the body has {len(binary) - offset} bytes beyond the declared binary data")
     check_values(arrays[IMAGE], arrays[MASK])
+    try:
+        checked = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:  # a NaN or infinity in a parameter
+        raise BadRequest("a parameter of the request is not a finite number") from None
+    if header_length is None:
+        return checked, None
+    return b"".join((checked, binary)), len(checked)
 
 
 def check_grpc_infer(request: object, limits: Limits) -> None:

@@ -9,7 +9,8 @@ the contract before tritonserver gets it, and answers a violation with one line 
 :class:`Readiness`: ready only while the model answers on the private port.
 
 At most ``inflight`` inference requests per front are read and held at once, each at most
-``Limits.max_body_bytes``: that bounds what a burst of requests can make the server hold.
+``Limits.max_body_bytes`` (twice that while the checked copy is made): that bounds what a burst of
+requests can make the server hold. A body must arrive within ``BODY_SECONDS``.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from pconv_deploy.serve.checks import BadRequest, Limits, check_grpc_infer, chec
 
 REQUEST_SECONDS = 600.0  # an inference on a CPU server may take minutes; connecting is bounded separately
 POLL_SECONDS = 0.5
+BODY_SECONDS = 120.0  # to receive one request body (256 MiB at the default --max-pixels: ~2 MB/s at least)
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 GRPC_PASSED = ("ServerLive", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelReady")
 HTTP_GET = re.compile(r"/v2(/health/live|/models/(?P<model>[^/]+)(/versions/[0-9]+)?(/ready|/config|/stats)?)?")
 HTTP_INFER = re.compile(r"/v2/models/(?P<model>[^/]+)(/versions/(?P<version>[0-9]+))?/infer")
-PASSED_HEADERS = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding", "Accept-Encoding")
+HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary tensor extension: JSON header bytes, then tensors
+PASSED_HEADERS = ("Content-Type", HEADER_LENGTH, "Content-Encoding", "Accept-Encoding")
 
 
 def log(line: str) -> None:
@@ -125,22 +128,29 @@ class HttpFront:
             return error_response(
                 413, f"request body of {length} bytes: more than this server's {self.limits.max_body_bytes}"
             )
-        header = request.headers.get("Inference-Header-Content-Length")
+        header = request.headers.get(HEADER_LENGTH)
         async with self.gate:
-            body = await request.read()
+            try:  # a client trickling its body holds a slot: for this long at most
+                body = await asyncio.wait_for(request.read(), BODY_SECONDS)
+            except asyncio.TimeoutError:
+                return error_response(408, f"the request body did not arrive within {BODY_SECONDS:.0f} s")
             try:
                 header_length = None if header is None else int(header)
-                await self.loop.run_in_executor(None, check_http_infer, body, header_length, self.limits)
+                checked = await self.loop.run_in_executor(None, check_http_infer, body, header_length, self.limits)
             except ValueError:
                 return error_response(400, f"Inference-Header-Content-Length {short(header)}: not an integer")
             except BadRequest as e:
                 return error_response(400, str(e))
-            return await self.forward(request, f"/v2/models/{self.model}/infer", body)
+            del body  # only the checked copy is held while the model runs
+            return await self.forward(request, f"/v2/models/{self.model}/infer", *checked)
 
-    async def forward(self, request: object, path: str, body: bytes) -> object:
+    async def forward(self, request: object, path: str, body: bytes, header_length: int | None = None) -> object:
+        """``body`` to tritonserver's ``path`` with the client's content headers (one value each), and back."""
         from aiohttp import ClientError, web
 
-        headers = {k: request.headers[k] for k in PASSED_HEADERS if k in request.headers}
+        headers = {k: request.headers[k] for k in PASSED_HEADERS if k in request.headers and k != HEADER_LENGTH}
+        if header_length is not None:
+            headers[HEADER_LENGTH] = str(header_length)
         try:
             async with self.session.request(request.method, path, data=body or None, headers=headers) as r:
                 data = await r.read()

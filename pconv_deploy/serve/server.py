@@ -184,7 +184,7 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
         triton.run()  # starts tritonserver and loads the model
         wait_until_answers(readiness, options.name, backend.multiple, options.start_seconds)
         readiness.start()
-        inflight = max(4, 2 * options.max_batch_size * options.instances)
+        inflight = max(4, options.max_batch_size * options.instances)  # requests held at once per front
         for front, port, upstream in (
             (HttpFront, options.http_port, http_port),
             (GrpcFront, options.grpc_port, grpc_port),
