@@ -7,7 +7,10 @@ decodes it, the hole against what `pconv infer` writes for the same photo and ma
 from __future__ import annotations
 
 import json
+import socket
 import struct
+import subprocess
+import sys
 import urllib.request
 import zlib
 from pathlib import Path
@@ -187,3 +190,23 @@ def test_nothing_is_written_to_disk(server, photo_files):
     assert status == 200
     assert np.array_equal(decode(out)[mask == 0], image[mask == 0])
     assert list(server.cwd.iterdir()) == [] and list(server.tmpdir.iterdir()) == []
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pconv_deploy.cli", "app", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_refuses_bad_models_and_a_taken_port_in_one_line(tmp_path, small_onnx):
+    missing = run_cli("--model", "missing.onnx", cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.strip() == "error: --model missing.onnx: no such file"
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    bad = run_cli("--model", "bad.onnx", "--port", "0", cwd=tmp_path)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "bad.onnx" in bad.stderr, bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        busy = run_cli("--model", str(small_onnx), "--port", str(port), cwd=tmp_path)
+    assert busy.returncode == 1 and busy.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port} ("), busy.stderr
+    assert busy.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == [tmp_path / "bad.onnx"]
