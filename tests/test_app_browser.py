@@ -29,6 +29,11 @@ CHROMIUM = os.environ.get("PCONV_CHROMIUM", "/usr/bin/chromium")
 EXAMPLE = "chelsea.jpg"
 BUNDLED = ROOT / "pconv_deploy" / "assets" / "pconv-demo.safetensors"
 TIMEOUT_MS = 60_000
+DROP_FILE = """([name, text]) => {
+  const data = new DataTransfer();
+  data.items.add(new File([text], name));
+  document.getElementById("stage").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +135,8 @@ def test_paint_inpaint_download_compare_two_models(browser, two_models, small_on
     page.set_input_files("#photo-file", str(tmp_path / "notes.txt"))
     page.wait_for_selector("#message.error:has-text(\"photo 'notes.txt' is not an image\")")
     assert page.locator(".result").count() == 2  # the last results stay; the page still works
+    page.evaluate(DROP_FILE, ["dropped.bin", "\x00\x01 not an image either"])
+    page.wait_for_selector("#message.error:has-text(\"photo 'dropped.bin' is not an image\")")
     page.close()
 
 
