@@ -210,3 +210,23 @@ def test_cli_refuses_bad_models_and_a_taken_port_in_one_line(tmp_path, small_onn
         busy = run_cli("--model", str(small_onnx), "--port", str(port), cwd=tmp_path)
     assert busy.returncode == 1 and busy.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port} ("), busy.stderr
     assert busy.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == [tmp_path / "bad.onnx"]
+
+
+def test_a_pip_install_has_the_page_and_examples(monkeypatch, tmp_path):
+    """Without a checkout around the package, the examples are the packaged ones; package-data ships them."""
+    import fnmatch
+
+    from pconv_deploy.app import server as app_server
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
+
+    root = Path(app_server.__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["pconv_deploy"]
+    shipped = [p for p in (root / "pconv_deploy" / "app").rglob("*") if p.is_file() and p.suffix != ".py"]
+    assert {p.name for p in shipped} >= {"index.html", "app.js", "app.css", "chelsea.jpg", "rocket.jpg"}
+    for path in shipped:
+        if "__pycache__" not in path.parts:
+            name = path.relative_to(root / "pconv_deploy").as_posix()
+            assert any(fnmatch.fnmatch(name, g) for g in globs), f"{name} is not package data"
+    monkeypatch.setattr(app_server, "HERE", tmp_path / "site-packages" / "pconv_deploy" / "app")
+    assert sorted(app_server.example_photos()) == ["chelsea.jpg", "rocket.jpg"]
