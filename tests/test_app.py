@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import urllib.request
 import zlib
 from pathlib import Path
@@ -170,6 +171,44 @@ def test_bad_inputs_get_their_status_and_message_and_the_server_keeps_serving(se
     again = inpaint(server, photo.read_bytes(), mask_file.read_bytes())
     assert again[0] == 200 and again[2] == first[2]  # the same answer as before the bad ones
     assert get_json(f"{server.url}/api/progress")["busy"] is False
+
+
+def test_progress_answers_while_a_request_runs(server):
+    """The page polls /api/progress during inference: it answers, and counts the request's crop tiles."""
+    h, w = 600, 800  # 480,000 pixels, under --max-pixels
+    image, mask = smooth_photo(h, w, seed=3), np.zeros((h, w), np.uint8)
+    for y, x in ((60, 60), (60, 600), (400, 100), (420, 650), (250, 380)):  # far apart: one window each
+        mask[y : y + 40, x : x + 70] = 255
+    samples, done = [], threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            samples.append(get_json(f"{server.url}/api/progress"))
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        status, headers, body = inpaint(server, png_bytes(image), png_bytes(mask))
+    finally:
+        done.set()
+        poller.join()
+    assert status == 200, body
+    tiles = int(headers["x-pconv-tiles"])
+    busy = [s for s in samples if s["busy"]]
+    assert tiles > 1 and busy, samples[:5]
+    assert all(s["total"] == tiles and 0 <= s["done"] <= tiles for s in busy)
+    assert get_json(f"{server.url}/api/progress")["busy"] is False
+
+
+def test_the_memory_budget_applies(small_onnx, photo_files, tmp_path):
+    """--memory-limit as for `pconv infer`: a window over the budget is refused with the reason, not run."""
+    running = AppProcess(["--model", str(small_onnx), "--memory-limit", "1MiB"], tmp_path, tmp_path)
+    try:
+        photo, mask_file = photo_files[:2]
+        status, _, body = inpaint(running, photo.read_bytes(), mask_file.read_bytes())
+    finally:
+        running.stop()
+    assert status == 422 and "over the" in json.loads(body)["error"] and "--memory-limit" in json.loads(body)["error"]
 
 
 def test_check_answers_the_size_or_the_same_refusal(server, photo_files):
