@@ -513,3 +513,40 @@ def test_missing_serve_environment_is_one_line(tmp_path, monkeypatch, small_onnx
         r.returncode == 1
         and r.stderr.strip() == f"error: ${launcher.PYTHON_VARIABLE}={tmp_path}/nope/python: no such interpreter"
     )
+
+
+def test_a_dead_model_stub_ends_the_server_with_one_line(serve_env, small_onnx, tmp_path):
+    """Tritonserver keeps saying ready when the model's Python stub died (killed, out of memory) and answers
+    every request "Stub process is not healthy": pconv serve stops instead, so a supervisor restarts it."""
+    import http.client
+
+    import psutil
+
+    with serving(small_onnx, tmp_path) as (server,):
+        tree = psutil.Process(server.proc.pid).children(recursive=True)
+        stubs = [p for p in tree if "triton_python_backend_stub" in " ".join(p.cmdline())]
+        assert len(stubs) == 1, [p.cmdline()[:2] for p in tree]
+        stubs[0].kill()
+        for _ in range(100):  # not our child: it stays a zombie until tritonserver reaps it
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if stubs[0].status() != psutil.STATUS_ZOMBIE:
+                    time.sleep(0.1)
+                    continue
+            break
+        image, mask = np.zeros((1, 3, 32, 32), np.float32), np.ones((1, 1, 32, 32), np.float32)
+        inputs = [{"name": n, "datatype": "FP32", "shape": list(a.shape), "data": a.ravel().tolist()}
+                  for n, a in ((IMAGE, image), (MASK, mask))]  # fmt: skip
+        connection = http.client.HTTPConnection("127.0.0.1", server.http, timeout=60)
+        connection.request("POST", "/v2/models/pconv/infer", body=json.dumps({"inputs": inputs}))
+        response = connection.getresponse()
+        answer = json.loads(response.read())["error"]
+        connection.close()
+        assert response.status == 500 and answer == "internal error in the model (details in the server log)"
+        code = server.proc.wait(timeout=60)
+    log = server.log.read_text()
+    assert code == 1, log[-2000:]
+    errors = [line for line in log.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: the model stopped answering (Stub process 'pconv_0_0' is not healthy.); "
+        "exiting so that it can be restarted"
+    ], log[-2000:]

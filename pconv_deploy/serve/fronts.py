@@ -28,6 +28,7 @@ from pconv_deploy.serve.checks import BadRequest, Limits, check_grpc_infer, chec
 
 REQUEST_SECONDS = 600.0  # an inference on a CPU server may take minutes; connecting is bounded separately
 POLL_SECONDS = 0.5
+DEAD_STUB = re.compile(r"Stub process .* is not healthy")  # tritonserver does not restart a stub that died
 BODY_SECONDS = 120.0  # to receive one request body (256 MiB at the default --max-pixels: ~2 MB/s at least)
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 GRPC_PASSED = ("ServerLive", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelReady")
@@ -56,6 +57,7 @@ class Readiness:
     def __init__(self, upstream_http: str, model: str) -> None:
         self.upstream, self.model = upstream_http, model
         self.ready = False
+        self.failed = ""  # why the model can no longer answer (its Python stub died): never ready again
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.poll, name="pconv-readiness", daemon=True)
 
@@ -75,7 +77,12 @@ class Readiness:
 
     def poll(self) -> None:
         while not self.stopped.wait(POLL_SECONDS):
-            self.ready = self.check()
+            self.ready = self.check() and not self.failed
+
+    def saw_error(self, message: str) -> None:
+        """Tritonserver's model ready stays true when the Python stub died; its error says so: not ready, ever."""
+        if DEAD_STUB.search(message):
+            self.failed, self.ready = message, False
 
     def start(self) -> None:
         self.ready = self.check()
@@ -164,6 +171,7 @@ class HttpFront:
             except (ValueError, AttributeError):
                 message = "error"
             if status >= 500:
+                self.readiness.saw_error(message)
                 log(f"tritonserver {status} on {path}: {message}")
                 message = "internal error in the model (details in the server log)"
             return error_response(status, message)
@@ -288,6 +296,7 @@ class GrpcFront:
         except grpc.RpcError as e:
             message = one_line(e.details() or "")
             if e.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                self.readiness.saw_error(message)
                 log(f"tritonserver {e.code().name} on {name}: {message}")
                 message = "internal error in the model (details in the server log)"
             context.abort(e.code(), message)

@@ -195,8 +195,10 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
         where = f"http://{options.host}:{options.http_port} grpc://{options.host}:{options.grpc_port}"
         announce(f"{READY_MARK}: model {options.name!r} ({options.model.name}, {backend.name}) at {where}, "
             f"metrics http://{options.host}:{options.metrics_port}/metrics; Ctrl-C or SIGTERM stops it")  # fmt: skip
-        while triton.is_alive():  # KeyboardInterrupt (SIGINT, or SIGTERM via main) ends the wait
+        while triton.is_alive() and not readiness.failed:  # KeyboardInterrupt (SIGINT, or SIGTERM) ends the wait
             time.sleep(0.5)
+        if readiness.failed:
+            raise PConvError(f"the model stopped answering ({readiness.failed}); exiting so that it can be restarted")
         raise PConvError("tritonserver exited unexpectedly")
     except KeyboardInterrupt:
         announce("pconv serve: stopping")
