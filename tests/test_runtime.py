@@ -3,8 +3,6 @@
 Real ONNX Runtime sessions on the session's small model (multiple 32); no mocks.
 """
 
-import json
-
 import cv2
 import numpy as np
 import pytest
@@ -121,11 +119,28 @@ def test_torch_and_onnxruntime_agree(small_checkpoint, small_onnx):
     assert np.abs(ort.backend.run(x, m) - ref.backend.run(x, m)).max() <= 1e-4
 
 
+def write_valid_sidecar(engine, onnx_path) -> None:
+    """The sidecar build-engine writes (the fallback validates it: same folder, same sha256)."""
+    import onnx
+
+    from pconv_deploy.contract import file_sha256
+    from pconv_deploy.engines.profiles import default_profiles
+    from pconv_deploy.engines.sidecar import make_sidecar, write_sidecar
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    data = make_sidecar(
+        onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), engine_path=engine, metadata=meta,
+        profiles=default_profiles(int(meta["pconv.multiple"])), tensorrt_version="10.9.0.34", gpu_name="NVIDIA L4",
+        compute_capability="8.9", version_compatible=False,
+    )  # fmt: skip
+    write_sidecar(engine, data)
+
+
 def test_engine_falls_back_to_sidecar_onnx(small_onnx, tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not a real engine")
     (tmp_path / "model.onnx").write_bytes(small_onnx.read_bytes())
-    (tmp_path / "model.engine.json").write_text(json.dumps({"onnx_file": "model.onnx"}))
+    write_valid_sidecar(engine, tmp_path / "model.onnx")
     said = []
     backend = load_backend(engine, "auto", on_fallback=said.append)
     assert backend.name == "onnxruntime-cpu"
@@ -178,7 +193,52 @@ def test_device_choice(small_onnx, small_checkpoint, tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not a real engine")
     (tmp_path / "model.onnx").write_bytes(small_onnx.read_bytes())
-    (tmp_path / "model.engine.json").write_text(json.dumps({"onnx_file": "model.onnx"}))
+    write_valid_sidecar(engine, tmp_path / "model.onnx")
     said = []
     backend = load_backend(engine, "auto", device="cpu", on_fallback=said.append)
     assert backend.name == "onnxruntime-cpu" and "--device cpu was requested" in said[0]
+
+
+def test_onnxruntime_keeps_buffers_between_equal_calls_only(small_onnx):
+    """Equal calls reuse the CPU arena (no page faults); a call of another shape gives its memory back.
+
+    Without the arena every call maps and zeroes its activations again (~8,000 faults a call here,
+    45,000-95,000 for the full-width model at 512x512: about a fifth of the folder job's time).
+    """
+    import resource
+
+    from pconv_deploy.runtime.memory import current_rss
+
+    def faults() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    def call(size: int) -> None:
+        image = np.random.default_rng(size).random((1, 3, size, size), dtype=np.float32)
+        backend.run(image, np.ones((1, 1, size, size), np.float32))
+
+    backend = load_backend(small_onnx, "onnxruntime", "cpu")
+    for _ in range(2):
+        call(768)
+    before = faults()
+    for _ in range(3):
+        call(768)
+    kept = faults() - before
+    held = current_rss()
+    call(256)  # another shape: its buffers and the 768 ones go back at its end
+    assert held - current_rss() > 50 * 2**20
+    backend.keep_bytes = 0  # the Inpainter's budget leaves nothing to keep: every call gives back
+    call(512)
+    before = faults()
+    for _ in range(3):
+        call(512)
+    assert kept < 300 < faults() - before
+
+
+def test_inpainter_keeps_within_its_memory_budget(small_onnx):
+    from pconv_deploy.runtime.inpainter import KEEP_SHARE
+
+    backend = load_backend(small_onnx, "onnxruntime", "cpu")
+    inpainter = Inpainter(backend, memory_limit=8 * 2**30)
+    assert backend.keep_bytes == inpainter.inference_budget // KEEP_SHARE > 0
+    Inpainter(backend, memory_limit=None)
+    assert backend.keep_bytes is None
