@@ -405,18 +405,13 @@ def train(
         hole_bins=hole_bins,
         keep_every=keep_every,
     )
-    try:
-        cfg.check()
-    except PConvError as e:
-        exit_with_error(str(e), 2)
+    cfg.check()  # bad values: one line, exit 2
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the writing rank probes (it makes and removes dirs)
         check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], RUN_FILES)
     for path, option in ((init, "--init"), (vgg_weights, "--vgg-weights")):
         if path is not None:
             check_input_file(path, option)
     result = train(cfg, log=typer.echo)
-    if result.skipped_images:
-        typer.echo(f"skipped {len(result.skipped_images)} unusable image(s) (listed in {output}/train.json)")
     if result.history:
         last = result.history[-1]
         typer.echo(

@@ -6,15 +6,19 @@ data-loader state, and every rank of a distributed run sees different crops and 
 
 from __future__ import annotations
 
-import functools
+import collections
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from pconv_deploy.errors import PConvError
+from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.train.masks import training_mask
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+MAX_ASPECT = 16  # long side / short side: the short side is upscaled to the crop size
+MAX_SIZE = 2048  # crop size (--size) of training and evaluation: an upscaled crop costs size^2 x aspect
+CACHE_BYTES = 2 << 30  # decoded images kept in memory
 
 # Colour photos bundled inside scikit-image's wheel (no pooch download needed); checked
 # against scikit-image 0.26. Greyscale and synthetic images of that folder are left out.
@@ -64,16 +68,62 @@ def image_paths(source: str | Path) -> list[Path]:
     return paths
 
 
-@functools.lru_cache(maxsize=64)
+class BadImage(PConvError):
+    """An image file that cannot be used (corrupt, or over the size limits): skipped and counted."""
+
+
+class _DecodedCache:
+    """Decoded images, least recently used first out, bounded by bytes (64 large photos would be 11 GB)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.items = max_bytes, collections.OrderedDict()
+
+    def get(self, path: Path) -> np.ndarray | None:
+        if path in self.items:
+            self.items.move_to_end(path)
+        return self.items.get(path)
+
+    def put(self, path: Path, image: np.ndarray) -> None:
+        self.items[path] = image
+        while len(self.items) > 1 and sum(a.nbytes for a in self.items.values()) > self.max_bytes:
+            self.items.popitem(last=False)
+
+
+_decoded = _DecodedCache(CACHE_BYTES)
+
+
 def load_rgb(path: Path) -> np.ndarray:
-    """Decode once (cached) to uint8 [H, W, 3]."""
-    from PIL import Image, UnidentifiedImageError
+    """Decode once (cached) to uint8 [H, W, 3]; BadImage when the file is unusable.
+
+    The size is checked on the header (Pillow opens lazily) before any decoding: at most
+    `pconv infer`'s default --max-pixels, and no more elongated than MAX_ASPECT:1, because the
+    short side is upscaled to the crop size for every crop (a 167-byte 30000x1 PNG took 2.6 GB
+    at --size 64).
+    """
+    image = _decoded.get(path)
+    if image is None:
+        image = _decode(path)
+        _decoded.put(path, image)
+    return image
+
+
+def _decode(path: Path) -> np.ndarray:
+    from pconv_deploy.runtime.images import DEFAULT_MAX_PIXELS, InputError, open_checked, own_pixel_limit
 
     try:
-        with Image.open(path) as im:
+        with own_pixel_limit, open_checked(path, DEFAULT_MAX_PIXELS, "image") as im:
+            w, h = im.size
+            if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
+                raise BadImage(f"{path}: {w}x{h} is more elongated than {MAX_ASPECT}:1")
             return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as e:
-        raise PConvError(f"{path}: cannot read image ({e})") from None
+    except BadImage:
+        raise
+    except InputError as e:
+        raise BadImage(f"{path}: {e}") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # Pillow surfaces corrupt data as OSError, SyntaxError, ValueError, EOFError...
+        raise BadImage(f"{path}: cannot read image ({type(e).__name__}: {first_line(e)})") from None
 
 
 def fit_short_side(image: np.ndarray, size: int) -> np.ndarray:
@@ -130,6 +180,8 @@ class CropDataset:
 
     ``hole_bins``: masks come from the first N of the paper's bins (uniformly); ``photo_scale``:
     images are read at the corpus scale (photos.load_photo) and cropped with a random zoom.
+    An unusable file is skipped (another is drawn from the same generator, so batches stay a
+    function of seed, rank and step), recorded in ``skipped`` and reported once to ``on_skip``.
     """
 
     def __init__(
@@ -137,6 +189,33 @@ class CropDataset:
     ) -> None:
         self.paths, self.size, self.seed = list(paths), size, seed
         self.hole_bins, self.photo_scale = hole_bins, photo_scale
+        self.skipped: dict[Path, str] = {}
+        self.on_skip: Callable[[str], None] | None = None
+
+    def check(self) -> None:
+        """Find one usable image (in order) before a run writes anything; PConvError when none is."""
+        for path in self.paths:
+            if path not in self.skipped and self._load(path) is not None:
+                return
+
+    def _load(self, path: Path) -> np.ndarray | None:
+        try:
+            return load_image(path, self.photo_scale)
+        except BadImage as e:
+            self.skipped[path] = str(e)
+            if self.on_skip is not None:
+                self.on_skip(f"skipping {e}")
+            if len(self.skipped) == len(self.paths):
+                first = next(iter(self.skipped.values()))
+                raise PConvError(f"none of the {len(self.paths)} images is usable (e.g. {first})") from None
+            return None
+
+    def _draw(self, rng: np.random.Generator) -> np.ndarray:
+        while True:  # ends: every failed draw adds a file to skipped, and all skipped raises
+            path = self.paths[int(rng.integers(len(self.paths)))]
+            image = None if path in self.skipped else self._load(path)
+            if image is not None:
+                return image
 
     def batch(self, step: int, batch_size: int, rank: int = 0, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """float32 images [B, 3, S, S] in [0, 1] and masks [B, 1, S, S] (1 = known).
@@ -146,7 +225,7 @@ class CropDataset:
         rng = np.random.default_rng([self.seed, stream, rank, step])
         images, masks = [], []
         for _ in range(batch_size):
-            image = load_image(self.paths[int(rng.integers(len(self.paths)))], self.photo_scale)
+            image = self._draw(rng)
             crop = scaled_crop(image, self.size, rng) if self.photo_scale else random_crop(image, self.size, rng)
             images.append(crop.transpose(2, 0, 1))
             masks.append(training_mask(self.size, self.size, rng, self.hole_bins)[None])

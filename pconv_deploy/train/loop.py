@@ -8,13 +8,21 @@ Runs unchanged under `torchrun` (DistributedDataParallel); only rank 0 writes fi
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pconv_deploy.errors import PConvError
+
+
+class OptionError(PConvError):
+    """An option value no run can use: the CLI prints it as one line and exits 2, as for usage errors."""
+
+    exit_code = 2
+
 
 TERMS = ("total", "valid", "hole", "hole_mean", "perceptual", "style_out", "style_comp", "tv")
 # Losses without VGG: "pixel" is the paper's pixel terms; "pixel-mean" replaces 6 L_hole by L1 per image's
@@ -54,6 +62,27 @@ class TrainConfig:
         keys = ("seed", "size", "batch_size", "layers", "width", "finetune", "loss", "hole_bins", "data")
         return {k: getattr(self, k) for k in keys} | {"data": str(self.data), "lr": self.learning_rate}
 
+    def check(self) -> None:
+        """Refuse options no run can use, before anything is read or written (the CLI's usage errors)."""
+        from pconv_deploy.train.data import MAX_SIZE
+        from pconv_deploy.train.masks import HOLE_BINS
+
+        if not 1 <= self.size <= MAX_SIZE:
+            raise OptionError(f"--size must be between 1 and {MAX_SIZE}, got {self.size}")
+        if self.lr is not None and not 0 < self.lr <= 1:  # Adam moves each weight by about lr per step
+            raise OptionError(f"--lr must be a number in (0, 1], got {self.lr}")
+        if not 0 <= self.seed < 2**63:
+            raise OptionError(f"--seed must be between 0 and 2^63 - 1, got {self.seed}")
+        if self.hole_bins is not None and not 1 <= self.hole_bins <= len(HOLE_BINS):
+            raise OptionError(f"--hole-bins must be between 1 and {len(HOLE_BINS)}, got {self.hole_bins}")
+        if self.loss != "paper" and self.loss not in PIXEL_WEIGHTS:
+            raise OptionError(f"--loss must be 'paper' or one of {', '.join(PIXEL_WEIGHTS)}, got {self.loss!r}")
+        for name in ("batch_size", "log_every", "sample_every"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.steps < 0 or self.keep_every < 0:
+            raise OptionError(f"--steps and --keep-every must be >= 0, got {self.steps} and {self.keep_every}")
+
     @property
     def learning_rate(self) -> float:
         if self.lr is not None:
@@ -69,6 +98,7 @@ class TrainResult:
     history: list[dict[str, float]]
     rank_digests: list[str]  # parameter sha256 per rank after the last step
     seconds_per_step: float
+    skipped_images: dict[str, str] = field(default_factory=dict)  # unusable files (every rank): path -> why
 
 
 def set_train_mode(model, finetune: bool) -> None:
@@ -101,22 +131,32 @@ class Run:
     settings: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
     step_times: list[float] = field(default_factory=list)
+    saved_step: int = 0  # the step of the last complete save (state.pt) in the run directory
+    made_files: list[Path] = field(default_factory=list)  # what this start wrote before its first save
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
-    """Set up or resume the run in ``cfg.output``, step to ``cfg.steps``, save every ``sample_every``."""
-    from pconv_deploy.progress import ProgressBar
-    from pconv_deploy.train import distributed
+    """Set up or resume the run in ``cfg.output``, step to ``cfg.steps``, save every ``sample_every``.
 
+    A run that fails before its first save leaves no files behind (nothing in it could be resumed).
+    """
+    from pconv_deploy.progress import ProgressBar
+    from pconv_deploy.train import distributed, resume
+
+    cfg.check()
     d = distributed.setup()
     try:
         run = set_up(cfg, d, log)
-        with ProgressBar("train", cfg.steps, completed=run.start, enabled=d.is_main, fields={"loss": ""}) as bar:
-            for step in range(run.start, cfg.steps):
-                row = train_step(run, step)
-                if d.is_main:
-                    record(run, row, bar, log)
-        result = finish(run, log)
+        try:
+            with ProgressBar("train", cfg.steps, completed=run.start, enabled=d.is_main, fields={"loss": ""}) as bar:
+                for step in range(run.start, cfg.steps):
+                    row = train_step(run, step)
+                    if d.is_main:
+                        record(run, row, bar, log)
+            result = finish(run, log)
+        except BaseException:
+            resume.discard_unsaved_start(run)
+            raise
         distributed.wait_for_all(d)  # only on success: after a failure the other ranks are stopped by torchrun
         return result
     finally:
@@ -127,95 +167,37 @@ def set_up(cfg: TrainConfig, d, log: Callable[[str], None]) -> Run:
     """Data, model (resumed, --init or random), optimizer, loss; the run directory's config and history."""
     import torch
 
-    from pconv_deploy.train import state
+    from pconv_deploy.train import resume, state
     from pconv_deploy.train.data import CropDataset, image_paths
     from pconv_deploy.train.photos import SPLITS
 
     run_dir = Path(cfg.output)
+    if d.is_main and run_dir.is_dir():
+        state.clean_temps(run_dir)  # of killed runs (their process is gone)
     dataset = CropDataset(image_paths(cfg.data), cfg.size, cfg.seed, cfg.hole_bins, str(cfg.data) in SPLITS)
-    model, optimizer_state, start, settings = load_model(cfg, d, log)
+    dataset.on_skip = log if d.is_main else None
+    dataset.check()  # one usable image, before anything is written
+    model, optimizer_state, start, settings = resume.load_model(cfg, d, log)
     model = model.to(d.device)
     if cfg.finetune:
         freeze_encoder_bn(model)
     set_train_mode(model, cfg.finetune)
     try:  # e.g. batch 1 at size 2^layers, or a size that is not a multiple of 2^layers
         shape = (cfg.batch_size, 1, cfg.size, cfg.size)
-        model.check_input(torch.zeros(shape).expand(-1, 3, -1, -1), torch.zeros(shape))
+        model.check_input(torch.zeros(1, 1, 1, 1).expand(shape[0], 3, *shape[2:]), torch.zeros(1).expand(shape))
     except ValueError as e:
         raise PConvError(f"--size {cfg.size} --batch-size {cfg.batch_size}: {e}") from None
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings["lr"])
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-        for group in optimizer.param_groups:
-            group["lr"] = settings["lr"]
+    optimizer = resume.make_optimizer(model, optimizer_state, settings["lr"], run_dir / state.STATE)
     net = model
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.startswith("cuda") else None)
     run = Run(cfg, d, model, net, optimizer, make_criterion(cfg).to(d.device), dataset, start, settings)
+    run.saved_step = start
     if d.is_main:
-        from pconv_deploy.files import write_text_atomic
-
-        run_dir.mkdir(parents=True, exist_ok=True)
-        run.history = state.read_history(run_dir, before_step=start)
-        state.write_history(run_dir, run.history)
-        write_text_atomic(run_dir / "config.json", json.dumps({**asdict(cfg), "world_size": d.world_size}, default=str))
+        resume.write_run_files(run, log)
     return run
-
-
-def load_model(cfg: TrainConfig, d, log: Callable[[str], None]):
-    """-> (model, optimizer state or None, start step, settings): the run in cfg.output, --init, or random."""
-    import torch
-
-    from pconv_deploy.model.unet import PConvUNet
-    from pconv_deploy.train import state
-
-    run_dir = Path(cfg.output)
-    settings = cfg.recipe()
-    if state.has_state(run_dir):
-        model, optimizer_state, start, saved = state.load_state(run_dir)
-        settings["lr"] = check_same_recipe(run_dir, cfg, saved, model.config, log if d.is_main else None)
-        if d.is_main:
-            log(f"resuming {run_dir} at step {start} (architecture from its checkpoint)")
-        return model, optimizer_state, start, settings
-    if cfg.init is not None:
-        from pconv_deploy.model.checkpoint import load_checkpoint
-
-        model = load_checkpoint(cfg.init)
-        settings |= {"layers": model.config.layers, "width": model.config.width}
-        return model, None, 0, settings
-    torch.manual_seed(cfg.seed)
-    try:
-        return PConvUNet(cfg.layers, cfg.width, cfg.input_norm), None, 0, settings
-    except ValueError as e:
-        raise PConvError(str(e)) from None
-
-
-def check_same_recipe(run_dir: Path, cfg: TrainConfig, saved: dict, config, log: Callable[[str], None] | None) -> float:
-    """Refuse a resume whose recipe differs from the run's; -> the learning rate to continue with.
-
-    The architecture comes from the checkpoint (a run started with --init has the init's layers and
-    width). --lr may change on resume, and says so; without --lr the run's own rate continues.
-    """
-    asked = cfg.recipe()
-    if cfg.init is not None:  # the architecture is the init file's, whatever --layers/--width say
-        del asked["layers"], asked["width"]
-    have = {k: v for k, v in saved.items() if k in asked} | {"layers": config.layers, "width": config.width}
-    differ = [k for k in asked if k in have and k != "lr" and have[k] != asked[k]]
-    if differ:
-        run_values = ", ".join(f"{k}={have[k]}" for k in differ)
-        new_values = ", ".join(f"{k}={asked[k]}" for k in differ)
-        raise PConvError(
-            f"{run_dir}: this run was trained with {run_values}, not {new_values}; resume with the same "
-            "settings, or start a new run directory (e.g. with --init RUN/last.safetensors)"
-        )
-    lr = float(saved.get("lr", asked["lr"]))
-    if cfg.lr is not None and cfg.lr != lr:
-        if log is not None:
-            log(f"--lr {cfg.lr:g} overrides this run's learning rate {lr:g} from step on")
-        return cfg.lr
-    return lr
 
 
 def make_criterion(cfg: TrainConfig):
@@ -231,7 +213,12 @@ def make_criterion(cfg: TrainConfig):
 
 
 def train_step(run: Run, step: int) -> dict[str, float]:
-    """One optimizer step on the batch of (seed, rank, step); -> the loss terms averaged over ranks."""
+    """One optimizer step on the batch of (seed, rank, step); -> the loss terms averaged over ranks.
+
+    A non-finite loss stops the run before the optimizer step, non-finite weights right after it:
+    every rank sees the same averaged loss and the same weights, so all stop together, and nothing
+    is saved (state.pt keeps the last good step).
+    """
     import torch
 
     from pconv_deploy.train import distributed
@@ -242,10 +229,22 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     terms = run.criterion(image, mask, run.net(image, mask))
     run.optimizer.zero_grad(set_to_none=True)
     terms["total"].backward()
-    run.optimizer.step()
-    run.step_times.append(time.perf_counter() - t0)
     values = distributed.mean_across_ranks(torch.stack([terms[k].detach() for k in TERMS]), run.d)
+    if not math.isfinite(float(values[0])):
+        stop_diverged(run, step, f"the loss is {float(values[0])}")
+    run.optimizer.step()
+    if not bool(torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all()):
+        stop_diverged(run, step, "the optimizer step made weights NaN or infinite")
+    run.step_times.append(time.perf_counter() - t0)
     return {"step": step, **{k: float(v) for k, v in zip(TERMS, values)}, "seconds": run.step_times[-1]}
+
+
+def stop_diverged(run: Run, step: int, what: str) -> None:
+    from pconv_deploy.train.state import STATE
+
+    run_dir = Path(run.cfg.output)
+    kept = f"{run_dir / STATE} keeps step {run.saved_step}" if run.saved_step else "no save was made"
+    raise PConvError(f"step {step + 1}: {what}; training stopped ({kept}); resume with a lower --lr, or check the data")
 
 
 def record(run: Run, row: dict[str, float], bar, log: Callable[[str], None]) -> None:
@@ -253,7 +252,10 @@ def record(run: Run, row: dict[str, float], bar, log: Callable[[str], None]) -> 
     from pconv_deploy.train import state
 
     run.history.append(row)
-    state.append_history(Path(run.cfg.output), row)
+    try:
+        state.append_history(Path(run.cfg.output), row)
+    except OSError as e:
+        raise PConvError(f"{Path(run.cfg.output) / state.HISTORY}: cannot append ({e.strerror})") from None
     done = row["step"] + 1
     bar.advance(loss=f"loss {row['total']:.4g}")
     if done % run.cfg.log_every == 0:
@@ -263,11 +265,18 @@ def record(run: Run, row: dict[str, float], bar, log: Callable[[str], None]) -> 
         else:
             log(line)
     if done % run.cfg.sample_every == 0 or done == run.cfg.steps:
-        save(run, done)
+        try:
+            save(run, done)
+        except OSError as e:  # e.g. a full disk: the previous save is intact (atomic replace)
+            kept = f"step {run.saved_step}" if run.saved_step else "none"
+            where = e.filename or run.cfg.output
+            raise PConvError(
+                f"{where}: cannot save step {done} ({e.strerror or e}); last complete save: {kept}"
+            ) from None
 
 
 def save(run: Run, step: int) -> None:
-    """Checkpoint and state (then a snapshot every keep_every), loss curve and sample grid."""
+    """The save (state.pt, then last.safetensors), a snapshot every keep_every, loss curve and sample grid."""
     import torch
 
     from pconv_deploy.model.unet import composite
@@ -275,8 +284,10 @@ def save(run: Run, step: int) -> None:
 
     run_dir = Path(run.cfg.output)
     state.save_state(run_dir, run.model, run.optimizer, step, run.settings)
+    run.saved_step = step
+    state.save_model(run.model, run_dir / state.CHECKPOINT, step, run.settings)
     if run.cfg.keep_every and step % run.cfg.keep_every == 0:
-        snapshot = run_dir / "snapshots" / f"step-{step:06d}.safetensors"
+        snapshot = run_dir / state.SNAPSHOTS / f"step-{step:06d}.safetensors"
         state.save_model(run.model, snapshot, step, run.settings)
     plots.loss_curve(run.history, run_dir / "loss_curve.png", keys=TERMS)
     images, masks = run.dataset.batch(0, 4, rank=0, stream=1)
@@ -295,6 +306,9 @@ def finish(run: Run, log: Callable[[str], None]) -> TrainResult:
 
     cfg, d = run.cfg, run.d
     digests = distributed.gather_strings(distributed.parameter_digest(run.model), d)
+    skipped: dict[str, str] = {}
+    for text in distributed.gather_strings(json.dumps({str(k): v for k, v in run.dataset.skipped.items()}), d):
+        skipped |= json.loads(text)
     times = sorted(run.step_times)
     seconds = times[len(times) // 2] if times else float("nan")  # median
     if d.is_main:
@@ -302,8 +316,12 @@ def finish(run: Run, log: Callable[[str], None]) -> TrainResult:
             log(f"{cfg.output}: already at step {run.start} >= --steps {cfg.steps}; nothing to do")
         summary = {"start_step": run.start, "step": max(run.start, cfg.steps), "world_size": d.world_size}
         summary |= {"rank_parameter_sha256": digests, "median_seconds_per_step": seconds}
+        summary |= {"skipped_images": len(skipped), "skipped": skipped}
+        if skipped:
+            log(f"skipped {len(skipped)} unusable image(s) (listed in {Path(cfg.output) / 'train.json'})")
         write_text_atomic(Path(cfg.output) / "train.json", json.dumps(summary, indent=2))
-    return TrainResult(Path(cfg.output), run.start, max(run.start, cfg.steps), run.history, digests, seconds)
+    step = max(run.start, cfg.steps)
+    return TrainResult(Path(cfg.output), run.start, step, run.history, digests, seconds, skipped)
 
 
 def _format_row(step: int, total: int, row: dict[str, float]) -> str:
