@@ -31,15 +31,15 @@ has none there) is folded into the BN running mean: ``BN(y + b) = BN'(y)`` with 
 (exact in eval mode, and batch statistics cancel it in training). A source without a bias where
 ours has one gets zeros.
 
-Loading never runs code: ``torch.load(weights_only=True)`` (or safetensors); a pickle that asks for
-anything else is refused with the name it asked for. Nothing is written unless the import succeeds.
+Reading the file (:mod:`.sources`) never runs code and never costs more memory than the file holds;
+every tensor the model takes is checked (dtype, shape, finite values) with its key named. Nothing is
+written unless the import succeeds, and never over the source itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import warnings
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,41 +47,18 @@ from pathlib import Path
 import torch
 
 from pconv_deploy.contract import ENCODER_CHANNELS
-from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.errors import first_line
+from pconv_deploy.model.sources import (
+    ImportCheckpointError,
+    check_batch_count,
+    check_tensors,
+    check_values,
+    read_source,
+)
 from pconv_deploy.model.unet import PConvConfig, PConvUNet
 
 WRAPPERS = ("state_dict", "model", "generator")  # keys under which projects nest the model's state dict
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
-
-
-# Training-log objects that mmengine (mmagic 1.x) pickles beside the weights ('message_hub': HistoryBuffer
-# objects holding numpy arrays). They are loaded as inert placeholders, never as their real classes (which
-# are neither imported nor needed), so those checkpoints import; any other name is refused.
-INERT_GLOBALS = frozenset(
-    {
-        "mmengine.logging.history_buffer.HistoryBuffer",
-        "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
-        "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
-        "numpy.ndarray", "numpy.dtype",
-    }
-)  # fmt: skip
-
-
-class _Inert:
-    """Stands in for a training-log object: takes any constructor arguments and state, keeps nothing."""
-
-    def __new__(cls, *args: object, **kwargs: object) -> _Inert:
-        return object.__new__(cls)
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def __setstate__(self, state: object) -> None:
-        pass
-
-
-class ImportCheckpointError(PConvError, ValueError):
-    """A source checkpoint that cannot be imported; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -127,93 +104,15 @@ class ImportResult:
     ignored_keys: int  # keys outside the model (mmagic's loss networks), not imported
 
 
-def read_source(path: str | Path) -> dict:
-    """The checkpoint's top-level object, loaded without running code (weights-only unpickler or safetensors)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ImportCheckpointError(f"{path}: is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise ImportCheckpointError(f"{path}: no such file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError as e:
-        raise ImportCheckpointError(f"{path}: cannot read ({e.strerror or first_line(e)})") from None
-    if not head:
-        raise ImportCheckpointError(f"{path}: empty file (0 bytes)")
-    if head[8:9] == b"{":  # safetensors: 8-byte little-endian header length, then a JSON header
-        return _read_safetensors(path)
-    try:
-        obj = _torch_load(path, ())
-    except Exception as e:  # pickle, zip and torch errors have no common base class
-        asked = _unsafe_globals(path) if "GLOBAL" in str(e) else []
-        if not asked or not set(asked) <= INERT_GLOBALS:
-            raise ImportCheckpointError(_load_failure(path, e, asked)) from None
-        try:  # only mmengine's training logs: load them as inert placeholders
-            obj = _torch_load(path, asked)
-        except Exception as e2:
-            raise ImportCheckpointError(_load_failure(path, e2, asked)) from None
-    if not isinstance(obj, dict):
-        raise ImportCheckpointError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dict or state dict")
-    return obj
-
-
-def _read_safetensors(path: Path) -> dict:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    from pconv_deploy.model.checkpoint import FORMAT
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            ours = (f.metadata() or {}).get("format") == FORMAT
-        if ours:  # re-importing would replace its config with defaults
-            raise ImportCheckpointError(f"{path}: already a pconv-deploy checkpoint; use it as it is")
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        if isinstance(e, ImportCheckpointError):
-            raise
-        raise ImportCheckpointError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
-
-
-def _torch_load(path: Path, inert: tuple[str, ...] | list[str]) -> object:
-    """``torch.load(weights_only=True)``, with the given INERT_GLOBALS names mapped to ``_Inert``."""
-    with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise next to our one-line verdict
-        warnings.simplefilter("ignore")
-        with torch.serialization.safe_globals([(_Inert, name) for name in inert]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _unsafe_globals(path: Path) -> list[str]:
-    """The non-allowlisted names a checkpoint's pickle asks for, read from its opcodes without running them."""
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # a bare pickle (not torch's zip container) has no such listing
-        return []
-
-
-def _load_failure(path: Path, e: Exception, asked: list[str]) -> str:
-    """One line for why ``torch.load(weights_only=True)`` refused or failed."""
-    text = str(e)
-    global_name = re.search(r"GLOBAL (\S+)", text)
-    if global_name:
-        names = ", ".join(n for n in asked if n not in INERT_GLOBALS) or global_name.group(1)
-        return (
-            f"{path}: refused: its pickle asks for {names}, which is neither a tensor nor plain data "
-            "(loading it would run code; nothing was run)"
-        )
-    if "central directory" in text or "zip archive" in text or isinstance(e, EOFError):
-        return f"{path}: truncated or corrupt PyTorch checkpoint ({first_line(e)})"
-    return f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {first_line(e)})"
-
-
 def unwrap(obj: dict, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(the model's state dict, the wrapper's other entries): bare, or under one of WRAPPERS."""
     for key in WRAPPERS:
         inner = obj.get(key)
         if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            check_tensors(inner, path)
             return dict(inner), {k: v for k, v in obj.items() if k != key}
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        check_tensors(obj, path)
         return dict(obj), {}
     raise ImportCheckpointError(
         f"{path}: no state dict found (top-level keys: {', '.join(map(str, list(obj)[:8])) or 'none'}; "
@@ -238,7 +137,7 @@ def rename_naoto_2018(state: dict[str, torch.Tensor], path: Path) -> dict[str, t
     renamed = {}
     for key, value in state.items():
         if key.endswith(".conv.mask2d.bias"):
-            if bool(value.abs().max() > 0):
+            if bool(check_values(value, key, path).abs().max() > 0):
                 raise ImportCheckpointError(f"{path}: {key} is not zero, so its mask count is not sum(M)")
             continue
         renamed[key.replace(".conv.conv2d.", ".conv.input_conv.").replace(".conv.mask2d.", ".conv.mask_conv.")] = value
@@ -281,7 +180,12 @@ def convert(
         raise ImportCheckpointError(f"{path}: {found} encoder levels found, expected 2 to {len(ENCODER_CHANNELS)}")
     if layers is not None and layers != found:
         raise ImportCheckpointError(f"{path}: the checkpoint has {found} levels, --layers says {layers}")
-    first = model_keys[f"{fmt.encoder(1)}{fmt.conv}.weight"]
+    first_key = f"{fmt.encoder(1)}{fmt.conv}.weight"
+    first = model_keys[first_key]
+    if first.dim() != 4:
+        raise ImportCheckpointError(
+            f"{path}: {fmt.prefix}{first_key} has shape {list(first.shape)}, expected a 4-D convolution weight"
+        )
     width = first.shape[0] / ENCODER_CHANNELS[0]
     try:
         model = PConvUNet(found, width, fmt.input_norm, fmt.output_activation)
@@ -311,6 +215,7 @@ def _map_blocks(model: PConvUNet, src: dict[str, torch.Tensor], fmt: SourceForma
     consumed: set[str] = set()
 
     def take(key: str, shape: torch.Size | None = None) -> torch.Tensor:
+        """The source's tensor for ``key``: shape checked first, then values (float64), before any arithmetic."""
         if key not in src:
             raise ImportCheckpointError(f"{path}: missing key {fmt.prefix}{key} for format {fmt.name}")
         value = src[key]
@@ -320,25 +225,27 @@ def _map_blocks(model: PConvUNet, src: dict[str, torch.Tensor], fmt: SourceForma
                 f"(for {model.config.layers} levels at width {model.config.width:g})"
             )
         consumed.add(key)
-        return value
+        if key.endswith(".num_batches_tracked"):
+            return check_batch_count(value, fmt.prefix + key, path)
+        return check_values(value, fmt.prefix + key, path, variance=key.endswith(".running_var"))
 
     for ours, theirs in _block_prefixes(model, fmt):
         conv = f"{ours}.pconv.conv"
-        weight = take(f"{theirs}{fmt.conv}.weight", expected[f"{conv}.weight"].shape).double()
+        weight = take(f"{theirs}{fmt.conv}.weight", expected[f"{conv}.weight"].shape)
         c_out, c_in, kh, kw = weight.shape
         if fmt.divides_by_count_only:
             weight = weight / (c_in * kh * kw)
         if fmt.mask_weight:
             mask_key = f"{theirs}{fmt.mask_weight}"
-            _check_all_ones(take(mask_key), (c_out, c_in, kh, kw), fmt.prefix + mask_key, path)
+            _check_all_ones(take, src, mask_key, (c_out, c_in, kh, kw), fmt.prefix + mask_key, path)
         bias_key = f"{theirs}{fmt.conv}.bias"
-        bias = take(bias_key, (c_out,)).double() if bias_key in src else torch.zeros(c_out, dtype=torch.float64)
+        bias = take(bias_key, (c_out,)) if bias_key in src else torch.zeros(c_out, dtype=torch.float64)
         out[f"{conv}.weight"] = weight.float()
         if f"{conv}.bias" in expected:
             out[f"{conv}.bias"] = bias.float()
         elif f"{ours}.bn.running_mean" in expected:
             bn = {k: take(f"{theirs}.bn.{k}", expected[f"{ours}.bn.{k}"].shape) for k in BN_KEYS}
-            bn["running_mean"] = (bn["running_mean"].double() - bias).float()  # BN(y + b) = BN_{mean - b}(y)
+            bn["running_mean"] = bn["running_mean"] - bias  # BN(y + b) = BN_{mean - b}(y)
             out.update({f"{ours}.bn.{k}": v.float() for k, v in bn.items()})
             tracked = f"{theirs}.bn.num_batches_tracked"
             out[f"{ours}.bn.num_batches_tracked"] = take(tracked) if tracked in src else torch.tensor(0)
@@ -346,21 +253,23 @@ def _map_blocks(model: PConvUNet, src: dict[str, torch.Tensor], fmt: SourceForma
     return out
 
 
-def _check_all_ones(kernel: torch.Tensor, shape: tuple[int, ...], key: str, path: Path) -> None:
+def _check_all_ones(take: Callable, src: dict, key: str, shape: tuple[int, ...], shown: str, path: Path) -> None:
     """The mask kernel must be the multi-channel all-ones count, else its count is not the paper's sum(M)."""
-    if tuple(kernel.shape) != shape:
+    if key in src and tuple(src[key].shape) != shape:
         raise ImportCheckpointError(
-            f"{path}: {key} has shape {list(kernel.shape)}, expected {list(shape)} "
+            f"{path}: {shown} has shape {list(src[key].shape)}, expected {list(shape)} "
             "(only multi-channel partial convolutions are supported)"
         )
-    if not bool((kernel == 1).all()):
-        raise ImportCheckpointError(f"{path}: {key} is not all ones, so it does not count sum(M)")
+    if not bool((take(key, shape) == 1).all()):
+        raise ImportCheckpointError(f"{path}: {shown} is not all ones, so it does not count sum(M)")
 
 
-def check_output_path(output: Path) -> None:
-    """Refuse an output that cannot become a checkpoint before any work is done."""
+def check_output_path(output: Path, source: Path | None = None) -> None:
+    """Refuse an output that cannot become a checkpoint, or would replace ``source``, before any work is done."""
     from pconv_deploy.contract import CHECKPOINT_SUFFIX
 
+    if source is not None and _same_file(source, output):
+        raise ImportCheckpointError(f"{output}: is the source checkpoint {source}; write the import elsewhere")
     if output.suffix != CHECKPOINT_SUFFIX:
         raise ImportCheckpointError(f"{output}: the output must be a {CHECKPOINT_SUFFIX} file")
     if output.is_dir():
@@ -368,6 +277,16 @@ def check_output_path(output: Path) -> None:
     parent = next((p for p in output.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ImportCheckpointError(f"{output}: {parent} is a file, not a folder")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Same path once resolved, or the same file through a symbolic or hard link."""
+    if Path(os.path.abspath(a)).resolve() == Path(os.path.abspath(b)).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def import_checkpoint(
@@ -387,7 +306,7 @@ def import_checkpoint(
     source, output = Path(source), Path(output)
     if format != "auto" and format not in SOURCE_FORMATS:
         raise ImportCheckpointError(f"unknown format {format!r}; expected auto or one of {', '.join(FORMATS)}")
-    check_output_path(output)
+    check_output_path(output, source)
     state, extra = unwrap(read_source(source), source)
     state = rename_naoto_2018(strip_prefix(state, "module."), source)  # DataParallel; naoto0804's first layout
     name = detect_format(state, source) if format == "auto" else format
