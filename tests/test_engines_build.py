@@ -245,7 +245,7 @@ def test_build_wiring(recorded_build, tmp_path):
     assert read_sidecar(tmp_path / "out" / "m.engine") == sidecar
     assert (sidecar["gpu_name"], sidecar["compute_capability"], sidecar["tensorrt_version"]) == (
         "NVIDIA L4", "8.9", tensorrt_lean.__version__)  # fmt: skip
-    assert (sidecar["precision"], sidecar["onnx_file"], sidecar["version_compatible"]) == ("fp16", "../m.onnx", True)
+    assert (sidecar["precision"], sidecar["onnx_file"], sidecar["version_compatible"]) == ("fp16", "m.onnx", True)
     assert [name for name, *_ in recorded_build.gpu.calls] == [
         "cudaGetDeviceCount", "cudaSetDevice", "cudaGetDeviceProperties"]  # fmt: skip
 

@@ -29,7 +29,7 @@ HERE = {"tensorrt_version": "10.9.0.34", "gpu_name": "NVIDIA L4", "compute_capab
 @pytest.fixture
 def engine(tmp_path):
     """An engine file (placeholder bytes: nothing here deserialises it) with a valid sidecar beside it."""
-    onnx_path = write_contract_onnx(tmp_path / "models" / "model.onnx")
+    onnx_path = write_contract_onnx(tmp_path / "model.onnx")
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not a real engine")
     data = make_sidecar(
@@ -57,8 +57,8 @@ def test_round_trip(engine, tmp_path):
     assert sidecar_path(engine) == tmp_path / "model.engine.json"
     data = read_sidecar(engine)
     assert set(data) == set(KEYS)
-    assert data["onnx_file"] == "models/model.onnx"  # relative to the engine's folder, for the auto fallback
-    assert data["onnx_sha256"] == file_sha256(tmp_path / "models" / "model.onnx")
+    assert data["onnx_file"] == "model.onnx"  # a file name: the fallback looks beside the engine only
+    assert data["onnx_sha256"] == file_sha256(tmp_path / "model.onnx")
     assert data["precision"] == "fp32" and data["metadata"] == contract_metadata()
     assert data["profiles"][1] == {
         "image": [[1, 3, 256, 256], [1, 3, 512, 512], [2, 3, 512, 512]],
@@ -142,7 +142,7 @@ def test_contract_mismatch(engine):
 
 def test_changed_onnx_makes_the_engine_stale(engine, tmp_path):
     data = read_sidecar(engine)
-    onnx_path = tmp_path / "models" / "model.onnx"
+    onnx_path = tmp_path / "model.onnx"
     write_contract_onnx(onnx_path, contract_metadata(**{"pconv.checkpoint_sha256": "cd" * 32}))
     with pytest.raises(SidecarError, match=rf"{onnx_path} has changed since the engine was built from it \(sha256 "):
         check_compatible(data, engine, **HERE)
@@ -184,3 +184,90 @@ def test_invalid_sidecars_are_refused(engine, change, message):
     sidecar_path(engine).write_text(json.dumps(data))
     with pytest.raises(SidecarError, match=message):
         read_sidecar(engine)
+
+
+# issue 21 items 10, 11 and 13: range-checked integers, the validated fallback, hostile JSON ----------
+
+
+@pytest.mark.parametrize(
+    ("layers", "multiple", "message"),
+    [
+        ("30000000000", "32", r"pconv.layers must be a positive integer, got '30000000000'"),
+        ("100000000", "32", r"pconv.layers must be a positive integer, got '100000000'"),
+        ("3.5", "32", r"pconv.layers must be a positive integer, got '3.5'"),
+        ("0", "1", r"pconv.layers must be from 2 to 8, got 0"),
+        ("-5", "32", r"pconv.layers must be a positive integer, got '-5'"),
+        ("9", "512", r"pconv.layers must be from 2 to 8, got 9"),
+        ("5", "0", r"pconv.multiple is 0 but pconv.layers is 5"),
+        ("5", "-32", r"pconv.multiple must be a positive integer, got '-32'"),
+        ("5", "3_2", r"pconv.multiple must be a positive integer, got '3_2'"),
+        (" 5", "32", r"pconv.layers must be a positive integer, got ' 5'"),
+    ],
+)
+def test_layers_and_multiple_are_range_checked_before_use(engine, layers, multiple, message):
+    data = json.loads(sidecar_path(engine).read_text())
+    data["metadata"].update({"pconv.layers": layers, "pconv.multiple": multiple})
+    sidecar_path(engine).write_text(json.dumps(data))
+    with pytest.raises(SidecarError, match=rf"^{re.escape(str(sidecar_path(engine)))}: {message}"):
+        read_sidecar(engine)
+
+
+def test_deeply_nested_or_huge_sidecar_is_one_line(engine):
+    sidecar_path(engine).write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(SidecarError, match=r"model.engine.json: unreadable sidecar"):
+        read_sidecar(engine)
+    data = json.loads(json.dumps(read_sidecar_text_free(engine)))
+    data["metadata"]["pconv.producer"] = "x" * (2 << 20)
+    sidecar_path(engine).write_text(json.dumps(data))
+    with pytest.raises(SidecarError, match=r"not a sidecar \(they are a few KB\)"):
+        read_sidecar(engine)
+
+
+def read_sidecar_text_free(engine):
+    """A valid sidecar's content, rebuilt (the one on disk has been overwritten by the test)."""
+    return make_sidecar(
+        onnx_path=engine.with_name("model.onnx"),
+        onnx_sha256="ab" * 32,
+        engine_path=engine,
+        metadata=contract_metadata(),
+        profiles=PROFILES,
+        version_compatible=False,
+        **HERE,
+    )
+
+
+@pytest.mark.parametrize(("which", "batch"), [(0, True), (2, 2**40)])
+def test_profile_dimensions_must_be_sane_integers(engine, which, batch):
+    data = json.loads(sidecar_path(engine).read_text())
+    for name in ("image", "mask"):
+        data["profiles"][0][name][which][0] = batch  # min batch JSON true, or max batch 2^40
+    sidecar_path(engine).write_text(json.dumps(data))
+    with pytest.raises(SidecarError, match=r"profile 0: "):
+        read_sidecar(engine)
+
+
+def test_fallback_runs_only_the_unchanged_onnx_beside_the_engine(engine, tmp_path):
+    from pconv_deploy.engines.sidecar import source_onnx
+
+    assert source_onnx(engine) == tmp_path / "model.onnx"
+    other = tmp_path / "other"
+    other.mkdir()
+    original = (tmp_path / "model.onnx").read_bytes()
+    (other / "x.onnx").write_bytes(original)  # the same bytes: the sha256 would match, the folder does not
+    for name in ("../other/x.onnx", str(other / "x.onnx"), "other/x.onnx", "..", ""):
+        rewrite(engine, onnx_file=name)
+        with pytest.raises(SidecarError, match=r"is not a file name in the engine's folder"):
+            source_onnx(engine)
+    rewrite(engine, onnx_file="link.onnx")
+    (tmp_path / "link.onnx").symlink_to(other / "x.onnx")
+    with pytest.raises(SidecarError, match=r"link.onnx: a symbolic link out of the engine's folder"):
+        source_onnx(engine)
+    rewrite(engine, onnx_file="model.onnx")
+    write_contract_onnx(tmp_path / "model.onnx", contract_metadata(**{"pconv.checkpoint_sha256": "cd" * 32}))
+    with pytest.raises(SidecarError, match=r"model.onnx has changed since the engine was built from it"):
+        source_onnx(engine)
+    (tmp_path / "model.onnx").unlink()
+    with pytest.raises(SidecarError, match=r"its source ONNX .*model.onnx does not exist; put model.onnx beside"):
+        source_onnx(engine)
+    (tmp_path / "model.onnx").write_bytes(original)
+    assert source_onnx(engine) == tmp_path / "model.onnx"

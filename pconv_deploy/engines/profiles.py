@@ -17,6 +17,7 @@ from pconv_deploy.contract import CHANNELS, IMAGE, INPUT_NAMES, MASK
 from pconv_deploy.errors import PConvError
 
 Shape = tuple[int, int, int]  # (batch, height, width)
+MAX_DIM = 2**31 - 1  # TensorRT's dimensions and tensor volumes are 32-bit signed integers
 
 # The contract's inputs and their channel counts (docs/design.md section 2).
 INPUT_CHANNELS = {name: CHANNELS[name] for name in INPUT_NAMES}
@@ -66,12 +67,13 @@ class ShapeRange:
         for name, channels in INPUT_CHANNELS.items():
             value = shapes[name]
             ok = isinstance(value, list) and len(value) == 3
-            ok = ok and all(isinstance(s, list) and len(s) == 4 and all(isinstance(d, int) for d in s) for s in value)
+            ok = ok and all(isinstance(s, list) and len(s) == 4 and all(_is_int(d) for d in s) for s in value)
             if not ok or any(s[1] != channels for s in value):
-                raise ProfileError(f"{where}: {name!r} needs [min, opt, max] shapes [N, {channels}, H, W], got {value}")
+                got = _short(value)
+                raise ProfileError(f"{where}: {name!r} needs [min, opt, max] shapes [N, {channels}, H, W], got {got}")
             triples[name] = tuple((s[0], s[2], s[3]) for s in value)
         if triples[IMAGE] != triples[MASK]:
-            raise ProfileError(f"{where}: {IMAGE} and {MASK} have different shapes: {shapes}")
+            raise ProfileError(f"{where}: {IMAGE} and {MASK} have different shapes: {_short(shapes)}")
         return cls(*triples[IMAGE])
 
     def contains(self, batch: int, height: int, width: int) -> bool:
@@ -81,12 +83,24 @@ class ShapeRange:
         return f"min {format_shape(self.min)}, opt {format_shape(self.opt)}, max {format_shape(self.max)}"
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no dimension
+
+
+def _short(value: object, limit: int = 200) -> str:
+    """A value for a one-line message: a hand-edited sidecar can hold megabytes where a shape belongs."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def validate(profile: ShapeRange, multiple: int, where: str = "profile") -> ShapeRange:
     """Refuse shapes the model cannot take (H, W not multiples) and ranges TensorRT would reject."""
     for label, shape in (("min", profile.min), ("opt", profile.opt), ("max", profile.max)):
         b, h, w = shape
         if min(shape) < 1:
             raise ProfileError(f"{where}: {label} shape {format_shape(shape)} has a dimension < 1")
+        if max(shape) > MAX_DIM:
+            raise ProfileError(f"{where}: {label} shape {format_shape(shape)} has a dimension over {MAX_DIM}")
         if h % multiple or w % multiple:
             raise ProfileError(
                 f"{where}: {label} shape {format_shape(shape)}: height and width must be multiples of "

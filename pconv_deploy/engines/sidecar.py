@@ -4,8 +4,9 @@ An engine only runs on the TensorRT version and GPU model that built it, and say
 readable about the model inside. The sidecar records both, plus the model contract (the
 ONNX ``pconv.*`` metadata), the profiles and the ONNX it came from, so that the runtime can
 refuse a mismatch with a clear message before TensorRT deserialises (or crashes on) the file.
-It also names the ONNX (``onnx_file``, relative to the engine's folder): the runtime's
-``auto`` falls back to it where TensorRT cannot run.
+It also names the ONNX (``onnx_file``, a file name in the engine's folder) and its sha256: where
+TensorRT cannot run, the runtime's ``auto`` falls back to that file, only if it sits beside the engine
+and is unchanged (`source_onnx`).
 
 numpy-free, torch-free, onnx-free: the runtime imports this.
 """
@@ -13,14 +14,13 @@ numpy-free, torch-free, onnx-free: the runtime imports this.
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pconv_deploy.contract import METADATA_KEYS, PRECISIONS, file_sha256
+from pconv_deploy.contract import METADATA_KEYS, PRECISIONS, contract_levels, file_sha256
 from pconv_deploy.engines.profiles import ProfileError, ShapeRange, validate
-from pconv_deploy.errors import PConvError
+from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.files import write_text_atomic
 
 FORMAT = "pconv-deploy.engine/1"
@@ -39,6 +39,7 @@ KEYS = (
     "created",
 )
 REBUILD = "rebuild it here with `pconv build-engine`"
+MAX_SIDECAR_BYTES = 1 << 20
 
 
 class SidecarError(PConvError, ValueError):
@@ -59,11 +60,9 @@ def check_contract_metadata(metadata: dict[str, str], where: str) -> int:
             f"{where}: not a pconv-deploy model: metadata lacks {', '.join(missing)}; export it with `pconv export`"
         )
     try:
-        layers, multiple = int(metadata["pconv.layers"]), int(metadata["pconv.multiple"])
-    except ValueError:
-        raise SidecarError(f"{where}: pconv.layers and pconv.multiple must be integers") from None
-    if multiple != 2**layers:
-        raise SidecarError(f"{where}: pconv.multiple is {multiple} but pconv.layers is {layers} (expected {2**layers})")
+        _, multiple = contract_levels(metadata, where)  # range-checked before 2**layers is computed
+    except PConvError as e:
+        raise SidecarError(str(e)) from None
     if metadata["pconv.precision"] not in PRECISIONS:
         raise SidecarError(f"{where}: pconv.precision must be one of {PRECISIONS}, got {metadata['pconv.precision']!r}")
     return multiple
@@ -82,14 +81,10 @@ def make_sidecar(
     version_compatible: bool,
     exclude_lean_runtime: bool = False,
 ) -> dict[str, Any]:
-    """The sidecar's content. `onnx_file` is stored relative to the engine's folder when possible."""
-    try:
-        onnx_file = os.path.relpath(Path(onnx_path).resolve(), Path(engine_path).resolve().parent)
-    except ValueError:  # another drive on Windows
-        onnx_file = str(Path(onnx_path).resolve())
+    """The sidecar's content. `onnx_file` is the ONNX's file name: the fallback looks for it beside the engine only."""
     data = {
         "format": FORMAT,
-        "onnx_file": Path(onnx_file).as_posix(),
+        "onnx_file": Path(onnx_path).name,
         "onnx_sha256": onnx_sha256,
         "tensorrt_version": tensorrt_version,
         "gpu_name": gpu_name,
@@ -153,10 +148,12 @@ def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
     path = sidecar_path(engine_path)
     if not path.is_file():
         raise SidecarError(f"{path}: no sidecar beside engine {engine_path}; {REBUILD}")
+    if path.stat().st_size > MAX_SIDECAR_BYTES:
+        raise SidecarError(f"{path}: {path.stat().st_size} bytes, not a sidecar (they are a few KB); {REBUILD}")
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SidecarError(f"{path}: unreadable sidecar ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deeply nested JSON
+        raise SidecarError(f"{path}: unreadable sidecar ({first_line(e)})") from None
     validate_sidecar(data, str(path))
     return data
 
@@ -227,11 +224,47 @@ def check_model(
             raise SidecarError(f"{where}: model contract mismatch: {key} is {found!r}, expected {value!r}")
     if check_onnx:
         onnx_path = Path(engine_path).parent / data["onnx_file"]
-        if onnx_path.is_file() and (now := file_sha256(onnx_path)) != data["onnx_sha256"]:
-            raise SidecarError(
-                f"{where}: {onnx_path} has changed since the engine was built from it "
-                f"(sha256 {data['onnx_sha256'][:12]}..., now {now[:12]}...): {REBUILD}"
-            )
+        if _plain_name(data["onnx_file"]) and onnx_path.is_file():
+            _check_sha256(data, engine_path, onnx_path)
+
+
+def _plain_name(name: str) -> bool:
+    """A file name, not a path: no folder part, no '..', nothing absolute."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
+def _check_sha256(data: dict[str, Any], engine_path: str | Path, onnx_path: Path) -> None:
+    if (now := file_sha256(onnx_path)) != data["onnx_sha256"]:
+        raise SidecarError(
+            f"{engine_path}: {onnx_path} has changed since the engine was built from it "
+            f"(sha256 {data['onnx_sha256'][:12]}..., now {now[:12]}...): {REBUILD}"
+        )
+
+
+def source_onnx(engine_path: str | Path) -> Path:
+    """The ONNX an engine was built from, for running it where TensorRT cannot: validated, never trusted.
+
+    The sidecar must be valid; ``onnx_file`` must be a plain file name, present beside the engine as a
+    regular file (a symbolic link only within that folder), with the sha256 the sidecar recorded. A
+    sidecar naming ``../other/x.onnx`` or an ONNX replaced since the build is refused in one line.
+    """
+    engine_path = Path(engine_path)
+    data = read_sidecar(engine_path)
+    where, name = sidecar_path(engine_path), data["onnx_file"]
+    if not _plain_name(name):
+        raise SidecarError(
+            f"{where}: onnx_file {name!r} is not a file name in the engine's folder; the fallback runs only "
+            "the ONNX beside the engine"
+        )
+    path = engine_path.parent / name
+    folder = engine_path.resolve().parent
+    if path.is_symlink() and path.resolve().parent != folder:
+        raise SidecarError(f"{path}: a symbolic link out of the engine's folder (to {path.resolve()}); refused")
+    if not path.is_file():
+        what = "does not exist" if not path.exists() else "is not a regular file"
+        raise SidecarError(f"{engine_path}: its source ONNX {path} {what}; put {name} beside the engine")
+    _check_sha256(data, engine_path, path)
+    return path
 
 
 def check_compatible(
