@@ -3,8 +3,6 @@
 Real ONNX Runtime sessions on the session's small model (multiple 32); no mocks.
 """
 
-import json
-
 import cv2
 import numpy as np
 import pytest
@@ -121,11 +119,28 @@ def test_torch_and_onnxruntime_agree(small_checkpoint, small_onnx):
     assert np.abs(ort.backend.run(x, m) - ref.backend.run(x, m)).max() <= 1e-4
 
 
+def write_valid_sidecar(engine, onnx_path) -> None:
+    """The sidecar build-engine writes (the fallback validates it: same folder, same sha256)."""
+    import onnx
+
+    from pconv_deploy.contract import file_sha256
+    from pconv_deploy.engines.profiles import default_profiles
+    from pconv_deploy.engines.sidecar import make_sidecar, write_sidecar
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    data = make_sidecar(
+        onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), engine_path=engine, metadata=meta,
+        profiles=default_profiles(int(meta["pconv.multiple"])), tensorrt_version="10.9.0.34", gpu_name="NVIDIA L4",
+        compute_capability="8.9", version_compatible=False,
+    )  # fmt: skip
+    write_sidecar(engine, data)
+
+
 def test_engine_falls_back_to_sidecar_onnx(small_onnx, tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not a real engine")
     (tmp_path / "model.onnx").write_bytes(small_onnx.read_bytes())
-    (tmp_path / "model.engine.json").write_text(json.dumps({"onnx_file": "model.onnx"}))
+    write_valid_sidecar(engine, tmp_path / "model.onnx")
     said = []
     backend = load_backend(engine, "auto", on_fallback=said.append)
     assert backend.name == "onnxruntime-cpu"
@@ -178,7 +193,7 @@ def test_device_choice(small_onnx, small_checkpoint, tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not a real engine")
     (tmp_path / "model.onnx").write_bytes(small_onnx.read_bytes())
-    (tmp_path / "model.engine.json").write_text(json.dumps({"onnx_file": "model.onnx"}))
+    write_valid_sidecar(engine, tmp_path / "model.onnx")
     said = []
     backend = load_backend(engine, "auto", device="cpu", on_fallback=said.append)
     assert backend.name == "onnxruntime-cpu" and "--device cpu was requested" in said[0]

@@ -22,7 +22,6 @@ Only the torch backend imports torch, and only when a ``.safetensors`` checkpoin
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -364,17 +363,7 @@ def tensorrt_unavailable() -> str | None:
 
 
 def engine_source_onnx(engine: Path) -> Path:
-    """The ONNX file an engine was built from, as recorded in its sidecar ``<engine>.json``."""
-    from pconv_deploy.engines.sidecar import sidecar_path
+    """The ONNX file an engine was built from: its sidecar validated, the file beside the engine and unchanged."""
+    from pconv_deploy.engines.sidecar import source_onnx
 
-    sidecar = sidecar_path(engine)
-    try:
-        onnx_file = json.loads(sidecar.read_text())["onnx_file"]
-    except FileNotFoundError:
-        raise PConvError(f"{engine}: no sidecar {sidecar.name}, so no ONNX file to fall back to") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PConvError(f"{sidecar}: unreadable engine sidecar ({first_line(e)})") from None
-    path = engine.parent / str(onnx_file)
-    if not path.is_file():
-        raise PConvError(f"{engine}: its source ONNX {path} (from {sidecar.name}) does not exist")
-    return path
+    return source_onnx(engine)
