@@ -446,6 +446,8 @@ def evaluate(
     from pconv_deploy.train.evaluate import evaluate as run_evaluation
 
     report = run_evaluation(data, output, checkpoint, model, masks_per_bin, seed, size, max_images)
+    for why in report.skipped.values():
+        typer.echo(f"skipped {why}")
     typer.echo(report.table, nl=False)
     typer.echo(f"wrote {report.table_path} and {report.chart_path}")
 

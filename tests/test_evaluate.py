@@ -134,3 +134,61 @@ def test_cli_errors_are_one_line(small_checkpoint, tmp_path):
     assert r.returncode == 1 and r.stderr.strip().endswith(
         "must be a multiple of 32 for " + str(small_checkpoint) + " (2^layers)"
     )
+
+
+def unusable_images(folder):
+    """A few-hundred-byte 30000x1 PNG (upscaled to the crop size it took 1.4 GB), noise, a cut JPEG, an empty file."""
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    Image.new("RGB", (30000, 1), (255, 0, 0)).save(folder / "thin.png")
+    (folder / "noise.png").write_bytes(np.random.default_rng(1).bytes(500))
+    Image.new("RGB", (64, 64), (0, 0, 255)).save(folder / "cut.jpg", quality=95)
+    (folder / "cut.jpg").write_bytes((folder / "cut.jpg").read_bytes()[:300])
+    (folder / "empty.png").write_bytes(b"")
+    return {str(folder / n) for n in ("thin.png", "noise.png", "cut.jpg", "empty.png")}
+
+
+def test_cli_skips_unusable_images_and_lists_them(small_checkpoint, tmp_path):
+    import json
+
+    from PIL import Image
+
+    bad = unusable_images(tmp_path / "data")
+    for i, image in enumerate(photos(64, 2)):
+        Image.fromarray(image).save(tmp_path / "data" / f"good{i}.png")
+    args = ["--checkpoint", small_checkpoint, "--data", tmp_path / "data", "--output", tmp_path / "ev"]
+    r = subprocess.run(
+        [sys.executable, "-m", "pconv_deploy.cli", "evaluate", *map(str, args), "--masks-per-bin", "1", "--size", "64"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| (0.01, 0.1] | 2 |" in r.stdout  # the two good images, each once per bin
+    assert sum(line.startswith("skipped ") for line in r.stdout.splitlines()) == len(bad)
+    report = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert set(report["skipped"]) == bad and "4 unusable image(s) skipped" in report["note"]
+    assert "30000x1 is more elongated than 16:1" in report["skipped"][str(tmp_path / "data" / "thin.png")]
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["--seed", "-1"], "--seed must be between 0 and 2^63 - 1, got -1", 2),
+        (["--masks-per-bin", "100000"], "--masks-per-bin must be between 1 and 100", 2),
+        (["--size", "100000"], "--size must be between 1 and 2048, got 100000", 2),  # would upscale to 30 GB
+        (["--data", "DATA"], "none of the 4 images is usable", 1),
+    ],
+)
+def test_cli_bad_values_are_one_line_and_write_nothing(small_checkpoint, tmp_path, args, message, code):
+    unusable_images(tmp_path / "data")
+    args = [str(tmp_path / "data") if a == "DATA" else a for a in args]
+    base = ["--checkpoint", str(small_checkpoint), "--output", str(tmp_path / "ev")]
+    data = [] if "--data" in args else ["--data", "builtin"]
+    r = subprocess.run(
+        [sys.executable, "-m", "pconv_deploy.cli", "evaluate", *base, *data, *args], capture_output=True, text=True
+    )
+    assert r.returncode == code and "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert not (tmp_path / "ev").exists() or not list((tmp_path / "ev").iterdir())

@@ -14,7 +14,7 @@ of them, so all are scored the same way, on whole images:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from pconv_deploy.errors import PConvError
 from pconv_deploy.train.masks import HOLE_BINS, bin_label, random_mask
 
+MAX_MASKS_PER_BIN = 100  # every sample keeps its mask in memory: images x 6 bins x this x size^2 bytes
 Predict = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], list[np.ndarray]]
 
 
@@ -158,14 +159,28 @@ def markdown_table(scores: Sequence[BinScore]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def crop_images(paths: Sequence[Path], size: int, photo_scale: bool = False) -> list[np.ndarray]:
+def crop_images(
+    paths: Sequence[Path], size: int, photo_scale: bool = False, skipped: dict[Path, str] | None = None
+) -> list[np.ndarray]:
     """The centre ``size`` x ``size`` crop of each image (upscaled first if smaller).
 
     ``photo_scale``: photos of a recorded split are first resized to the corpus scale, as in training.
+    ``skipped``: unusable files (corrupt, over the size limits) are recorded there and left out;
+    without it the first one raises.
     """
-    from pconv_deploy.train.data import center_crop, load_image
+    from pconv_deploy.train.data import BadImage, center_crop, load_image
 
-    return [np.ascontiguousarray(center_crop(load_image(p, photo_scale), size)) for p in paths]
+    crops = []
+    for path in paths:
+        try:
+            image = load_image(path, photo_scale)
+        except BadImage as e:
+            if skipped is None:
+                raise
+            skipped[path] = str(e)
+            continue
+        crops.append(np.ascontiguousarray(center_crop(image, size)))
+    return crops
 
 
 @dataclass
@@ -174,17 +189,43 @@ class EvalReport:
     table: str
     table_path: Path
     chart_path: Path
+    skipped: dict[str, str] = field(default_factory=dict)  # unusable image files left out: path -> why
 
 
 def load_samples(
-    data: str, size: int = 256, masks_per_bin: int = 4, seed: int = 0, max_images: int | None = None
+    data: str,
+    size: int = 256,
+    masks_per_bin: int = 4,
+    seed: int = 0,
+    max_images: int | None = None,
+    skipped: dict[Path, str] | None = None,
 ) -> tuple[list[Sample], int]:
-    """The test set: centre crops of ``data`` (a folder, "builtin" or a recorded split) with seeded masks."""
+    """The test set: centre crops of ``data`` (a folder, "builtin" or a recorded split) with seeded masks.
+
+    -> (samples, images used). Unusable files are left out (and recorded in ``skipped``); none usable raises.
+    """
     from pconv_deploy.train.data import image_paths
     from pconv_deploy.train.photos import SPLITS
 
     paths = image_paths(data)[:max_images]
-    return make_samples(crop_images(paths, size, str(data) in SPLITS), masks_per_bin, seed), len(paths)
+    skipped = {} if skipped is None else skipped
+    crops = crop_images(paths, size, str(data) in SPLITS, skipped)
+    if not crops:
+        raise PConvError(f"none of the {len(paths)} images is usable (e.g. {next(iter(skipped.values()))})")
+    return make_samples(crops, masks_per_bin, seed), len(crops)
+
+
+def check_options(size: int, masks_per_bin: int, seed: int) -> None:
+    """Refuse values no evaluation can use, before any file is read (the CLI's exit 2)."""
+    from pconv_deploy.train.data import MAX_SIZE
+    from pconv_deploy.train.loop import OptionError
+
+    if not 1 <= size <= MAX_SIZE:
+        raise OptionError(f"--size must be between 1 and {MAX_SIZE}, got {size}")
+    if not 1 <= masks_per_bin <= MAX_MASKS_PER_BIN:
+        raise OptionError(f"--masks-per-bin must be between 1 and {MAX_MASKS_PER_BIN}, got {masks_per_bin}")
+    if not 0 <= seed < 2**63:
+        raise OptionError(f"--seed must be between 0 and 2^63 - 1, got {seed}")
 
 
 def evaluate(
@@ -201,6 +242,7 @@ def evaluate(
     """Score a checkpoint (PyTorch) or a deployed model (runtime) against Telea; write table, JSON and chart."""
     if (checkpoint is None) == (model is None):
         raise PConvError("give exactly one of --checkpoint (PyTorch) or --model (ONNX / engine, via the runtime)")
+    check_options(size, masks_per_bin, seed)
     if checkpoint is not None:
         predict, multiple = checkpoint_predictor(checkpoint)
         if size % multiple:
@@ -208,13 +250,16 @@ def evaluate(
         name = "PConv"
     else:
         predict, name = runtime_predictor(model), "PConv (runtime)"
-    samples, count = load_samples(data, size, masks_per_bin, seed, max_images)
+    skipped: dict[Path, str] = {}
+    samples, count = load_samples(data, size, masks_per_bin, seed, max_images, skipped)
     scores = score(name, predict, samples, batch_size) + score("Telea", telea_predictor(), samples, batch_size)
     crops = f"{count} images, {size}x{size} centre crops, {masks_per_bin} masks/bin, seed {seed}"
-    return write_report(scores, Path(output), f"{checkpoint or model} on {data}: {crops}")
+    if skipped:
+        crops += f" ({len(skipped)} unusable image(s) skipped, listed in evaluation.json)"
+    return write_report(scores, Path(output), f"{checkpoint or model} on {data}: {crops}", skipped)
 
 
-def write_report(scores: list[BinScore], output: Path, note: str) -> EvalReport:
+def write_report(scores: list[BinScore], output: Path, note: str, skipped: dict[Path, str] | None = None) -> EvalReport:
     """evaluation.md (the table), evaluation.json (every number) and evaluation.png (bar charts)."""
     import dataclasses
     import json
@@ -227,10 +272,12 @@ def write_report(scores: list[BinScore], output: Path, note: str) -> EvalReport:
     table_path = output / "evaluation.md"
     write_text_atomic(table_path, f"# Evaluation\n\n{note}\n\n{table}")
     rows = [{**dataclasses.asdict(s), "bin": bin_label(HOLE_BINS[s.bin_index])} for s in scores]
-    write_text_atomic(output / "evaluation.json", json.dumps({"note": note, "scores": rows}, indent=1))
+    skipped_text = {str(k): v for k, v in (skipped or {}).items()}
+    report = {"note": note, "scores": rows, "skipped": skipped_text}
+    write_text_atomic(output / "evaluation.json", json.dumps(report, indent=1))
     labels = [bin_label(HOLE_BINS[b]) for b in sorted({s.bin_index for s in scores})]
     methods = list(dict.fromkeys(s.method for s in scores))
     titles = (("hole_l1", "hole L1 (0-255) - lower is better"), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"))
     panels = {title: {m: [getattr(s, key) for s in scores if s.method == m] for m in methods} for key, title in titles}
     chart_path = plots.bar_charts(labels, panels, output / "evaluation.png")
-    return EvalReport(scores, table, table_path, chart_path)
+    return EvalReport(scores, table, table_path, chart_path, skipped_text)
