@@ -84,7 +84,10 @@ class OnnxRuntimeBackend:
     a fifth of the folder job's time (docs/runtime-speed.md).
     """
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, device: str = "auto", threads: int | None = None, *, spinning: bool = False
+    ) -> None:
+        """``spinning``: idle intra-op threads spin (off: they sleep, and decoding threads get the cores)."""
         import onnxruntime as ort
 
         path = Path(path)
@@ -104,7 +107,7 @@ class OnnxRuntimeBackend:
         if kind != "cuda":
             use_growing_arena(ort, options)
         # Idle intra-op threads sleep instead of spinning: decoding and encoding threads share the cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.enable_mem_pattern = False
         options.log_severity_level = 3  # warnings about unused CUDA libraries are not the user's problem
         try:
