@@ -1,6 +1,7 @@
 """12 MP photos through `pconv infer`: crop vs full time, peak memory, and the output encoders, in one run.
 
     .venv/bin/python scripts/bench_photos.py [--model demo.onnx] [--count 4] [--memory-limit 6GiB]
+        [--masks objects|strokes|scribbles] [--baseline OLD_CHECKOUT]
 
 Makes ``--count`` photo-like 4000x3000 JPEGs (scikit-image photos upscaled, with sensor-like noise)
 and masks covering about 1% of each (``--masks objects``: one to three irregular blobs per photo;
@@ -8,7 +9,9 @@ and masks covering about 1% of each (``--masks objects``: one to three irregular
 the photo), then runs `pconv infer` as a user would
 (one subprocess per run, ONNX Runtime CPU): ``--strategy crop``, ``--strategy full`` under
 ``--memory-limit``, and crop again (load on a shared machine drifts: the crop time is the mean
-of the two). Peak memory is the report's ``peak_memory_bytes`` (ru_maxrss of the infer process).
+of the two; ``--baseline DIR`` adds a crop run with the package of another checkout, in between).
+Prints the share of pixels crop infers with and without splitting long holes, and the load
+average. Peak memory is the report's ``peak_memory_bytes`` (ru_maxrss of the infer process).
 Then times the encoders on one 12 MP result: ours (runtime/outputs.encode_png) at PNG levels 1, 2
 (the default) and 6, and Pillow's PNG at 1 and 6 (its default), JPEG and WebP. Without
 ``--model`` the bundled demo checkpoint is exported to ONNX first (needs torch). Timings vary
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -58,15 +62,15 @@ MASKS = ("objects", "strokes", "scribbles")
 def hole_mask(
     size: tuple[int, int], rng: np.random.Generator, masks: str = "objects", ratio: float = 0.01
 ) -> Image.Image:
-    """A mode-L mask (255 = hole) of ``size`` (w, h): objects or scribbles covering about ``ratio``, or strokes.
+    """A mode-L mask (255 = hole) of ``size`` (w, h) covering about ``ratio``: objects, strokes or scribbles.
 
-    ``objects``: scribbles around one to three centres; ``scribbles``: short curved scribbles
-    (5-point polylines, 15-34 px wide) scattered until ``ratio``; ``strokes``: six straight
-    strokes, 20-60 px wide, 300-600 px long, at any angle, anywhere (about 1% of 12 MP; ``ratio``
-    is not used): the long diagonal holes one axis-aligned window covers badly.
+    ``objects``: scribbles around one to three centres; ``strokes``: straight strokes, 20-60 px
+    wide, 300-600 px long, at any angle, anywhere (about six for 1% of 12 MP): the long diagonal
+    holes one axis-aligned window covers badly; ``scribbles``: short curved scribbles (5-point
+    polylines, 15-34 px wide) scattered over the image.
     """
     if masks == "strokes":
-        return straight_strokes(size, rng)
+        return straight_strokes(size, rng, ratio)
     w, h = size
     mask = Image.new("L", size, 0)
     draw = ImageDraw.Draw(mask)
@@ -87,12 +91,12 @@ def hole_mask(
     return mask
 
 
-def straight_strokes(size: tuple[int, int], rng: np.random.Generator, count: int = 6) -> Image.Image:
-    """``count`` straight strokes 20-60 px wide, 300-600 px long, any angle, centres anywhere in the image."""
+def straight_strokes(size: tuple[int, int], rng: np.random.Generator, ratio: float) -> Image.Image:
+    """Straight strokes 20-60 px wide, 300-600 px long, any angle, centres anywhere, until ``ratio`` is covered."""
     w, h = size
     mask = Image.new("L", size, 0)
     draw = ImageDraw.Draw(mask)
-    for _ in range(count):
+    while np.asarray(mask).mean() / 255 < ratio:
         length, angle = rng.uniform(300, 600), rng.uniform(0, np.pi)
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
@@ -100,13 +104,15 @@ def straight_strokes(size: tuple[int, int], rng: np.random.Generator, count: int
     return mask
 
 
-def infer(model: Path, folder: Path, name: str, *extra: str) -> dict:
+def infer(model: Path, folder: Path, name: str, *extra: str, package: Path | None = None) -> dict:
+    """One `pconv infer` subprocess; ``package``: a checkout whose pconv_deploy runs instead (PYTHONPATH)."""
     out, report = folder / f"out-{name}", folder / f"{name}.json"
     cmd = [sys.executable, "-m", "pconv_deploy.cli", "infer", "--images", str(folder / "images"),
            "--masks", str(folder / "masks"), "--output", str(out), "--model", str(model), "--report", str(report),
            "--overwrite", *extra]  # fmt: skip
+    env = None if package is None else {**os.environ, "PYTHONPATH": str(package.resolve())}
     start = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if r.returncode != 0:
         sys.exit(f"{name} failed:\n{r.stderr}")
@@ -150,6 +156,23 @@ def save(im: Image.Image, fmt: str, options: dict) -> bytes:
     return buffer.getvalue()
 
 
+def print_crop_pixels(model: Path, folder: Path) -> None:
+    """The share of the photos' pixels crop infers (default margin), with long holes split and with one window each."""
+    from pconv_deploy.runtime.backends import load_backend
+    from pconv_deploy.runtime.tiles import CROP_MARGIN, plan_windows
+
+    multiple = load_backend(model, "onnxruntime", "cpu").multiple
+    for split in (True, False):
+        pixels = windows = total = 0
+        for path in sorted((folder / "masks").iterdir()):
+            hole = np.asarray(Image.open(path)) > 127
+            plans = plan_windows(hole, CROP_MARGIN, multiple, split=split)
+            pixels += sum((y1 - y0) * (x1 - x0) for (y0, y1, x0, x1), _ in plans)
+            windows, total = windows + len(plans), total + hole.size
+        label = "split (default)" if split else "one window per hole"
+        print(f"crop infers {100 * pixels / total:.1f}% of the pixels in {windows} windows: {label}")
+
+
 def default_model(folder: Path) -> Path:
     from pconv_deploy.export.onnx_export import export_onnx
     from pconv_deploy.model import load_checkpoint
@@ -165,20 +188,30 @@ def main() -> None:
     parser.add_argument("--memory-limit", default="6GiB", help="--memory-limit for the full-strategy run")
     parser.add_argument("--masks", choices=MASKS, default="objects", help="hole layout (see hole_mask)")
     parser.add_argument("--keep", type=Path, help="make the photos in this folder and keep them")
+    parser.add_argument(
+        "--baseline", type=Path, help="also time crop with the pconv_deploy of this checkout (e.g. a git worktree)"
+    )
     args = parser.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="pconv-photos-"))
     model = args.model or default_model(folder)
     make_photos(folder, args.count, args.masks)
     holes = np.mean([np.asarray(Image.open(p)).mean() / 255 for p in sorted((folder / "masks").iterdir())])
     print(f"{args.count} photos {SIZE[0]}x{SIZE[1]}, {100 * holes:.2f}% holes ({args.masks}), model {model.name}")
+    print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print_crop_pixels(model, folder)
     crop1 = infer(model, folder, "crop")
     full = infer(model, folder, "full", "--strategy", "full", "--memory-limit", args.memory_limit)
+    baseline = args.baseline and infer(model, folder, "crop-baseline", package=args.baseline)
     crop2 = infer(model, folder, "crop")
     crop_s = (crop1["seconds"] + crop2["seconds"]) / 2
     gib = 2**30
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print(f"crop: {crop1['seconds']:.1f} s and {crop2['seconds']:.1f} s, peak {crop1['peak'] / gib:.2f} GiB")
     print(f"full: {full['seconds']:.1f} s, peak {full['peak'] / gib:.2f} GiB (--memory-limit {args.memory_limit})")
     print(f"full / crop: {full['seconds'] / crop_s:.1f}x")
+    if baseline:
+        print(f"crop with {args.baseline}: {baseline['seconds']:.1f} s, full / that: "
+              f"{full['seconds'] / baseline['seconds']:.1f}x")  # fmt: skip
     result = np.asarray(Image.open(folder / "out-crop" / "photo0.png").convert("RGB"))
     times = encode_times(result)
     base = times["png level 1"][0]

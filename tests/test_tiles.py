@@ -204,3 +204,18 @@ def test_joining_matches_a_brute_force_loop(seed):
         side = rng.integers(1, 4, (n, 2)) * MULTIPLE
         boxes = [(int(a), int(min(h, a + s)), int(b), int(min(w, b + t))) for a, b, (s, t) in zip(y0, x0, side)]
         assert windows.cheaper_pair(boxes, h, w, MULTIPLE) == brute_cheaper_pair(boxes, h, w, MULTIPLE)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (40, 60), (120, 7)])
+def test_components_match_opencv(shape):
+    """Hole components (runs joined by 8-connectivity), at the image edges too, have OpenCV's bounding boxes."""
+    rng = np.random.default_rng(sum(shape))
+    for density in (0.05, 0.3, 0.6, 1.0):
+        mask = rng.random(shape) < density
+        mask[:, -1] |= density > 0.5  # runs that reach the right edge
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        expected = sorted((y, y + bh, x, x + bw) for x, y, bw, bh, _ in stats[1:])
+        assert sorted(windows.Components(mask).boxes) == expected
+        comps = windows.Components(mask)
+        labels = comps.label_image()
+        assert np.array_equal(labels > 0, mask) and labels.max() == count - 1

@@ -168,6 +168,8 @@ def paint_runs(shape: tuple[int, int], units: list[Runs]) -> np.ndarray:
     """int32 image: unit index + 1 on the pixels of each unit's runs, 0 elsewhere."""
     h, w = shape
     labels = np.zeros(h * w, np.int32)
+    if not units:
+        return labels.reshape(h, w)
     rows, starts, ends = (np.concatenate([u[k] for u in units]) for k in range(3))
     unit = np.repeat(np.arange(1, len(units) + 1, dtype=np.int32), [len(u[0]) for u in units])
     lengths = ends - starts
@@ -258,9 +260,7 @@ class Components:
     def __init__(self, mask: np.ndarray) -> None:
         self.shape = mask.shape
         h, w = mask.shape
-        edges = np.diff(np.pad(mask.astype(np.int8), ((0, 0), (1, 1))), axis=1)
-        self.rows, self.starts = np.nonzero(edges == 1)
-        _, self.ends = np.nonzero(edges == -1)  # exclusive; row-major order pairs them with the starts
+        self.rows, self.starts, self.ends = row_runs(np.asarray(mask, bool))
         self.run_label = np.zeros(0, np.int64)
         self.boxes: list[Box] = []
         if len(self.rows):
@@ -309,6 +309,24 @@ class Components:
     def label_image(self) -> np.ndarray:
         """int32 image: component index + 1 on its pixels, 0 elsewhere."""
         return paint_runs(self.shape, self.runs())
+
+
+def row_runs(mask: np.ndarray) -> Runs:
+    """The runs of True in each row of a 2-D bool mask, in row-major order: rows, starts, ends (exclusive).
+
+    One pass of 1-D flatnonzero over the changes between neighbouring columns (2-D nonzero on a
+    padded copy took 0.1 s on a 12 MP mask).
+    """
+    h, w = mask.shape
+    stride = w + 1  # keys row * stride + column; column w is the end of a run that reaches the right edge
+    first, last = np.flatnonzero(mask[:, 0]), np.flatnonzero(mask[:, -1])
+    change = np.flatnonzero(mask[:, 1:] != mask[:, :-1]) if w > 1 else np.zeros(0, np.int64)
+    row, col = change // max(1, w - 1), change % max(1, w - 1) + 1
+    key = row * stride + col
+    opens = mask[row, col]  # a change to True starts a run there; to False ends one
+    start_key = np.sort(np.concatenate([first * stride, key[opens]]))
+    end_key = np.sort(np.concatenate([last * stride + w, key[~opens]]))
+    return start_key // stride, start_key % stride, end_key % stride
 
 
 def component_boxes(mask: np.ndarray) -> list[Box]:
