@@ -88,13 +88,13 @@ def check_values(image: np.ndarray, mask: np.ndarray) -> None:
     good = (image >= 0) & (image <= 1)  # False for NaN and infinities too
     if not good.all():
         where = np.unravel_index(int(np.argmin(good)), image.shape)
-        value = image[where]
+        value = float(image[where])  # a Python float: the same text under numpy 1 and 2
         raise BadRequest(f"{IMAGE} value {value!r} at {list(map(int, where))}: must be finite and in [0, 1]")
     binary = (mask == 0) | (mask == 1)
     if not binary.all():
         where = np.unravel_index(int(np.argmin(binary)), mask.shape)
         raise BadRequest(
-            f"{MASK} value {mask[where]!r} at {list(map(int, where))}: must be exactly 0 (hole) or 1 (known)"
+            f"{MASK} value {float(mask[where])!r} at {list(map(int, where))}: must be exactly 0 (hole) or 1 (known)"
         )
 
 

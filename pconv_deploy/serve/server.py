@@ -5,7 +5,8 @@ without torch), started by :mod:`pconv_deploy.serve.launcher`. It serves the mod
 as an exported ONNX file does in a ``pconv triton-repo`` repository: inputs ``image`` [N,3,H,W] and
 ``mask`` [N,1,H,W] float32, output ``inpainted`` [N,3,H,W] float32, H and W multiples of
 ``pconv.multiple`` (the caller pads; see docs/contract.md), the ``pconv.*`` metadata as model config
-``parameters``, dynamic batching up to ``max_batch_size``.
+``parameters``, dynamic batching up to ``max_batch_size``. Tritonserver listens on private loopback
+ports; the public ones belong to the checking fronts (:mod:`pconv_deploy.serve.fronts`).
 
     python -m pconv_deploy.serve.server --model model.onnx --host 127.0.0.1 --http-port 8000 ...
 """

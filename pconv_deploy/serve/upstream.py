@@ -15,6 +15,7 @@ import numpy as np
 
 from pconv_deploy.contract import CHANNELS, IMAGE, MASK, OUTPUT
 from pconv_deploy.errors import PConvError
+from pconv_deploy.serve.fronts import one_line
 
 LOOPBACK = "127.0.0.1"
 LOG_TAIL_CHARS = 64 * 1024  # what PyTriton keeps of tritonserver's log (it kept all of it, forever)
@@ -84,7 +85,7 @@ def warm_up(upstream: str, name: str, multiple: int) -> None:
         out = client.infer(name, inputs, outputs=[http.InferRequestedOutput(OUTPUT, binary_data=True)])
         result = out.as_numpy(OUTPUT)
     except Exception as e:  # tritonclient's exceptions: the model cannot answer
-        raise PConvError(f"the warm-up request failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        raise PConvError(f"the warm-up request failed: {one_line(str(e))[:300]}") from None
     finally:
         client.close()
     known = mask[:, 0] == 1
