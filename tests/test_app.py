@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
@@ -269,3 +270,13 @@ def test_a_pip_install_has_the_page_and_examples(monkeypatch, tmp_path):
             assert any(fnmatch.fnmatch(name, g) for g in globs), f"{name} is not package data"
     monkeypatch.setattr(app_server, "HERE", tmp_path / "site-packages" / "pconv_deploy" / "app")
     assert sorted(app_server.example_photos()) == ["chelsea.jpg", "rocket.jpg"]
+
+
+def test_a_foreign_host_name_is_refused_on_loopback(server):
+    """DNS rebinding: a web page that points its own name at 127.0.0.1 must not reach the API."""
+    request = urllib.request.Request(f"{server.url}/api/models", headers={"Host": "rebound.example:80"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400
+    port = server.url.rsplit(":", 1)[1]
+    assert get_json(f"http://localhost:{port}/api/models")["models"]  # the names of loopback still work

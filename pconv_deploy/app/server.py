@@ -48,6 +48,10 @@ def create_app(models: ModelSet):
     options = models.options
     examples = example_photos()
     app = FastAPI(title="pconv app", docs_url=None, redoc_url=None, openapi_url=None)
+    if is_loopback(options.host):  # a web page's DNS rebinding reaches loopback under a name of its own: refused
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"])
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(UploadError)
