@@ -367,6 +367,19 @@ def test_every_server_stopping_mid_run_stops_the_job_and_resume_finishes_it(serv
     assert_like_local(out, local, images)
 
 
+def test_serve_refuses_bad_names_and_limits_in_one_line(serve_env, small_onnx):
+    for args, expected in [
+        (
+            ["--name", 'a" b'],
+            "error: --name 'a\" b': a model name is 1-64 characters of A-Z a-z 0-9 _ . - (no leading dot)",
+        ),
+        (["--max-pixels", "1000"], "error: --max-pixels 1000: below the smallest request (32x32, pconv.multiple)"),
+    ]:
+        r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(small_onnx), *args],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 1 and r.stderr.strip() == expected, r.stderr
+
+
 def test_serve_without_model_file_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(tmp_path / "none.onnx")],
                        capture_output=True, text=True, timeout=60)  # fmt: skip

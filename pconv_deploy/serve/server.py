@@ -165,12 +165,13 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
     from pconv_deploy.triton import check_name
 
     check_name(options.name)
-    if options.max_pixels < 1:
-        raise PConvError(f"--max-pixels {options.max_pixels}: must be at least 1")
     check_ports(options)
     backend = load_backend(options.model, "auto", on_fallback=announce)
     metadata = dict(backend.metadata)
     metadata.setdefault("pconv.multiple", str(backend.multiple))
+    if options.max_pixels < backend.multiple**2:
+        m = backend.multiple
+        raise PConvError(f"--max-pixels {options.max_pixels}: below the smallest request ({m}x{m}, pconv.multiple)")
     python_backend_env()
     filter_tritonserver_log()
     from pytriton.triton import Triton
