@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_helpers import AppProcess, decode, get_json, pconv_infer, png_bytes, post
+from app_helpers import AppProcess, decode, get_json, multipart, pconv_infer, png_bytes, post
 
 pytest.importorskip("fastapi", reason="the app extra is not installed (pip install 'pconv-deploy[app]')")
 
@@ -280,3 +280,18 @@ def test_a_foreign_host_name_is_refused_on_loopback(server):
     assert refused.value.code == 400
     port = server.url.rsplit(":", 1)[1]
     assert get_json(f"http://localhost:{port}/api/models")["models"]  # the names of loopback still work
+
+
+def test_another_sites_page_cannot_post(server, photo_files):
+    """A form on another site can POST to loopback (no CORS preflight for multipart): its Origin is refused."""
+    photo, mask_file = photo_files[:2]
+    body, content_type = multipart({"image": ("p.png", photo.read_bytes()), "mask": ("m.png", mask_file.read_bytes())})
+    headers = {"Content-Type": content_type, "Origin": "https://elsewhere.example"}
+    request = urllib.request.Request(f"{server.url}/api/inpaint", data=body, headers=headers, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 403 and b"cross-origin" in refused.value.read()
+    headers["Origin"] = server.url  # the app's own page
+    request = urllib.request.Request(f"{server.url}/api/inpaint", data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=120) as r:
+        assert r.status == 200

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pconv_deploy.app.models import AppOptions, ModelSet
 from pconv_deploy.app.uploads import UploadError, decode_mask, decode_photo, parse_form, read_body
@@ -118,6 +119,10 @@ def create_app(models: ModelSet):
 
 
 async def read_form(request, max_upload: int):
+    """The request's form; refused (403) when a browser says another site's page sent it (cross-site POST)."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise UploadError(f"cross-origin request from {origin} refused: use the page this app serves", 403)
     body = await read_body(request.stream(), request.headers.get("content-length"), max_upload)
     return parse_form(body, request.headers.get("content-type"))
 
