@@ -42,7 +42,7 @@ def example_photos() -> dict[str, Path]:
 def create_app(models: ModelSet):
     """The ASGI application serving ``models`` (FastAPI)."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.responses import FileResponse, Response
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
 
@@ -55,18 +55,7 @@ def create_app(models: ModelSet):
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"])
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.exception_handler(UploadError)
-    async def refused(request: Request, e: UploadError) -> JSONResponse:
-        return JSONResponse({"error": first_line(e)}, status_code=e.status)
-
-    @app.exception_handler(PConvError)
-    async def failed(request: Request, e: PConvError) -> JSONResponse:  # over the memory budget; servers down
-        status = 503 if getattr(e, "fatal", False) else 422  # fatal: every Triton server failed the request
-        return JSONResponse({"error": first_line(e)}, status_code=status)
-
-    @app.exception_handler(Exception)
-    async def crashed(request: Request, e: Exception) -> JSONResponse:
-        return JSONResponse({"error": f"inference failed: {type(e).__name__}: {first_line(e)}"}, status_code=500)
+    add_error_handlers(app)
 
     @app.get("/")
     async def page() -> FileResponse:
@@ -116,6 +105,25 @@ def create_app(models: ModelSet):
         return Response(result.png, media_type="image/png", headers=headers)
 
     return app
+
+
+def add_error_handlers(app) -> None:
+    """Every refusal and failure as ``{"error": "one line"}`` with its status; the server goes on serving."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    @app.exception_handler(UploadError)
+    async def refused(request: Request, e: UploadError) -> JSONResponse:
+        return JSONResponse({"error": first_line(e)}, status_code=e.status)
+
+    @app.exception_handler(PConvError)
+    async def failed(request: Request, e: PConvError) -> JSONResponse:  # over the memory budget; servers down
+        status = 503 if getattr(e, "fatal", False) else 422  # fatal: every Triton server failed the request
+        return JSONResponse({"error": first_line(e)}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, e: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"inference failed: {type(e).__name__}: {first_line(e)}"}, status_code=500)
 
 
 async def read_form(request, max_upload: int):
