@@ -115,7 +115,7 @@ def _decode(path: Path) -> np.ndarray:
             w, h = im.size
             if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
                 raise BadImage(f"{path}: {w}x{h} is more elongated than {MAX_ASPECT}:1")
-            return np.asarray(im.convert("RGB"))
+            return _to_rgb(path, im)
     except BadImage:
         raise
     except InputError as e:
@@ -124,6 +124,17 @@ def _decode(path: Path) -> np.ndarray:
         raise
     except Exception as e:  # Pillow surfaces corrupt data as OSError, SyntaxError, ValueError, EOFError...
         raise BadImage(f"{path}: cannot read image ({type(e).__name__}: {first_line(e)})") from None
+
+
+def _to_rgb(path: Path, im) -> np.ndarray:
+    """uint8 RGB. 16-bit grey keeps its top 8 bits (Pillow's convert would clip it to white);
+    32-bit integer or float images have no known range and are refused."""
+    if im.mode.startswith("I;16"):
+        grey = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode in ("I", "F"):
+        raise BadImage(f"{path}: 32-bit {'float' if im.mode == 'F' else 'integer'} pixels have no known range")
+    return np.asarray(im.convert("RGB"))
 
 
 def fit_short_side(image: np.ndarray, size: int) -> np.ndarray:

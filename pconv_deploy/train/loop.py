@@ -132,6 +132,7 @@ class Run:
     history: list[dict[str, float]] = field(default_factory=list)
     step_times: list[float] = field(default_factory=list)
     saved_step: int = 0  # the step of the last complete save (state.pt) in the run directory
+    lock: Any = None  # resume.RunLock on rank 0
     made_files: list[Path] = field(default_factory=list)  # what this start wrote before its first save
 
 
@@ -157,6 +158,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         except BaseException:
             resume.discard_unsaved_start(run)
             raise
+        finally:
+            if run.lock is not None:
+                run.lock.release()
         distributed.wait_for_all(d)  # only on success: after a failure the other ranks are stopped by torchrun
         return result
     finally:
@@ -165,6 +169,19 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
 
 def set_up(cfg: TrainConfig, d, log: Callable[[str], None]) -> Run:
     """Data, model (resumed, --init or random), optimizer, loss; the run directory's config and history."""
+    from pconv_deploy.train import resume
+
+    lock = resume.RunLock(Path(cfg.output)) if d.is_main else None
+    try:
+        return prepare(cfg, d, log, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def prepare(cfg: TrainConfig, d, log: Callable[[str], None], lock) -> Run:
+    """set_up's work, with the run folder locked (rank 0)."""
     import torch
 
     from pconv_deploy.train import resume, state
@@ -194,7 +211,7 @@ def set_up(cfg: TrainConfig, d, log: Callable[[str], None]) -> Run:
 
         net = DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.startswith("cuda") else None)
     run = Run(cfg, d, model, net, optimizer, make_criterion(cfg).to(d.device), dataset, start, settings)
-    run.saved_step = start
+    run.saved_step, run.lock = start, lock
     if d.is_main:
         resume.write_run_files(run, log)
     return run

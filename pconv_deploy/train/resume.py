@@ -7,6 +7,7 @@ never silently restarted from step 0 over it.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +17,40 @@ from pconv_deploy.errors import PConvError, first_line
 
 if TYPE_CHECKING:
     from pconv_deploy.train.loop import Run, TrainConfig
+
+
+class RunLock:
+    """An exclusive flock on the run folder, held by rank 0 while it trains; a kill releases it.
+
+    A second `pconv train` on the same folder would resume from the first one's save and both would
+    write there: it is refused in one line instead.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.fd = run_dir, None
+        self.acquire()
+
+    def acquire(self) -> None:
+        """Lock the folder if it exists (called again once it is made)."""
+        import fcntl
+
+        if self.fd is not None or not self.run_dir.is_dir():
+            return
+        fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise PConvError(f"{self.run_dir}: another pconv train is running in this folder") from None
+        except OSError:  # a file system without locks (some network mounts): go on unlocked
+            os.close(fd)
+            return
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def load_model(cfg: TrainConfig, d, log: Callable[[str], None]):
@@ -103,9 +138,13 @@ def write_run_files(run: Run, log: Callable[[str], None]) -> None:
     from pconv_deploy.train import state
 
     cfg, run_dir = run.cfg, Path(run.cfg.output)
+    snapshots = run_dir / state.SNAPSHOTS
+    if cfg.keep_every and snapshots.exists() and not snapshots.is_dir():
+        raise PConvError(f"{snapshots}: not a folder, so --keep-every cannot keep snapshots in it")
     if not run_dir.is_dir():
         run_dir.mkdir(parents=True)
         run.made_files.append(run_dir)
+        run.lock.acquire()
     history, bad = state.read_history(run_dir, before_step=run.start)
     if bad:
         log(f"{run_dir / state.HISTORY}: ignored {bad} line(s) that are not a JSON object with an integer step")
@@ -118,7 +157,10 @@ def write_run_files(run: Run, log: Callable[[str], None]) -> None:
     ):
         if not (run_dir / name).exists():
             run.made_files.append(run_dir / name)
-        write_text_atomic(run_dir / name, text)
+        try:
+            write_text_atomic(run_dir / name, text)
+        except OSError as e:
+            raise PConvError(f"{run_dir / name}: cannot write ({e.strerror or e})") from None
     if run.start and state.checkpoint_step(run_dir) != str(run.start):  # a kill between state.pt and it
         state.save_model(run.model, run_dir / state.CHECKPOINT, run.start, run.settings)
         log(f"{run_dir / state.CHECKPOINT}: rewritten from {state.STATE} (step {run.start})")
