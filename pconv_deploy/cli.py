@@ -18,7 +18,7 @@ from pconv_deploy.bench.spec import BACKENDS as BENCH_CONFIGS
 from pconv_deploy.contract import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, INFERENCE_PRECISIONS, ONNX_SUFFIX, PRECISIONS
 from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.paths import check_folder_job, check_input_file, check_output_dir, check_output_file
-from pconv_deploy.serve.launcher import MAX_PIXELS as SERVE_MAX_PIXELS
+from pconv_deploy.serving.options import KIND_CPU, KIND_GPU, PORT_RANGE, RepositoryOptions, ServeOptions, field_defaults
 
 app = typer.Typer(
     name="pconv",
@@ -616,7 +616,7 @@ def open_runner(model: Path, backend: str, device: str, threads: int | None, pre
 
 def remote_runner(servers: list[str], model_name: str, wait: float = 0.0) -> object:
     """The backend for `infer --server`: batches go to the Triton servers (thread-safe, retried across them)."""
-    from pconv_deploy.runtime.remote import TritonBackend
+    from pconv_deploy.serving.client import TritonBackend
 
     return TritonBackend(servers, model_name, wait=wait, on_wait=lambda line: typer.echo(line, err=True))
 
@@ -671,18 +671,25 @@ def bench(
         typer.echo(f"wrote {write_json(report, json_path)}")
 
 
+# Defaults and port bounds of `triton-repo` and `serve` come from their options classes (spelled once there).
+REPO, SERVE = field_defaults(RepositoryOptions), field_defaults(ServeOptions)
+PORT = {"min": PORT_RANGE[0], "max": PORT_RANGE[1]}
+
+
 @app.command("triton-repo")
 def triton_repo(
     model: Annotated[
         Path, typer.Argument(metavar="MODEL", help="An exported .onnx, or a TensorRT .engine/.plan with its sidecar.")
     ],
     repo: Annotated[Path, typer.Option(help="Triton model repository folder.")],
-    name: Annotated[str, typer.Option(help="Model name (folder) in the repository.")] = "pconv",
-    version: Annotated[int, typer.Option(min=1, help="Version folder.")] = 1,
-    max_batch_size: Annotated[int, typer.Option(min=1, help="Largest batch Triton forms (dynamic batching).")] = 8,
-    instances: Annotated[int, typer.Option(min=1, help="Model instances (execution contexts).")] = 1,
-    cpu: Annotated[bool, typer.Option(help="KIND_CPU instances instead of KIND_GPU.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
+    name: Annotated[str, typer.Option(help="Model name (folder) in the repository.")] = REPO["name"],
+    version: Annotated[int, typer.Option(min=1, help="Version folder.")] = REPO["version"],
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Largest batch Triton forms (dynamic batching).")] = REPO[
+        "max_batch_size"
+    ],
+    instances: Annotated[int, typer.Option(min=1, help="Model instances (execution contexts).")] = REPO["instances"],
+    cpu: Annotated[bool, typer.Option(help=f"{KIND_CPU} instances instead of {KIND_GPU}.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = REPO["overwrite"],
 ) -> None:
     """Write a Triton model repository entry.
 
@@ -690,39 +697,46 @@ def triton_repo(
     """
     check_input_file(model, "MODEL", (ONNX_SUFFIX, *ENGINE_SUFFIXES))
     check_output_dir(repo, "--repo")
-    from pconv_deploy.triton import write_triton_repo
+    from pconv_deploy.serving.repository import write_triton_repo
 
-    kind = "KIND_CPU" if cpu else "KIND_GPU"
-    target = write_triton_repo(model, repo, name, version, max_batch_size, instances, kind, overwrite)
-    typer.echo(f"wrote {target}/config.pbtxt and {target}/{version}/")
+    kind = KIND_CPU if cpu else KIND_GPU
+    options = RepositoryOptions(
+        model=model, repo=repo, name=name, version=version, max_batch_size=max_batch_size, instances=instances,
+        kind=kind, overwrite=overwrite,
+    )  # fmt: skip
+    target = write_triton_repo(options)
+    typer.echo(f"wrote {target}/config.pbtxt and {target}/{options.version}/")
 
 
 @app.command()
 def serve(
     model: Annotated[Path, typer.Option(help="Model to serve: .onnx, or a TensorRT .engine/.plan with its sidecar.")],
-    http_port: Annotated[int, typer.Option(min=1, max=65535, help="KServe v2 HTTP/REST port.")] = 8000,
-    grpc_port: Annotated[int, typer.Option(min=1, max=65535, help="KServe v2 gRPC port.")] = 8001,
-    metrics_port: Annotated[int, typer.Option(min=1, max=65535, help="Prometheus metrics port.")] = 8002,
-    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")] = (
-        "127.0.0.1"
-    ),
-    max_batch_size: Annotated[int, typer.Option(min=1, help="Largest batch Triton's dynamic batcher forms.")] = 8,
-    name: Annotated[str, typer.Option(help="Model name clients ask for.")] = "pconv",
-    instances: Annotated[int, typer.Option(min=1, help="Model instances (batches run at once).")] = 1,
+    http_port: Annotated[int, typer.Option(**PORT, help="KServe v2 HTTP/REST port.")] = SERVE["http_port"],
+    grpc_port: Annotated[int, typer.Option(**PORT, help="KServe v2 gRPC port.")] = SERVE["grpc_port"],
+    metrics_port: Annotated[int, typer.Option(**PORT, help="Prometheus metrics port.")] = SERVE["metrics_port"],
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")] = SERVE[
+        "host"
+    ],
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Largest batch Triton's dynamic batcher forms.")] = SERVE[
+        "max_batch_size"
+    ],
+    name: Annotated[str, typer.Option(help="Model name clients ask for.")] = SERVE["name"],
+    instances: Annotated[int, typer.Option(min=1, help="Model instances (batches run at once).")] = SERVE["instances"],
     max_pixels: Annotated[
         int, typer.Option(min=1, help="Refuse requests with more pixels (N*H*W) than this, before allocating.")
-    ] = SERVE_MAX_PIXELS,
+    ] = SERVE["max_pixels"],
 ) -> None:
     """Serve a model on a Triton Inference Server.
 
     Runs PyTriton in .venv-serve until Ctrl-C or SIGTERM.
     """
-    from pconv_deploy.serve.launcher import run_server
+    from pconv_deploy.serving.launcher import run_server
 
-    code = run_server(
-        model, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host=host,
+    options = ServeOptions(
+        model=model, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host=host,
         max_batch_size=max_batch_size, name=name, instances=instances, max_pixels=max_pixels,
     )  # fmt: skip
+    code = run_server(options)
     if code:
         raise typer.Exit(code)
 

@@ -1,4 +1,4 @@
-"""The request checks of `pconv serve` (pconv_deploy.serve.checks) without a server: fast, exact cases."""
+"""The request checks of `pconv serve` (pconv_deploy.serving.checks) without a server: fast, exact cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pconv_deploy.serve.checks import BadRequest, Limits, check_grpc_infer, check_http_infer, check_shapes
+from pconv_deploy.serving.checks import BadRequest, Limits, check_grpc_infer, check_http_infer, check_shapes
 
 LIMITS = Limits(multiple=32, max_batch=4, max_pixels=64 * 64 * 2)
 

@@ -12,7 +12,13 @@ from tritonclient.grpc import model_config_pb2
 from pconv_deploy.engines.profiles import ShapeRange
 from pconv_deploy.engines.sidecar import make_sidecar, write_sidecar
 from pconv_deploy.errors import PConvError
-from pconv_deploy.triton import write_triton_repo
+from pconv_deploy.serving.options import RepositoryOptions
+from pconv_deploy.serving.repository import write_triton_repo
+
+
+def write(model, repo, **options):
+    """`pconv triton-repo MODEL --repo REPO ...` through the API."""
+    return write_triton_repo(RepositoryOptions(model=model, repo=repo, **options))
 
 
 def parse(folder):
@@ -20,7 +26,7 @@ def parse(folder):
 
 
 def test_onnx_repository(small_onnx, tmp_path):
-    folder = write_triton_repo(small_onnx, tmp_path / "repo", name="inpaint", max_batch_size=6, instances=2)
+    folder = write(small_onnx, tmp_path / "repo", name="inpaint", max_batch_size=6, instances=2)
     assert folder == tmp_path / "repo" / "inpaint"
     assert (folder / "1" / "model.onnx").read_bytes() == small_onnx.read_bytes()
     config = parse(folder)
@@ -53,27 +59,27 @@ def test_engine_repository_respects_profiles(tmp_path):
     )  # fmt: skip
     write_sidecar(engine, sidecar)
     with pytest.raises(PConvError, match="accept batches up to 4"):
-        write_triton_repo(engine, tmp_path / "repo", max_batch_size=8)
+        write(engine, tmp_path / "repo", max_batch_size=8)
     assert not (tmp_path / "repo" / "pconv").exists()
-    folder = write_triton_repo(engine, tmp_path / "repo", max_batch_size=4, kind="KIND_CPU", version=3)
+    folder = write(engine, tmp_path / "repo", max_batch_size=4, kind="KIND_CPU", version=3)
     config = parse(folder)
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 4
     assert (folder / "3" / "model.plan").read_bytes() == engine.read_bytes()
 
 
 def test_refusals_keep_the_existing_model(small_onnx, tmp_path):
-    folder = write_triton_repo(small_onnx, tmp_path / "repo")
+    folder = write(small_onnx, tmp_path / "repo")
     before = (folder / "config.pbtxt").read_text()
     with pytest.raises(PConvError, match="already exists"):
-        write_triton_repo(small_onnx, tmp_path / "repo", max_batch_size=2)
+        write(small_onnx, tmp_path / "repo", max_batch_size=2)
     assert (folder / "config.pbtxt").read_text() == before
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not onnx")
     with pytest.raises(PConvError, match="junk.onnx: not a loadable ONNX model"):
-        write_triton_repo(junk, tmp_path / "repo", name="other")
+        write(junk, tmp_path / "repo", name="other")
     with pytest.raises(PConvError, match="a model name is 1-64 characters"):
-        write_triton_repo(small_onnx, tmp_path / "repo", name="../escape")
-    assert write_triton_repo(small_onnx, tmp_path / "repo", max_batch_size=2, overwrite=True) == folder
+        write(small_onnx, tmp_path / "repo", name="../escape")
+    assert write(small_onnx, tmp_path / "repo", max_batch_size=2, overwrite=True) == folder
     assert parse(folder).max_batch_size == 2
 
 
@@ -99,9 +105,9 @@ def test_client_requests_match_the_repository_config(small_onnx, tmp_path, schem
     """What `pconv infer --server` sends fits the config `pconv triton-repo` writes: names, dtypes, dims, batch."""
     import numpy as np
 
-    from pconv_deploy.runtime.remote import TritonBackend, check_config
+    from pconv_deploy.serving.client import TritonBackend, check_config
 
-    folder = write_triton_repo(small_onnx, tmp_path / "repo", max_batch_size=4, kind="KIND_CPU")
+    folder = write(small_onnx, tmp_path / "repo", max_batch_size=4, kind="KIND_CPU")
     config = parse(folder)
     served = check_config(as_json(folder), "repo")
     assert (served.multiple, served.max_batch) == (32, 4)
@@ -121,9 +127,9 @@ def test_client_requests_match_the_repository_config(small_onnx, tmp_path, schem
 
 
 def test_check_config_refuses_what_breaks_the_contract(small_onnx, tmp_path):
-    from pconv_deploy.runtime.remote import check_config
+    from pconv_deploy.serving.client import check_config
 
-    good = as_json(write_triton_repo(small_onnx, tmp_path / "repo"))
+    good = as_json(write(small_onnx, tmp_path / "repo"))
     wrong_dims = {**good, "input": [dict(good["input"][0], dims=["3", "-1"]), good["input"][1]]}
     with pytest.raises(PConvError, match=r"srv: tensor 'image' is TYPE_FP32 \[3, -1\], the contract needs"):
         check_config(wrong_dims, "srv")
@@ -138,7 +144,7 @@ def test_check_config_refuses_what_breaks_the_contract(small_onnx, tmp_path):
 
 
 def test_server_urls():
-    from pconv_deploy.runtime.remote import parse_server
+    from pconv_deploy.serving.client import parse_server
 
     assert parse_server("http://10.0.0.5:9000") == ("http", "10.0.0.5:9000")
     assert parse_server("grpc://host") == ("grpc", "host:8001")
@@ -156,9 +162,9 @@ def test_a_killed_run_leaves_nothing_the_next_run_keeps(small_onnx, tmp_path):
     (dead / "1").mkdir(parents=True)
     alive = repo / ".pconv.pconv-tmp-1-0123abcd"  # pid 1 is alive: maybe another run in progress, kept
     alive.mkdir()
-    write_triton_repo(small_onnx, repo)
+    write(small_onnx, repo)
     assert sorted(p.name for p in repo.iterdir()) == [alive.name, "pconv"]
-    write_triton_repo(small_onnx, repo, max_batch_size=2, overwrite=True)
+    write(small_onnx, repo, max_batch_size=2, overwrite=True)
     assert sorted(p.name for p in repo.iterdir()) == [alive.name, "pconv"] and parse(repo / "pconv").max_batch_size == 2
 
 
@@ -192,7 +198,7 @@ def test_config_from_hostile_metadata_has_exactly_our_fields(tmp_path, hostile):
     """A crafted pconv.producer (or any value) stays one string: no backend, no EXECUTION_ENV_PATH, no new field."""
     metadata = contract_metadata(**{"pconv.producer": hostile, "pconv.input_norm": hostile[::-1]})
     model = write_contract_onnx(tmp_path / "m.onnx", metadata)
-    folder = write_triton_repo(model, tmp_path / "repo", max_batch_size=4, kind="KIND_CPU")
+    folder = write(model, tmp_path / "repo", max_batch_size=4, kind="KIND_CPU")
     config = parse(folder)
     assert config.parameters["pconv.producer"].string_value == hostile
     assert config.parameters["pconv.input_norm"].string_value == hostile[::-1]
@@ -217,7 +223,7 @@ def test_engine_sidecar_metadata_is_escaped_too(tmp_path):
         tensorrt_version="10.9.0.34", gpu_name="NVIDIA L4", compute_capability="8.9", version_compatible=False,
     )  # fmt: skip
     write_sidecar(engine, sidecar)
-    config = parse(write_triton_repo(engine, tmp_path / "repo", max_batch_size=4))
+    config = parse(write(engine, tmp_path / "repo", max_batch_size=4))
     assert config.parameters["pconv.producer"].string_value == hostile and config.backend == ""
     assert "EXECUTION_ENV_PATH" not in config.parameters
 
@@ -225,10 +231,10 @@ def test_engine_sidecar_metadata_is_escaped_too(tmp_path):
 def test_metadata_keys_outside_the_safe_set_are_refused(tmp_path):
     model = write_contract_onnx(tmp_path / "m.onnx", contract_metadata(**{'pconv.x" } backend: "python': "1"}))
     with pytest.raises(PConvError, match=r"metadata key .* is not a plain name"):
-        write_triton_repo(model, tmp_path / "repo")
+        write(model, tmp_path / "repo")
     assert not (tmp_path / "repo" / "pconv").exists()
     other = write_contract_onnx(tmp_path / "o.onnx", {**contract_metadata(), 'other" key': 'v"'})
-    config = parse(write_triton_repo(other, tmp_path / "repo2"))  # non-contract metadata is not copied
+    config = parse(write(other, tmp_path / "repo2"))  # non-contract metadata is not copied
     assert sorted(config.parameters) == sorted(contract_metadata())
 
 
@@ -246,5 +252,16 @@ def test_bad_model_names_are_one_line_errors(small_onnx, tmp_path, name):
 
 def test_longest_safe_name_works(small_onnx, tmp_path):
     name = "A-z_0.9" + "x" * 57
-    config = parse(write_triton_repo(small_onnx, tmp_path / "repo", name=name))
+    config = parse(write(small_onnx, tmp_path / "repo", name=name))
     assert config.name == name and len(name) == 64
+
+
+def test_the_client_and_the_launcher_import_without_torch():
+    """`pconv infer --server` and `pconv serve` belong to the runtime-only install: no torch, no OpenCV."""
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['cv2'] = None\n"
+        "import pconv_deploy.serving.client, pconv_deploy.serving.launcher, pconv_deploy.serving.repository\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'cv2') and sys.modules[m] is not None))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr

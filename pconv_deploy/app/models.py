@@ -115,7 +115,7 @@ class ModelSet:
             runner = load_backend(path, options.backend, options.device, on_fallback=announce, threads=options.threads)
             self.add(name, str(path), runner, inflight=1)
         if options.servers:
-            from pconv_deploy.runtime.remote import TritonBackend
+            from pconv_deploy.serving.client import TritonBackend
 
             name = unique_name(f"{options.server_model}@triton", self.inpainters)
             runner = TritonBackend(list(options.servers), options.server_model)

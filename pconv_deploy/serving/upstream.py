@@ -15,7 +15,7 @@ import numpy as np
 
 from pconv_deploy.contract import CHANNELS, IMAGE, MASK, OUTPUT
 from pconv_deploy.errors import PConvError
-from pconv_deploy.serve.fronts import one_line
+from pconv_deploy.serving.fronts import one_line
 
 LOOPBACK = "127.0.0.1"
 LOG_TAIL_CHARS = 64 * 1024  # what PyTriton keeps of tritonserver's log (it kept all of it, forever)

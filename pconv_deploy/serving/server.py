@@ -1,22 +1,22 @@
 """The process behind `pconv serve`: a real Triton Inference Server (PyTriton) in front of the runtime.
 
 Runs in the serve environment (``.venv-serve``: numpy<2, onnxruntime, nvidia-pytriton, this package
-without torch), started by :mod:`pconv_deploy.serve.launcher`. It serves the model contract exactly
+without torch), started by :mod:`pconv_deploy.serving.launcher`. It serves the model contract exactly
 as an exported ONNX file does in a ``pconv triton-repo`` repository: inputs ``image`` [N,3,H,W] and
 ``mask`` [N,1,H,W] float32, output ``inpainted`` [N,3,H,W] float32, H and W multiples of
 ``pconv.multiple`` (the caller pads; see docs/contract.md), the ``pconv.*`` metadata as model config
 ``parameters``, dynamic batching up to ``max_batch_size``. Tritonserver listens on private loopback
-ports; the public ones belong to the checking fronts (:mod:`pconv_deploy.serve.fronts`).
+ports; the public ones belong to the checking fronts (:mod:`pconv_deploy.serving.fronts`).
 
-    python -m pconv_deploy.serve.server --model model.onnx --host 127.0.0.1 --http-port 8000 ...
+    python -m pconv_deploy.serving.server '{"model": "/abs/model.onnx", "http_port": 8000, ...}'
+
+The one argument is :meth:`ServeOptions.to_json`: the launcher's options, read back as they were.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import ctypes.util
-import dataclasses
 import logging
 import os
 import re
@@ -36,29 +36,14 @@ import numpy as np
 from pconv_deploy.contract import CHANNELS, IMAGE, MASK, OUTPUT
 from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.files import pid_alive
-from pconv_deploy.serve.checks import Limits
-from pconv_deploy.serve.fronts import GrpcFront, HttpFront, Readiness
-from pconv_deploy.serve.launcher import MAX_PIXELS
-from pconv_deploy.serve.upstream import LOOPBACK, filter_tritonserver_log, private_ports, wait_until_answers
+from pconv_deploy.serving.checks import Limits
+from pconv_deploy.serving.fronts import GrpcFront, HttpFront, Readiness
+from pconv_deploy.serving.options import ServeOptions, preferred_batch_sizes
+from pconv_deploy.serving.upstream import LOOPBACK, filter_tritonserver_log, private_ports, wait_until_answers
 
-log = logging.getLogger("pconv_deploy.serve")
+log = logging.getLogger("pconv_deploy.serving")
 
 READY_MARK = "pconv serve: ready"  # the launcher and the tests wait for this line
-
-
-@dataclasses.dataclass
-class ServeOptions:
-    model: Path
-    name: str = "pconv"
-    host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    max_batch_size: int = 8
-    queue_delay_us: int = 2000
-    instances: int = 1
-    max_pixels: int = MAX_PIXELS  # N*H*W of one request
-    start_seconds: float = 300.0  # how long the model may take to get ready after tritonserver started
 
 
 def check_batch(image: np.ndarray, mask: np.ndarray, multiple: int) -> str | None:
@@ -128,10 +113,8 @@ def die_with_parent() -> None:
 
 def check_ports(options: ServeOptions) -> None:
     """Refuse ports already in use, in one line: tritonserver would fail, and PyTriton then talks to whatever
-    listens there (another server's 403 instead of "in use")."""
+    listens there (another server's 403 instead of "in use"). That they differ, ServeOptions checked."""
     ports = {"--http-port": options.http_port, "--grpc-port": options.grpc_port, "--metrics-port": options.metrics_port}
-    if len(set(ports.values())) < len(ports):
-        raise PConvError(f"--http-port, --grpc-port and --metrics-port must differ, got {sorted(ports.values())}")
     for flag, port in ports.items():
         with socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -162,9 +145,7 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
     model answered a warm-up request, so "ready" is never printed (nor answered) before it can answer.
     """
     from pconv_deploy.runtime.backends import load_backend
-    from pconv_deploy.triton import check_name
 
-    check_name(options.name)
     check_ports(options)
     backend = load_backend(options.model, "auto", on_fallback=announce)
     metadata = dict(backend.metadata)
@@ -231,7 +212,7 @@ def bind_model(triton: object, options: ServeOptions, backend: object, metadata:
         max_batch_size=options.max_batch_size,
         batcher=DynamicBatcher(
             max_queue_delay_microseconds=options.queue_delay_us,
-            preferred_batch_size=sorted({max(1, options.max_batch_size // 2), options.max_batch_size}),
+            preferred_batch_size=preferred_batch_sizes(options.max_batch_size),
         ),
     )
     tensors = {n: Tensor(name=n, dtype=np.float32, shape=(CHANNELS[n], -1, -1)) for n in (IMAGE, MASK, OUTPUT)}
@@ -246,23 +227,17 @@ def bind_model(triton: object, options: ServeOptions, backend: object, metadata:
     add_parameters(triton, options.name, metadata)
 
 
-def parse_args(argv: list[str] | None) -> ServeOptions:
-    """One option per ServeOptions field (``--http-port`` for ``http_port``), with its default and type."""
-    p = argparse.ArgumentParser(prog="python -m pconv_deploy.serve.server", description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, required=True)
-    for option in dataclasses.fields(ServeOptions)[1:]:
-        p.add_argument(f"--{option.name.replace('_', '-')}", type=type(option.default), default=option.default)
-    return ServeOptions(**vars(p.parse_args(argv)))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the serve process: one line on stderr and exit 1 on a user error, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     die_with_parent()
     for stop_signal in (signal.SIGINT, signal.SIGTERM):  # both stop cleanly, even if SIGINT came in ignored
         signal.signal(stop_signal, signal.default_int_handler)
-    options = parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
     try:
+        if len(args) != 1:
+            raise PConvError(f"usage: python -m {__spec__.name if __spec__ else __name__} OPTIONS_JSON")
+        options = ServeOptions.from_json(args[0])
         serve(options, announce=lambda text: print(text, file=sys.stderr, flush=True))
     except PConvError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -2,7 +2,7 @@
 
 Tritonserver allocates what a request declares before it compares the data with it: a JSON request of
 a few KB declaring ``1x3x100000x100000`` aborts it (``std::bad_alloc``), and a dimension of 2^63 with
-empty data kills the Python stub. So the fronts (:mod:`pconv_deploy.serve.fronts`) parse each request
+empty data kills the Python stub. So the fronts (:mod:`pconv_deploy.serving.fronts`) parse each request
 here first, from what arrived (bounded by the body limit), and only a request that passes reaches
 Triton. Numpy only: the checks run in the serve environment and in the tests alike.
 

@@ -1,6 +1,6 @@
 """The HTTP and gRPC fronts of ``pconv serve``: the public ports, in front of a tritonserver on loopback.
 
-Tritonserver trusts what a request declares (see :mod:`pconv_deploy.serve.checks`), so it listens on
+Tritonserver trusts what a request declares (see :mod:`pconv_deploy.serving.checks`), so it listens on
 private loopback ports and the public ones belong to these fronts. Each front passes on a short list
 of KServe v2 calls (health, metadata, config, statistics, readiness, inference) and refuses the rest
 (model load/unload, shared memory, trace and log settings); it checks every inference request against
@@ -24,7 +24,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from pconv_deploy.errors import PConvError
-from pconv_deploy.serve.checks import BadRequest, Limits, check_grpc_infer, check_http_infer, short
+from pconv_deploy.serving.checks import BadRequest, Limits, check_grpc_infer, check_http_infer, short
 
 REQUEST_SECONDS = 600.0  # an inference on a CPU server may take minutes; connecting is bounded separately
 POLL_SECONDS = 0.5

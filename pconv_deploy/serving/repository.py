@@ -4,7 +4,8 @@ Layout (docs/design.md section 10): ``REPO/NAME/config.pbtxt`` and ``REPO/NAME/V
 (platform ``onnxruntime_onnx``) or ``model.plan`` (platform ``tensorrt_plan``). With
 ``max_batch_size`` set, Triton owns the batch dimension, so ``dims`` leave it out. The
 model contract's metadata travels as config ``parameters`` so that a client (``pconv infer
---server``, :mod:`pconv_deploy.runtime.remote`) can read the required size multiple from the server.
+--server``, :mod:`pconv_deploy.serving.client`) can read the required size multiple from the server.
+What to write is one :class:`~pconv_deploy.serving.options.RepositoryOptions`, checked when it is made.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ import re
 import shutil
 from pathlib import Path
 
-from pconv_deploy.contract import CHANNELS, ENGINE_SUFFIXES, INPUT_NAMES, OUTPUT_NAMES
+from pconv_deploy.contract import CHANNELS, ENGINE_SUFFIXES, INPUT_NAMES, OUTPUT_NAMES, contract_levels
 from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.files import fsync_dir, stale_temps, temp_path, write_text_atomic
+from pconv_deploy.serving.options import (
+    MAX_NAME_CHARS,
+    QUEUE_DELAY_US,
+    SAFE_NAME,
+    RepositoryOptions,
+    preferred_batch_sizes,
+)
 
-INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
-SAFE_NAME = r"[A-Za-z0-9_.-]+"  # model names and parameter keys: nothing to escape in a config, a path or a URL
-MAX_NAME_CHARS = 64  # leaves room for the staging folder's temp suffix under the 255-byte file name limit
 MAX_VALUE_CHARS = 4096  # a metadata value (a producer string, a sha256) is far shorter
 
 
@@ -48,6 +53,7 @@ def model_metadata(model: Path) -> dict[str, str]:
             f"{model}: not a pconv-deploy model (inputs {', '.join(INPUT_NAMES)}; output {', '.join(OUTPUT_NAMES)}; "
             "pconv.* metadata)"
         )
+    contract_levels(meta, str(model))  # pconv.layers and pconv.multiple range-checked before a client reads them
     return meta
 
 
@@ -89,12 +95,12 @@ def parameter_lines(meta: dict[str, str], model: Path) -> str:
     return "\n".join(lines)
 
 
-def config_text(name: str, platform: str, max_batch_size: int, instances: int, kind: str, meta: dict[str, str]) -> str:
-    """config.pbtxt; ``name`` is already checked (:func:`check_name`) and ``meta``'s lines escaped."""
-    preferred = sorted({b for b in (max_batch_size // 2, max_batch_size) if b >= 1})
-    return f"""name: "{name}"
+def config_text(options: RepositoryOptions, platform: str, meta: str) -> str:
+    """config.pbtxt; ``options.name`` is already checked (RepositoryOptions) and ``meta``'s lines escaped."""
+    preferred = preferred_batch_sizes(options.max_batch_size)
+    return f"""name: "{options.name}"
 platform: "{platform}"
-max_batch_size: {max_batch_size}
+max_batch_size: {options.max_batch_size}
 input [
 {tensor_lines(INPUT_NAMES)}
 ]
@@ -103,58 +109,32 @@ output [
 ]
 dynamic_batching {{
   preferred_batch_size: [ {", ".join(map(str, preferred))} ]
-  max_queue_delay_microseconds: 2000
+  max_queue_delay_microseconds: {QUEUE_DELAY_US}
 }}
-instance_group [ {{ count: {instances} kind: {kind} }} ]
+instance_group [ {{ count: {options.instances} kind: {options.kind} }} ]
 {meta}
 """
 
 
-def check_name(name: str, flag: str = "--name") -> str:
-    """A model name Triton, a folder and a config all take as is: [A-Za-z0-9_.-], 1-64 characters, no leading dot."""
-    if not re.fullmatch(SAFE_NAME, name) or name.startswith(".") or len(name) > MAX_NAME_CHARS:
-        shown = name if len(name) <= 80 else f"{name[:80]}..."
-        raise PConvError(
-            f"{flag} {shown!r}: a model name is 1-{MAX_NAME_CHARS} characters of A-Z a-z 0-9 _ . - (no leading dot)"
-        )
-    return name
-
-
-def check_arguments(model: Path, name: str, version: int, max_batch_size: int, instances: int, kind: str) -> None:
-    if not model.is_file():
-        raise PConvError(f"{model}: no such model file")
-    check_name(name)
-    if kind not in INSTANCE_KINDS:
-        raise PConvError(f"invalid instance kind {kind!r}: {' or '.join(INSTANCE_KINDS)}")
-    if max_batch_size < 1 or instances < 1 or version < 1:
-        raise PConvError("max batch size, instances and version must be at least 1")
-
-
-def write_triton_repo(
-    model: str | Path,
-    repo: str | Path,
-    name: str = "pconv",
-    version: int = 1,
-    max_batch_size: int = 8,
-    instances: int = 1,
-    kind: str = "KIND_GPU",
-    overwrite: bool = False,
-) -> Path:
-    """Copy ``model`` into ``repo/name/version/`` and write ``config.pbtxt``; returns the model folder.
+def write_triton_repo(options: RepositoryOptions) -> Path:
+    """Copy ``options.model`` into ``repo/name/version/`` and write ``config.pbtxt``; returns the model folder.
 
     The folder is assembled beside its final place under a temp name and renamed into it, so Triton
     (which may poll the repository) never sees a half-written model, and a killed run leaves only a
     recognisable temp folder that the next run removes.
     """
-    model, repo = Path(model), Path(repo)
-    check_arguments(model, name, version, max_batch_size, instances, kind)
+    model, repo, name, version = options.model, options.repo, options.name, str(options.version)
+    if not model.is_file():
+        raise PConvError(f"{model}: no such model file")
     is_engine = model.suffix in ENGINE_SUFFIXES
     meta = model_metadata(model)
-    if is_engine and max_batch_size > (limit := engine_max_batch(model)):
-        raise PConvError(f"{model}: its profiles accept batches up to {limit}, not --max-batch-size {max_batch_size}")
-    text = config_text(name, platform_of(is_engine), max_batch_size, instances, kind, parameter_lines(meta, model))
+    if is_engine and options.max_batch_size > (limit := engine_max_batch(model)):
+        raise PConvError(
+            f"{model}: its profiles accept batches up to {limit}, not --max-batch-size {options.max_batch_size}"
+        )
+    text = config_text(options, platform_of(is_engine), parameter_lines(meta, model))
     target = repo / name
-    if target.exists() and not overwrite:
+    if target.exists() and not options.overwrite:
         raise PConvError(f"{target}: already exists (use --overwrite to replace it)")
 
     file_name = "model.plan" if is_engine else "model.onnx"
@@ -162,10 +142,10 @@ def write_triton_repo(
     remove_stale_staging(repo, name)
     staging = temp_path(target)
     try:
-        (staging / str(version)).mkdir(parents=True)
-        shutil.copyfile(model, staging / str(version) / file_name)
+        (staging / version).mkdir(parents=True)
+        shutil.copyfile(model, staging / version / file_name)
         write_text_atomic(staging / "config.pbtxt", text)
-        fsync_dir(staging / str(version))
+        fsync_dir(staging / version)
         replace_folder(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

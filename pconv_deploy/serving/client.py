@@ -30,6 +30,7 @@ import numpy as np
 
 from pconv_deploy.contract import CHANNELS, IMAGE, INPUT_NAMES, MASK, METADATA_KEYS, OUTPUT
 from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.serving.options import DEFAULT_PORTS
 
 SCHEMES = ("http", "grpc")
 # One request may take this long (a big batch on a CPU server takes minutes); a dead or unreachable server
@@ -54,7 +55,7 @@ def parse_server(url: str) -> tuple[str, str]:
     if not parts.hostname or parts.path not in ("", "/") or parts.query:
         raise PConvError(f"--server {url}: expected {scheme}://HOST:PORT")
     try:
-        port = parts.port or (8000 if scheme == "http" else 8001)
+        port = parts.port or DEFAULT_PORTS[scheme]
     except ValueError:
         raise PConvError(f"--server {url}: invalid port") from None
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
