@@ -13,6 +13,7 @@ Torch-free and dependency-free, so `pconv infer` from the runtime-only install r
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,7 +39,10 @@ def describe(path: Path) -> str:
         return "a folder"
     if path.is_file():
         return "a file"
-    return "not a regular file" if path.exists() else "missing"
+    if not path.exists():
+        return "missing"
+    mode = path.stat().st_mode  # a link to /dev/zero or a FIFO: say what it is, never "no such file"
+    return "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
 
 
 def check_input_file(path: Path, option: str, suffixes: Sequence[str] = (), missing: bool = False) -> Path:
@@ -51,7 +55,10 @@ def check_input_file(path: Path, option: str, suffixes: Sequence[str] = (), miss
     if not path.exists() and not _dangling(path) and not missing:
         return path
     if not path.is_file():
-        what = "no such file" if not path.exists() and not _dangling(path) else f"is {describe(path)}, not a file"
+        what = describe(path)
+        what = (
+            "no such file" if what == "missing" else f"is {what}, not a {'file' if path.is_dir() else 'regular file'}"
+        )
         raise PathArgumentError(f"{option} {path}: {what}")
     if suffixes and path.suffix.lower() not in suffixes:
         raise PathArgumentError(f"{option} {path}: expected a {' or '.join(suffixes)} file")

@@ -11,13 +11,24 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from pconv_deploy.contract import CHANNELS, IMAGE, INPUT_NAMES, MASK, METADATA_KEYS, OUTPUT, OUTPUT_NAMES
+from pconv_deploy.contract import (
+    CHANNELS,
+    IMAGE,
+    INPUT_NAMES,
+    MASK,
+    METADATA_KEYS,
+    OUTPUT,
+    OUTPUT_NAMES,
+    contract_levels,
+)
 from pconv_deploy.errors import PConvError, first_line
 
 # Op types of the exported graphs (FP32 and FP16) plus close relatives a future exporter
@@ -75,6 +86,46 @@ def metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """An ONNX file read without following its external-data references (the contract wants one file).
+
+    A FIFO or device is never opened; a file that is not ONNX and one whose weights live in other files
+    are each refused in one line that says which (onnx's own loader called the second a ValidationError).
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise ExportError(f"{path}: no such ONNX file") from None
+    if not stat.S_ISREG(mode):
+        what = "is a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+        raise ExportError(f"{path}: {what}, not an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf decode errors have no common base class
+        raise ExportError(f"{path}: not an ONNX model ({type(e).__name__}: {first_line(e)})") from None
+    external = external_data(model)
+    if external:
+        name, location = external[0]
+        inside = os.path.normpath(location) == os.path.basename(location) and not os.path.isabs(location)
+        where = "in the model's folder" if inside else "outside the model's folder"
+        raise ExportError(
+            f"{path}: {len(external)} initialisers use external data (e.g. {name} in {location!r}, {where}); "
+            "the model contract wants one self-contained file: export it again with `pconv export`"
+        )
+    return model
+
+
+def external_data(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(initialiser name, location) of every tensor stored outside the file, graphs and constants included."""
+    found = []
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            found.append((tensor.name, location))
+    return found
+
+
 def check_graph(
     model: onnx.ModelProto,
     *,
@@ -83,14 +134,16 @@ def check_graph(
 ) -> GraphReport:
     """Run the static checks; raise ExportError naming the first failure."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(model, full_check=True)  # full_check runs strict shape inference too
+    except onnx.shape_inference.InferenceError as e:
+        raise ExportError(f"strict shape inference: {first_line(e)}") from None
     except onnx.checker.ValidationError as e:
         raise ExportError(f"onnx checker: {first_line(e)}") from None
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    except onnx.shape_inference.InferenceError as e:
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
         raise ExportError(f"strict shape inference: {first_line(e)}") from None
-    check_contract(model)
+    check_contract(model)  # range-checks pconv.layers and pconv.multiple before they are used below
     ops: dict[str, int] = {}
     for node in model.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
@@ -128,6 +181,10 @@ def check_contract(model: onnx.ModelProto) -> None:
     missing = [k for k in METADATA_KEYS if k not in found]
     if missing:
         raise ExportError(f"metadata_props lack {', '.join(missing)}")
+    try:
+        contract_levels(found, "metadata_props")
+    except PConvError as e:
+        raise ExportError(str(e)) from None
     external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     if external:
         raise ExportError(f"{len(external)} initialisers use external data (e.g. {external[0]}): export one file")
@@ -148,7 +205,10 @@ def conv_macs(model: onnx.ModelProto, height: int, width: int) -> ConvMacs:
         for i, v in zip((0, 2, 3), (1, height, width)):
             dims[i].Clear()
             dims[i].dim_value = v
-    fixed = onnx.shape_inference.infer_shapes(fixed, strict_mode=True)
+    try:
+        fixed = onnx.shape_inference.infer_shapes(fixed, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+        raise ExportError(f"shape inference at {height}x{width}: {first_line(e)}") from None
     shapes = {t.name: list(t.dims) for t in fixed.graph.initializer}
     for v in [*fixed.graph.value_info, *fixed.graph.input, *fixed.graph.output]:
         shapes[v.name] = [d.dim_value for d in v.type.tensor_type.shape.dim]
