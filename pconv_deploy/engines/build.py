@@ -80,15 +80,13 @@ class BuildPlan:
 def read_onnx_contract(onnx_path: Path) -> dict[str, str]:
     """The pconv.* metadata of an ONNX file, after checking its inputs and outputs are the contract's."""
     try:
-        import onnx
+        from pconv_deploy.export.checks import ExportError, load_model
     except ImportError:
         raise BuildError("reading the ONNX model needs the onnx package: pip install 'pconv-deploy[gpu]'") from None
-    if not onnx_path.is_file():
-        raise BuildError(f"{onnx_path}: no such ONNX file")
     try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError, ValueError, ... on a file that is not ONNX
-        raise BuildError(f"{onnx_path}: not an ONNX model ({type(e).__name__}: {e})") from None
+        model = load_model(onnx_path)  # a regular file, ONNX, no external data (TensorRT would read it from anywhere)
+    except ExportError as e:
+        raise BuildError(str(e)) from None
     inputs = tuple(i.name for i in model.graph.input)
     outputs = tuple(o.name for o in model.graph.output)
     if (inputs, outputs) != (INPUT_NAMES, OUTPUT_NAMES):

@@ -34,6 +34,7 @@ from pconv_deploy.export.checks import (
     ExportError,
     check_contract,
     check_graph,
+    load_model,
     mask_overhead_limit,
     metadata,
 )
@@ -318,12 +319,7 @@ def load_checked(onnx_path: str | Path, checkpoint: str | Path | None = None) ->
     from pconv_deploy.model.checkpoint import default_checkpoint, load_checkpoint
 
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise ExportError(f"{onnx_path}: no such ONNX file")
-    try:
-        proto = onnx.load(str(onnx_path))
-    except Exception as e:  # protobuf decode errors have no common base class
-        raise ExportError(f"{onnx_path}: not an ONNX model ({type(e).__name__})") from None
+    proto = load_model(onnx_path)  # a regular file, ONNX, no external data (named as such)
     try:
         check_contract(proto)
     except ExportError as e:
