@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_helpers import AppProcess, decode, get_json, multipart, pconv_infer, png_bytes, post
+from test_serve import serve_env  # noqa: F401  (the fixture: the PyTriton environment `pconv serve` runs in)
 
 pytest.importorskip("fastapi", reason="the app extra is not installed (pip install 'pconv-deploy[app]')")
 
@@ -295,3 +296,25 @@ def test_another_sites_page_cannot_post(server, photo_files):
     request = urllib.request.Request(f"{server.url}/api/inpaint", data=body, headers=headers, method="POST")
     with urllib.request.urlopen(request, timeout=120) as r:
         assert r.status == 200
+
+
+@pytest.mark.usefixtures("serve_env")  # skips, saying why, without the PyTriton environment
+def test_a_triton_server_is_one_more_model(small_onnx, photo_files, tmp_path):
+    """`--server URL` next to `--model`: the served copy answers on the page's API like the local one."""
+    from test_serve import serving
+
+    photo, mask_file, image, mask = photo_files
+    hole = mask == 255
+    with serving(small_onnx, tmp_path) as [served]:
+        running = AppProcess(["--model", str(small_onnx), "--server", served.http_url], tmp_path, tmp_path)
+        try:
+            names = [m["name"] for m in get_json(f"{running.url}/api/models")["models"]]
+            assert names == [small_onnx.name, "pconv@triton"]
+            answers = [inpaint(running, photo.read_bytes(), mask_file.read_bytes(), model=name) for name in names]
+        finally:
+            running.stop()
+    (local_status, _, local), (remote_status, _, remote) = answers
+    assert local_status == 200 and remote_status == 200, remote
+    local, remote = decode(local).astype(int), decode(remote).astype(int)
+    assert np.array_equal(remote[~hole], image[~hole])
+    assert np.abs(remote - local)[hole].max() <= 1  # the server's ONNX Runtime may round differently
