@@ -219,3 +219,24 @@ def test_components_match_opencv(shape):
         comps = windows.Components(mask)
         labels = comps.label_image()
         assert np.array_equal(labels > 0, mask) and labels.max() == count - 1
+
+
+def test_more_pieces_than_pairwise_joining_limit_stay_split():
+    """Forty strokes on 12 MP: more pieces than holes are clustered at; joining them never costs more than apart."""
+    hole = scattered_strokes((3000, 4000), 40, 5)
+    h, w = hole.shape
+    comps = windows.Components(hole)
+    assert len(comps.boxes) <= windows.MAX_PAIRWISE
+    pieces = [
+        p for b, r in zip(comps.boxes, comps.runs()) for p in windows.split_pieces(r, b, hole.shape, MARGIN, 128)[1]
+    ]
+    assert len(pieces) > windows.MAX_PAIRWISE
+    apart = 0
+    for _, (rows, starts, ends) in pieces:  # each piece's own window: box + max(margin, long side / 4), aligned
+        y0, y1, x0, x1 = rows.min(), rows.max() + 1, starts.min(), ends.max()
+        e = max(MARGIN, max(y1 - y0, x1 - x0) // 4)
+        ly, lx = min(h, y1 + e) - max(0, y0 - e), min(w, x1 + e) - max(0, x0 - e)
+        apart += min(h, -(-ly // 128) * 128) * min(w, -(-lx // 128) * 128)
+    plans = plan_windows(hole, MARGIN, 128)
+    check_plan(hole, plans)
+    assert sum(area(w) for w, _ in plans) <= apart

@@ -20,7 +20,7 @@ Runs = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows, starts, ends (exclusiv
 # two thirds of the pixels; the quarter-of-the-long-side rule gives large holes more.
 CROP_MARGIN = 64
 MAX_PAIRWISE = 64  # more holes than this are first joined by overlapping context (union_of_boxes), not split
-MAX_PIECES = 512  # more pieces than this: the holes are planned whole (pairwise joining is quadratic)
+MAX_PIECES = 256  # more pieces than this: the holes are planned whole (pairwise joining is quadratic)
 
 
 def context_extra(box: Box, margin: int) -> int:
@@ -52,7 +52,7 @@ def plan_windows(
         units = pieces if len(pieces) <= MAX_PIECES else units
     context = [context_box(box, margin, h, w) for box, _ in units]
     groups = [[i] for i in range(len(context))]
-    if len(context) > MAX_PAIRWISE:  # many holes: one group per region of overlapping context
+    if len(comps.boxes) > MAX_PAIRWISE:  # many holes: one group per region of overlapping context
         clusters = union_of_boxes(context, h, w)
         owner = [next(k for k, cluster in enumerate(clusters) if inside(c, cluster)) for c in context]
         # A cluster's box may hold another's contexts (boxes of regions overlap): it may then own none.
