@@ -66,7 +66,7 @@ def test_infer_real_photos(photos, small_onnx, small_checkpoint, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "5 inpainted, 0 skipped (output exists), 0 failed" in r.stdout and "onnxruntime-cpu" in r.stdout
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["totals"] == {"ok": 5, "skipped": 0, "failed": 0, "pending": 0, "total": 5}
+    assert report["totals"] == {"ok": 5, "skipped": 0, "failed": 0, "pending": 0, "total": 5, "warned": 0}
     assert report["backend"] == "onnxruntime-cpu" and report["strategy"] == "crop"
     for image_path in sorted((photos / "images").iterdir()):
         image = np.asarray(Image.open(image_path))
@@ -158,7 +158,7 @@ def test_bad_inputs_reported_per_file(small_onnx, tmp_path):
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     report = json.loads(report_path.read_text())
-    assert report["totals"] == {"ok": 3, "skipped": 0, "failed": 9, "pending": 0, "total": 12}
+    assert report["totals"] == {"ok": 3, "skipped": 0, "failed": 9, "pending": 0, "total": 12, "warned": 0}
     by_name = {f["image"].rsplit("/", 1)[1]: f for f in report["files"]}
     expected = {
         "good.png": None,

@@ -234,10 +234,21 @@ class FolderRun:
                 self.submit_batch(infer_pool, batch)
 
     def submit_batch(self, infer_pool: ThreadPoolExecutor, batch: Batch[ImageInFlight]) -> None:
-        while len(self.inferring) >= self.inpainter.inflight:  # bounded: wait for one to finish
-            wait([f for _, f in self.inferring], return_when=FIRST_COMPLETED)
-            self.collect_batches(block=False)
-        self.inferring.append((batch, infer_pool.submit(self.inpainter.run_batch, batch.tiles, batch.shape)))
+        """Pad on this thread while the previous call runs, start the call, then crop the finished ones.
+
+        Only the backend call runs on the inference thread: padding and cropping (~30 ms an image at
+        512x512, a tenth of a BF16 or INT8 call) overlap it instead of running between calls.
+        """
+        try:
+            inputs = self.inpainter.pad_batch(batch.tiles, batch.shape)
+        except Exception as e:  # e.g. MemoryError: these images fail, not the job
+            self.fail_batch(batch, e)
+            return
+        while sum(not f.done() for _, f in self.inferring) >= self.inpainter.inflight:  # bounded
+            wait([f for _, f in self.inferring if not f.done()], return_when=FIRST_COMPLETED)
+        self.inferring.append((batch, infer_pool.submit(self.inpainter.call, *inputs)))
+        del inputs
+        self.collect_batches(block=False)
 
     def collect_batches(self, block: bool) -> None:
         """Account finished backend calls; an image whose last tile ran goes to the writers."""
@@ -247,20 +258,23 @@ class FolderRun:
         self.inferring = [e for e in self.inferring if all(e is not f for f in finished)]  # by identity: no array ==
         for batch, fut in finished:
             try:
-                fut.result()
+                self.inpainter.take_results(batch.tiles, fut.result())
             except Exception as e:  # a backend failure fails these images, not the job
                 if getattr(e, "fatal", False):  # e.g. every Triton server is down: stop, write nothing more
                     raise
-                error = PConvError(f"inference failed: {type(e).__name__}: {first_line(e)}")
-                for item in set(batch.owners):
-                    if item.result.status == "pending":
-                        self.record_failure(item.result, error)
-                    item.tiles_left = -1
+                self.fail_batch(batch, e)
                 continue
             for item in batch.owners:
                 item.tiles_left -= 1
                 if item.tiles_left == 0:
                     self.submit_write(item)
+
+    def fail_batch(self, batch: Batch[ImageInFlight], e: BaseException) -> None:
+        error = PConvError(f"inference failed: {type(e).__name__}: {first_line(e)}")
+        for item in set(batch.owners):
+            if item.result.status == "pending":
+                self.record_failure(item.result, error)
+            item.tiles_left = -1
 
     def submit_write(self, item: ImageInFlight) -> None:
         while len(self.writing) >= self.max_ahead:  # bounded: wait for the oldest write
