@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -107,3 +108,71 @@ def test_tanh_output_activation_is_applied_before_denormalisation():
         torch.testing.assert_close(tanh(image, mask), torch.tanh(raw) * 0.5 + 0.5)
     with pytest.raises(ValueError, match="output_activation"):
         PConvUNet(output_activation="sigmoid")
+
+
+# issue 21 item 13: hand-edited headers and odd tensors are one line naming the file -----------------
+
+
+def _with_header(tmp_path, config: str, tensors: dict | None = None):
+    from safetensors.torch import save_file
+
+    from pconv_deploy.model.checkpoint import FORMAT
+
+    model = PConvUNet(layers=3, width=0.125)
+    path = tmp_path / "edited.safetensors"
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file({**state, **(tensors or {})}, str(path), metadata={"format": FORMAT, "config": config})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ('{"layers": 3.5, "width": 0.125}', "layers must be an integer, got 3.5"),
+        ('{"layers": true, "width": 0.125}', "layers must be an integer, got True"),
+        ('{"layers": 30000000000, "width": 0.125}', "layers must be between 2 and 8"),
+        ('{"layers": 3, "width": "wide"}', "width must be float"),
+        ('{"layers": 3, "width": NaN}', "width must be finite"),
+        ('{"layers": 3, "width": 0.125, "evil": 1}', "unknown field 'evil'"),
+        ("[3, 0.125]", "expected an object"),
+        ("[" * 100_000 + "]" * 100_000, "not JSON"),
+        ('{"layers": ' + "[" * 100_000 + "]" * 100_000 + "}", "not JSON"),
+    ],
+)
+def test_hand_edited_config_headers(tmp_path, config, needle):
+    path = _with_header(tmp_path, config)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}: invalid model config in header") and needle in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.bool, torch.int64])
+def test_weights_of_the_wrong_kind_are_named(tmp_path, dtype):
+    key = "encoder.1.pconv.conv.weight"
+    weight = PConvUNet(layers=3, width=0.125).state_dict()[key]
+    path = _with_header(tmp_path, '{"layers": 3, "width": 0.125}', {key: weight.to(dtype)})
+    with pytest.raises(CheckpointError, match=rf"{key} is {str(dtype).removeprefix('torch.')}, expected float32"):
+        load_checkpoint(path)
+
+
+def test_info_on_a_fifo_or_device_does_not_block(tmp_path):
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    (tmp_path / "zero.safetensors").symlink_to("/dev/zero")
+    for name in ("pipe.safetensors", "zero.safetensors"):
+        with pytest.raises(CheckpointError, match=rf"{name}: not a regular file"):
+            load_checkpoint(tmp_path / name)
+
+
+def test_write_failure_is_one_line_and_leaves_nothing(tmp_path):
+    model = PConvUNet(layers=3, width=0.125)
+    with pytest.raises(CheckpointError, match=r"^/proc/x.safetensors: cannot write \(") as e:
+        save_checkpoint(model, "/proc/x.safetensors")
+    assert "pconv-tmp" not in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    if os.geteuid() != 0:  # root writes anywhere: the read-only folder only tells for other users
+        with pytest.raises(CheckpointError, match="cannot write"):
+            save_checkpoint(model, tmp_path / "ro" / "m.safetensors")
+    assert list((tmp_path / "ro").iterdir()) == []
