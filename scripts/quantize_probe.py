@@ -1,7 +1,8 @@
 """Which INT8 recipe keeps the bundled model's quality: hole L1 per bin against its FP32 file.
 
     .venv/bin/python scripts/quantize_probe.py [--images 8 16 32] [--methods minmax entropy percentile]
-        [--keep "1,-1" "none"] [--percentiles 99.99] [--size 512] [--asymmetric]
+        [--keep "1,-1" "none"] [--percentiles 99.99] [--size 512] [--activations u8|s8]
+    .venv/bin/python scripts/quantize_probe.py --images 16 --link-photos cal16/   # the same photos, for the CLI
 
 Needs the demo-data extra (photos.py). Calibration photos come from demo-train (every k-th of the
 split, so they spread over its sources), each with 2 masks from the bins up to 30 % (seed 0);
@@ -73,7 +74,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--activations", default="u8", help="u8 (asymmetric, CPU) or s8 (symmetric, TensorRT)")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--link-photos", type=Path, default=None, help="just link the --images calibration photos here")
     args = parser.parse_args()
+    if args.link_photos:  # for `pconv export --precision int8 --calibration FOLDER` with the probe's photos
+        args.link_photos.mkdir(parents=True, exist_ok=True)
+        for i, photo in enumerate(calibration_photos(args.images[0])):
+            (args.link_photos / f"{i:03d}-{photo.name}").symlink_to(photo)
+        return
 
     from pconv_deploy.export.calibration import CalibrationSet
     from pconv_deploy.export.onnx_export import build_onnx, write_atomic

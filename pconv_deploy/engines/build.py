@@ -146,9 +146,10 @@ def check_precision(onnx_path: Path, graph: str, wanted: str | None, fp16: bool)
     wanted = wanted or ("fp16" if fp16 else None)
     if wanted is not None and wanted != graph:
         option = "--fp16" if fp16 else f"--precision {wanted}"
+        export = option + (" --int8-activations s8 --calibration DIR" if wanted == "int8" else "")
         raise BuildError(
             f"{onnx_path}: {option} needs an {wanted.upper()} graph but this one is {graph} (TensorRT takes the "
-            f"precision from the graph): run `pconv export {option}` and build from that file"
+            f"precision from the graph): run `pconv export {export}` and build from that file"
         )
     if graph == "int8":
         import onnx
