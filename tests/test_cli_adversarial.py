@@ -246,3 +246,71 @@ def test_bad_arguments_one_line_nothing_written(case, bad, small_checkpoint, sma
     assert "Traceback" not in err
     assert snapshot(bad) == before, "something was written, changed or left behind"
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in good} == good
+
+
+def _engine_beside(folder: Path, onnx_path: Path) -> Path:
+    """An engine file (placeholder bytes: no TensorRT here) and the sidecar build-engine writes for it."""
+    import onnx
+
+    from pconv_deploy.contract import file_sha256
+    from pconv_deploy.engines.profiles import default_profiles
+    from pconv_deploy.engines.sidecar import make_sidecar, write_sidecar
+
+    engine = folder / "model.engine"
+    engine.write_bytes(b"not a real engine")
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    data = make_sidecar(
+        onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), engine_path=engine, metadata=meta,
+        profiles=default_profiles(int(meta["pconv.multiple"])), tensorrt_version="10.9.0.34",
+        gpu_name="NVIDIA L4", compute_capability="8.9", version_compatible=False,
+    )  # fmt: skip
+    write_sidecar(engine, data)
+    return engine
+
+
+def test_engine_fallback_validates_its_sidecar(small_onnx, tmp_path, monkeypatch, capsys):
+    """infer --model X.engine without TensorRT: the sidecar's ONNX runs only from beside the engine, unchanged."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("images", "masks", "eng", "other"):
+        (tmp_path / name).mkdir()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "images" / "a.png")
+    hole = np.zeros((64, 64), np.uint8)
+    hole[20:30, 20:30] = 255
+    Image.fromarray(hole).save(tmp_path / "masks" / "a.png")
+    onnx_path = tmp_path / "eng" / "model.onnx"
+    onnx_path.write_bytes(small_onnx.read_bytes())
+    engine = _engine_beside(tmp_path / "eng", onnx_path)
+    (tmp_path / "other" / "x.onnx").write_bytes(small_onnx.read_bytes())  # same bytes, another folder
+    args = ["infer", "--images", "images", "--masks", "masks", "--output", "out", "--model", str(engine)]
+    sidecar = engine.with_name("model.engine.json")
+    good = json.loads(sidecar.read_text())
+    hostile = {
+        "another folder": ({**good, "onnx_file": "../other/x.onnx"}, "is not a file name in the engine's folder"),
+        "absolute path": ({**good, "onnx_file": str(tmp_path / "other" / "x.onnx")}, "is not a file name"),
+        "huge layers": (
+            {**good, "metadata": {**good["metadata"], "pconv.layers": "30000000000"}},
+            "pconv.layers must be a positive integer",
+        ),
+    }
+    for case, (data, needle) in hostile.items():
+        sidecar.write_text(json.dumps(data))
+        before = snapshot(tmp_path)
+        code, err = run_cli(args, monkeypatch, capsys)
+        lines = err.strip().splitlines()
+        assert code == 1 and len(lines) == 1 and needle in lines[0], (case, err)
+        assert snapshot(tmp_path) == before, case
+    sidecar.write_text("[" * 100_000 + "]" * 100_000)
+    code, err = run_cli(args, monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "unreadable sidecar" in err, err
+    sidecar.write_text(json.dumps(good))
+    onnx_path.write_bytes(small_onnx.read_bytes() + b"\0")  # replaced beside the engine
+    code, err = run_cli(args, monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "has changed since the engine was built" in err, err
+    onnx_path.write_bytes(small_onnx.read_bytes())
+    code, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0 and (tmp_path / "out" / "a.png").is_file(), err
