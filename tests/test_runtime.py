@@ -242,3 +242,20 @@ def test_inpainter_keeps_within_its_memory_budget(small_onnx):
     assert backend.keep_bytes == inpainter.inference_budget // KEEP_SHARE > 0
     Inpainter(backend, memory_limit=None)
     assert backend.keep_bytes is None
+
+
+def test_pad_batch_is_numpy_symmetric_padding(small_onnx):
+    """pad_batch writes in place what np.pad's "symmetric" mode gives (holes zeroed first), bit for bit."""
+    from pconv_deploy.runtime.tiles import Tile
+
+    inpainter = Inpainter(load_backend(small_onnx, "onnxruntime", "cpu"))
+    rng = np.random.default_rng(5)
+    for h, w in ((64, 96), (50, 70), (33, 64)):
+        tiles = [Tile((0, h, 0, w), rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.random((h, w)) > 0.7)]
+        ph, pw = tiles[0].padded_shape(inpainter.multiple)
+        image, mask = inpainter.pad_batch(tiles, (ph, pw))
+        known = ~tiles[0].hole
+        pad = ((0, ph - h), (0, pw - w))
+        expected = np.pad(tiles[0].rgb * known[..., None], (*pad, (0, 0)), mode="symmetric")
+        assert np.array_equal(image[0], expected.transpose(2, 0, 1) * np.float32(1 / 255))
+        assert np.array_equal(mask[0, 0], np.pad(known, pad, mode="symmetric").astype(np.float32))
