@@ -156,6 +156,15 @@ def check_output_file(
     return path
 
 
+def check_not_inside(path: Path, folder: Path, option: str, shown: str) -> None:
+    """Refuse an input inside a folder the command writes or replaces (``triton-repo --overwrite`` would delete it)."""
+    if Path(path).resolve().is_relative_to(Path(folder).resolve()):
+        raise PathArgumentError(
+            f"{option} {path}: is inside {folder}, the folder {shown} writes (and replaces with --overwrite); "
+            "give a model from elsewhere"
+        )
+
+
 def check_folder_job(images: Path, masks: Path, output: Path, report: Path | None = None) -> None:
     """``pconv infer``'s paths, before the model loads: inputs exist, output and report can be written.
 

@@ -314,3 +314,16 @@ def test_engine_fallback_validates_its_sidecar(small_onnx, tmp_path, monkeypatch
     onnx_path.write_bytes(small_onnx.read_bytes())
     code, err = run_cli(args, monkeypatch, capsys)
     assert code == 0 and (tmp_path / "out" / "a.png").is_file(), err
+
+
+def test_triton_repo_refuses_a_model_inside_the_folder_it_replaces(small_onnx, tmp_path, monkeypatch, capsys):
+    """--overwrite replaced repo/pconv with a new version folder and deleted the input model inside it."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(["triton-repo", str(small_onnx), "--repo", "repo", "--cpu"], monkeypatch, capsys)
+    assert code == 0, err
+    before = snapshot(tmp_path)
+    args = ["triton-repo", "repo/pconv/1/model.onnx", "--repo", "repo", "--cpu", "--version", "2", "--overwrite"]
+    code, err = run_cli(args, monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "is inside repo/pconv" in lines[0], err
+    assert snapshot(tmp_path) == before
