@@ -17,7 +17,13 @@ import typer
 from pconv_deploy.bench.spec import BACKENDS as BENCH_CONFIGS
 from pconv_deploy.contract import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, INFERENCE_PRECISIONS, ONNX_SUFFIX, PRECISIONS
 from pconv_deploy.errors import PConvError, first_line
-from pconv_deploy.paths import check_folder_job, check_input_file, check_output_dir, check_output_file
+from pconv_deploy.paths import (
+    check_folder_job,
+    check_input_file,
+    check_not_inside,
+    check_output_dir,
+    check_output_file,
+)
 from pconv_deploy.serving.options import KIND_CPU, KIND_GPU, PORT_RANGE, RepositoryOptions, ServeOptions, field_defaults
 
 app = typer.Typer(
@@ -697,6 +703,7 @@ def triton_repo(
     """
     check_input_file(model, "MODEL", (ONNX_SUFFIX, *ENGINE_SUFFIXES))
     check_output_dir(repo, "--repo")
+    check_not_inside(model, repo / name, "MODEL", "triton-repo")
     from pconv_deploy.serving.repository import write_triton_repo
 
     kind = KIND_CPU if cpu else KIND_GPU
