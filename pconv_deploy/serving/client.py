@@ -135,6 +135,7 @@ class TritonBackend:
         self,
         urls: Sequence[str],
         model_name: str = "pconv",
+        *,
         timeout: float = REQUEST_SECONDS,
         wait: float = 0.0,
         on_wait: Callable[[str], None] | None = None,
@@ -161,7 +162,7 @@ class TritonBackend:
             raise ServersUnavailable(self.all_failed_message(f"no server had model {model_name!r} ready{waited}"))
         first, model = reachable[0]
         for server, other in reachable[1:]:
-            self.check_same(server, other, first, model)
+            self.check_same(server, other, reference_server=first, reference=model)
         self.reference, self.served = first, model
         self.multiple = model.multiple
         self.metadata = dict(model.metadata)
@@ -230,12 +231,15 @@ class TritonBackend:
             server.failures, server.resting_until = 0, 0.0
         return server.model
 
-    def check_same(self, server: Server, model: ServedModel, first: Server, reference: ServedModel) -> None:
+    def check_same(
+        self, server: Server, model: ServedModel, *, reference_server: Server, reference: ServedModel
+    ) -> None:
+        """Refuse ``server`` (one line) when its model differs from the one ``reference_server`` serves."""
         keys = [k for k in METADATA_KEYS if k != "pconv.producer"]
         differs = [k for k in keys if model.metadata.get(k) != reference.metadata.get(k)]
         if differs or model.max_batch != reference.max_batch:
             what = ", ".join(differs) or "max_batch_size"
-            raise PConvError(f"{server.url} serves a different model than {first.url} (different {what})")
+            raise PConvError(f"{server.url} serves a different model than {reference_server.url} (different {what})")
 
     def validate(self, server: Server) -> None:
         """A server that was down at the start: check what it serves before its first batch (once)."""
@@ -243,7 +247,7 @@ class TritonBackend:
             model = self.describe(server)
             if model is None:
                 raise ConnectionError(server.last_error)
-            self.check_same(server, model, self.reference, self.served)
+            self.check_same(server, model, reference_server=self.reference, reference=self.served)
         except PConvError as e:
             server.model, server.excluded = None, str(e)  # never again: it serves something else
             raise

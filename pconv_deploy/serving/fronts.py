@@ -149,9 +149,12 @@ class HttpFront:
             except BadRequest as e:
                 return error_response(400, str(e))
             del body  # only the checked copy is held while the model runs
-            return await self.forward(request, f"/v2/models/{self.model}/infer", *checked)
+            checked_body, checked_header_length = checked
+            return await self.forward(
+                request, f"/v2/models/{self.model}/infer", checked_body, header_length=checked_header_length
+            )
 
-    async def forward(self, request: object, path: str, body: bytes, header_length: int | None = None) -> object:
+    async def forward(self, request: object, path: str, body: bytes, *, header_length: int | None = None) -> object:
         """``body`` to tritonserver's ``path`` with the client's content headers (one value each), and back."""
         from aiohttp import ClientError, web
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,13 +31,13 @@ STOP_SECONDS = 30.0  # after a forwarded signal, how long the server gets to sto
 
 def checkout_root() -> Path | None:
     """The source checkout this package runs from (its pyproject.toml names us), or None after a pip install."""
-    root = Path(__file__).resolve().parents[2]
-    pyproject = root / "pyproject.toml"
+    root = Path(__file__).resolve().parents[2]  # site-packages after a pip install, the project in a checkout
     try:
-        text = pyproject.read_text(encoding="utf-8") if pyproject.is_file() else ""
-    except (OSError, UnicodeDecodeError):
-        text = ""
-    return root if f'name = "{DISTRIBUTION}"' in text else None
+        text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):  # none there (or unreadable): not our checkout
+        return None
+    # tomllib is 3.11+; the project's name line is enough to tell our pyproject.toml from another one
+    return root if re.search(rf"""^name\s*=\s*["']{DISTRIBUTION}["']""", text, re.MULTILINE) else None
 
 
 def serve_python() -> Path:

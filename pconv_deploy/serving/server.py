@@ -163,9 +163,9 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
     readiness = Readiness(f"{LOOPBACK}:{http_port}", options.name)
     fronts: list = []
     try:
-        bind_model(triton, options, backend, metadata)
+        bind_model(triton, options, backend=backend, metadata=metadata)
         triton.run()  # starts tritonserver and loads the model
-        wait_until_answers(readiness, options.name, backend.multiple, options.start_seconds)
+        wait_until_answers(readiness, name=options.name, multiple=backend.multiple, seconds=options.start_seconds)
         readiness.start()
         inflight = max(4, options.max_batch_size * options.instances)  # requests held at once per front
         for front, port, upstream in (
@@ -204,7 +204,7 @@ def triton_config(options: ServeOptions, http_port: int, grpc_port: int) -> obje
     )  # fmt: skip
 
 
-def bind_model(triton: object, options: ServeOptions, backend: object, metadata: dict[str, str]) -> None:
+def bind_model(triton: object, options: ServeOptions, *, backend: object, metadata: dict[str, str]) -> None:
     """The served function with the contract's tensors, dynamic batching and the ``pconv.*`` parameters."""
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 

@@ -93,7 +93,7 @@ def warm_up(upstream: str, name: str, multiple: int) -> None:
         raise PConvError(f"the warm-up request returned a wrong result ({None if result is None else result.shape})")
 
 
-def wait_until_answers(readiness: object, name: str, multiple: int, seconds: float) -> None:
+def wait_until_answers(readiness: object, *, name: str, multiple: int, seconds: float) -> None:
     """Poll (bounded) until the model is ready on the private port, then run :func:`warm_up`."""
     deadline = time.monotonic() + seconds
     while not readiness.check():
