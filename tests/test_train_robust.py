@@ -523,3 +523,31 @@ def test_16_bit_grey_images_keep_their_tones(tmp_path):
     Image.fromarray(tones).save(tmp_path / "grey16.png")
     rgb = load_rgb(tmp_path / "grey16.png")
     assert rgb.shape == (40, 40, 3) and np.array_equal(rgb[..., 1], (tones // 256).astype(np.uint8))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 600 KiB tmpfs (needs root, as on the CI machine; skipped elsewhere)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(folder)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_save(photo, small_disk):
+    """torch.save reports a full disk as a RuntimeError, not an OSError: it was a traceback."""
+    run = small_disk / "run"
+    args = ["train", "--data", photo, "--output", run, *CLI_TINY, "--sample-every", 1]
+    assert pconv(*args, "--steps", 2).returncode == 0
+    before = (run / "state.pt").read_bytes()
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(b"\0" * (free - 60 * 1024))  # room for config and history, not a save
+    line = one_line_error(pconv(*args, "--steps", 4))
+    assert line.startswith(f"error: {run}: cannot save step 3 (") and line.endswith("last complete save: step 2")
+    assert (run / "state.pt").read_bytes() == before and not temp_names(run)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pconv_deploy.errors import PConvError
+from pconv_deploy.errors import PConvError, first_line
 
 
 class OptionError(PConvError):
@@ -284,11 +284,14 @@ def record(run: Run, row: dict[str, float], bar, log: Callable[[str], None]) -> 
     if done % run.cfg.sample_every == 0 or done == run.cfg.steps:
         try:
             save(run, done)
-        except OSError as e:  # e.g. a full disk: the previous save is intact (atomic replace)
+        except Exception as e:  # e.g. a full disk (OSError, or torch's RuntimeError): every write is atomic
+            import shutil
+
             kept = f"step {run.saved_step}" if run.saved_step else "none"
-            where = e.filename or run.cfg.output
+            free = shutil.disk_usage(run.cfg.output).free / 2**20
             raise PConvError(
-                f"{where}: cannot save step {done} ({e.strerror or e}); last complete save: {kept}"
+                f"{run.cfg.output}: cannot save step {done} ({type(e).__name__}: {first_line(e)}; "
+                f"{free:.0f} MiB free); last complete save: {kept}"
             ) from None
 
 
