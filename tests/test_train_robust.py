@@ -377,6 +377,7 @@ def test_stale_temp_files_of_killed_runs_are_removed_on_the_next_start(photo, tm
         (["--seed", "-1"], "--seed must be between 0 and 2^63 - 1"),
         (["--seed", str(2**64)], "--seed must be between 0 and 2^63 - 1"),
         (["--loss", "vgg"], "--loss must be 'paper' or one of"),
+        (["--batch-size", "1000000"], "--batch-size x --size^2 must be at most 134,217,728 pixels"),
     ],
 )
 def test_cli_bad_options_are_one_line_usage_errors(photo, tmp_path, option, message):

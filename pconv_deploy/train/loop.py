@@ -24,6 +24,7 @@ class OptionError(PConvError):
     exit_code = 2
 
 
+MAX_BATCH_PIXELS = 2**27  # per process and step: e.g. 512 crops of 512x512 (the paper: 6 x 512x512)
 TERMS = ("total", "valid", "hole", "hole_mean", "perceptual", "style_out", "style_comp", "tv")
 # Losses without VGG: "pixel" is the paper's pixel terms; "pixel-mean" replaces 6 L_hole by L1 per image's
 # holes (weight 1.5 ~ 6 x the mean hole fraction of bins up to 30 %), the evaluation's mean hole L1.
@@ -80,6 +81,9 @@ class TrainConfig:
         for name in ("batch_size", "log_every", "sample_every"):
             if getattr(self, name) < 1:
                 raise OptionError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        pixels = self.batch_size * self.size**2  # crops and masks are built in memory first
+        if pixels > MAX_BATCH_PIXELS:
+            raise OptionError(f"--batch-size x --size^2 must be at most {MAX_BATCH_PIXELS:,} pixels, got {pixels:,}")
         if self.steps < 0 or self.keep_every < 0:
             raise OptionError(f"--steps and --keep-every must be >= 0, got {self.steps} and {self.keep_every}")
 
