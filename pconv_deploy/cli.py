@@ -307,6 +307,7 @@ def build_engine_command(
     """
     check_input_file(model, "MODEL", (ONNX_SUFFIX,))
     check_output_file(output, "--output", [(model, "MODEL")])
+    check_output_file(Path(f"{output}.json"), "--output", [(model, "MODEL")])  # its sidecar, written after the build
     if timing_cache is not None:
         check_output_file(timing_cache, "--timing-cache", [(model, "MODEL"), (output, "--output")])
     from pconv_deploy.engines.build import build_engine, plan_build
