@@ -327,3 +327,15 @@ def test_triton_repo_refuses_a_model_inside_the_folder_it_replaces(small_onnx, t
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "is inside repo/pconv" in lines[0], err
     assert snapshot(tmp_path) == before
+
+
+def test_build_engine_checks_where_the_sidecar_goes_before_building(small_onnx, tmp_path, monkeypatch, capsys):
+    """A folder where ENGINE.json goes was found only after the (minutes long) TensorRT build."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.onnx").write_bytes(small_onnx.read_bytes())
+    (tmp_path / "m.engine.json").mkdir()
+    before = snapshot(tmp_path)
+    code, err = run_cli(["build-engine", "m.onnx", "-o", "m.engine"], monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "m.engine.json: is a folder" in lines[0], err
+    assert snapshot(tmp_path) == before
