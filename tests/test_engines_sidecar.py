@@ -271,3 +271,12 @@ def test_fallback_runs_only_the_unchanged_onnx_beside_the_engine(engine, tmp_pat
         source_onnx(engine)
     (tmp_path / "model.onnx").write_bytes(original)
     assert source_onnx(engine) == tmp_path / "model.onnx"
+
+
+def test_a_fifo_sidecar_is_not_opened(engine):
+    import os
+
+    sidecar_path(engine).unlink()
+    os.mkfifo(sidecar_path(engine))  # reading it would block for ever
+    with pytest.raises(SidecarError, match=r"model.engine.json: not a regular file, so not the sidecar"):
+        read_sidecar(engine)

@@ -146,6 +146,8 @@ def validate_sidecar(data: Any, where: str) -> list[ShapeRange]:
 def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
     """Load and validate ``<engine>.json``; every failure names the file."""
     path = sidecar_path(engine_path)
+    if path.exists() and not path.is_file():  # a folder, FIFO or device: never opened
+        raise SidecarError(f"{path}: not a regular file, so not the sidecar of engine {engine_path}; {REBUILD}")
     if not path.is_file():
         raise SidecarError(f"{path}: no sidecar beside engine {engine_path}; {REBUILD}")
     if path.stat().st_size > MAX_SIDECAR_BYTES:
