@@ -1,7 +1,7 @@
 """12 MP photos through `pconv infer`: crop vs full time, peak memory, and the output encoders, in one run.
 
     .venv/bin/python scripts/bench_photos.py [--model demo.onnx] [--count 4] [--memory-limit 6GiB]
-        [--masks objects|strokes|scribbles] [--baseline OLD_CHECKOUT]
+        [--masks objects|strokes|scribbles] [--baseline OLD_CHECKOUT] [--repeat 3] [--skip-encoders]
 
 Makes ``--count`` photo-like 4000x3000 JPEGs (scikit-image photos upscaled, with sensor-like noise)
 and masks covering about 1% of each (``--masks objects``: one to three irregular blobs per photo;
@@ -9,7 +9,8 @@ and masks covering about 1% of each (``--masks objects``: one to three irregular
 the photo), then runs `pconv infer` as a user would
 (one subprocess per run, ONNX Runtime CPU): ``--strategy crop``, ``--strategy full`` under
 ``--memory-limit``, and crop again (load on a shared machine drifts: the crop time is the mean
-of the two; ``--baseline DIR`` adds a crop run with the package of another checkout, in between).
+of the runs; ``--baseline DIR`` adds a crop run with the package of another checkout before each
+later crop run; ``--repeat N`` makes N later crop runs and a second full run at the end).
 Prints the share of pixels crop infers with and without splitting long holes, and the load
 average. Peak memory is the report's ``peak_memory_bytes`` (ru_maxrss of the infer process).
 Then times the encoders on one 12 MP result: ours (runtime/outputs.encode_png) at PNG levels 1, 2
@@ -173,6 +174,30 @@ def print_crop_pixels(model: Path, folder: Path) -> None:
         print(f"crop infers {100 * pixels / total:.1f}% of the pixels in {windows} windows: {label}")
 
 
+def time_strategies(args: argparse.Namespace, model: Path, folder: Path) -> None:
+    """crop, full, then ``--repeat`` times (baseline crop, crop), then full again if repeated; prints the ratios."""
+    crops = [infer(model, folder, "crop")]
+    fulls = [infer(model, folder, "full", "--strategy", "full", "--memory-limit", args.memory_limit)]
+    baselines = []
+    for _ in range(args.repeat):
+        if args.baseline:
+            baselines.append(infer(model, folder, "crop-baseline", package=args.baseline))
+        crops.append(infer(model, folder, "crop"))
+    if args.repeat > 1:
+        fulls.append(infer(model, folder, "full", "--strategy", "full", "--memory-limit", args.memory_limit))
+    gib = 2**30
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    full_s = np.mean([r["seconds"] for r in fulls])
+    for label, runs in (("crop", crops), (f"crop with {args.baseline}", baselines)):
+        if runs:
+            seconds = [r["seconds"] for r in runs]
+            print(f"{label}: {', '.join(f'{t:.1f}' for t in seconds)} s (mean {np.mean(seconds):.1f}), "
+                  f"peak {runs[0]['peak'] / gib:.2f} GiB; full / mean: {full_s / np.mean(seconds):.1f}x")  # fmt: skip
+    full_list = ", ".join(f"{r['seconds']:.1f}" for r in fulls)
+    print(f"full: {full_list} s, peak {fulls[0]['peak'] / gib:.2f} GiB "
+          f"(--memory-limit {args.memory_limit})")  # fmt: skip
+
+
 def default_model(folder: Path) -> Path:
     from pconv_deploy.export.onnx_export import export_onnx
     from pconv_deploy.model import load_checkpoint
@@ -191,6 +216,8 @@ def main() -> None:
     parser.add_argument(
         "--baseline", type=Path, help="also time crop with the pconv_deploy of this checkout (e.g. a git worktree)"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="crop (and baseline) runs after full; >1: full twice")
+    parser.add_argument("--skip-encoders", action="store_true", help="do not time the PNG/JPEG/WebP encoders")
     args = parser.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="pconv-photos-"))
     model = args.model or default_model(folder)
@@ -199,19 +226,9 @@ def main() -> None:
     print(f"{args.count} photos {SIZE[0]}x{SIZE[1]}, {100 * holes:.2f}% holes ({args.masks}), model {model.name}")
     print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print_crop_pixels(model, folder)
-    crop1 = infer(model, folder, "crop")
-    full = infer(model, folder, "full", "--strategy", "full", "--memory-limit", args.memory_limit)
-    baseline = args.baseline and infer(model, folder, "crop-baseline", package=args.baseline)
-    crop2 = infer(model, folder, "crop")
-    crop_s = (crop1["seconds"] + crop2["seconds"]) / 2
-    gib = 2**30
-    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-    print(f"crop: {crop1['seconds']:.1f} s and {crop2['seconds']:.1f} s, peak {crop1['peak'] / gib:.2f} GiB")
-    print(f"full: {full['seconds']:.1f} s, peak {full['peak'] / gib:.2f} GiB (--memory-limit {args.memory_limit})")
-    print(f"full / crop: {full['seconds'] / crop_s:.1f}x")
-    if baseline:
-        print(f"crop with {args.baseline}: {baseline['seconds']:.1f} s, full / that: "
-              f"{full['seconds'] / baseline['seconds']:.1f}x")  # fmt: skip
+    time_strategies(args, model, folder)
+    if args.skip_encoders:
+        return
     result = np.asarray(Image.open(folder / "out-crop" / "photo0.png").convert("RGB"))
     times = encode_times(result)
     base = times["png level 1"][0]
