@@ -137,6 +137,9 @@ def main() -> None:
         inpainters[name] = Inpainter(runner, args.batch_size, "full")
         if keep != "auto":
             runner.keep_bytes = keep
+        if hasattr(runner, "keep_bytes"):
+            kept = "no limit" if runner.keep_bytes is None else f"{runner.keep_bytes / 2**20:.0f} MiB"
+            print(f"{name}: {runner.name}, keeps calls of up to {kept} between equal calls")
         folder_job(inpainters[name], images, masks, work / "warm")  # first-call costs out of the rounds
     print(f"{len(names)} configurations, batch {args.batch_size}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
     results: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in names}

@@ -52,9 +52,10 @@ __all__ = ["STRATEGIES", "Inpainter", "Job", "Tile", "align_window", "hole_windo
 STRATEGIES = ("crop", "resize", "full")
 # A backend may keep one call's buffers for the next call of the same shape (no page faults: ~20% of a
 # full-width 512x512 call) when that call needs at most 1/KEEP_SHARE of the inference budget; a call of
-# another shape right after can then exceed its own estimate by that much, inside the fifth of the limit
-# kept for images in flight.
-KEEP_SHARE = 8
+# another shape right after can then exceed its own estimate by that much, about the share of the limit
+# kept for images in flight (1/8 left a batch of four 512x512 full-width images unkept whenever less
+# than ~8 GiB was free).
+KEEP_SHARE = 4
 
 
 class Inpainter:
