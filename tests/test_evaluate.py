@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from pconv_deploy.masks import HOLE_BINS
 from pconv_deploy.train.evaluate import (
     checkpoint_predictor,
     evaluate,
@@ -18,7 +19,6 @@ from pconv_deploy.train.evaluate import (
     ssim,
     telea_predictor,
 )
-from pconv_deploy.train.masks import HOLE_BINS
 
 
 def photos(size=64, count=2):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pconv_deploy.train.masks import HOLE_BINS, hole_ratio, random_mask, training_mask
+from pconv_deploy.masks import HOLE_BINS, hole_ratio, random_mask, training_mask
 
 
 def test_bins_are_the_papers():

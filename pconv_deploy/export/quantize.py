@@ -166,7 +166,7 @@ def calibration_metadata(cal: CalibrationSet, recipe: Int8Recipe) -> dict[str, s
     """What calibrated an INT8 file, for its ``metadata_props`` (``pconv check`` reads the photo hashes
     to refuse scoring on calibration photos)."""
     from pconv_deploy.contract import file_sha256
-    from pconv_deploy.train.masks import HOLE_BINS
+    from pconv_deploy.masks import HOLE_BINS
 
     act = "s8 symmetric" if recipe.symmetric_activations else "u8 asymmetric"
     return {

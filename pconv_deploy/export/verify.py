@@ -147,7 +147,7 @@ def quality_images(photos: Sequence[Path] | None, size: int, seed: int) -> tuple
 
 def quality_samples(images: list[np.ndarray], seed: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """(image, known mask, bin) per image and bin: MASKS_PER_BIN seeded training-style masks each."""
-    from pconv_deploy.train.masks import HOLE_BINS, random_mask
+    from pconv_deploy.masks import HOLE_BINS, random_mask
 
     samples = []
     for i, image in enumerate(images):
@@ -185,7 +185,7 @@ def run_quality(
     import onnxruntime as ort
 
     from pconv_deploy.export.checks import metadata
-    from pconv_deploy.train.masks import HOLE_BINS, bin_label
+    from pconv_deploy.masks import HOLE_BINS, bin_label
 
     precision = metadata(onnx.load(str(onnx_path), load_external_data=False)).get("pconv.precision", "fp32")
     multiple = model.config.multiple

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pconv_deploy.errors import PConvError, first_line
-from pconv_deploy.train.masks import training_mask
+from pconv_deploy.masks import training_mask
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_ASPECT = 16  # long side / short side: the short side is upscaled to the crop size

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pconv_deploy.errors import PConvError
-from pconv_deploy.train.masks import HOLE_BINS, bin_label, random_mask
+from pconv_deploy.masks import HOLE_BINS, bin_label, random_mask
 
 MAX_MASKS_PER_BIN = 100  # every sample keeps its mask in memory: images x 6 bins x this x size^2 bytes
 Predict = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], list[np.ndarray]]

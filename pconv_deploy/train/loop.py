@@ -65,8 +65,8 @@ class TrainConfig:
 
     def check(self) -> None:
         """Refuse options no run can use, before anything is read or written (the CLI's usage errors)."""
+        from pconv_deploy.masks import HOLE_BINS
         from pconv_deploy.train.data import MAX_SIZE
-        from pconv_deploy.train.masks import HOLE_BINS
 
         if not 1 <= self.size <= MAX_SIZE:
             raise OptionError(f"--size must be between 1 and {MAX_SIZE}, got {self.size}")
