@@ -170,14 +170,19 @@ def test_a_folder_without_state_is_refused_not_restarted_from_step_0(photo, tmp_
 
 
 def test_a_folder_without_its_checkpoint_resumes_from_state_and_rewrites_it(photo, tmp_path):
+    """A kill after state.pt, before last.safetensors and the snapshot: both come back from state.pt."""
     run = tmp_path / "run"
     straight = train(config(photo, tmp_path / "straight", steps=3), log=lambda s: None)
-    train(config(photo, run, steps=2), log=lambda s: None)
+    train(config(photo, run, steps=2, keep_every=2), log=lambda s: None)
+    snapshot = run / "snapshots" / "step-000002.safetensors"
+    saved = weights(load_checkpoint(snapshot))
     (run / "last.safetensors").unlink()
+    snapshot.unlink()
     messages = []
-    result = train(config(photo, run, steps=3), log=messages.append)
+    result = train(config(photo, run, steps=3, keep_every=2), log=messages.append)
     assert result.start_step == 2 and result.rank_digests == straight.rank_digests
     assert any("last.safetensors: rewritten from state.pt (step 2)" in m for m in messages)
+    assert same_weights(weights(load_checkpoint(snapshot)), saved)
 
 
 def test_an_older_versions_pair_resumes_when_its_steps_agree(photo, tmp_path):

@@ -311,7 +311,7 @@ def save(run: Run, step: int) -> None:
     run.saved_step = step
     state.save_model(run.model, run_dir / state.CHECKPOINT, step, run.settings)
     if run.cfg.keep_every and step % run.cfg.keep_every == 0:
-        snapshot = run_dir / state.SNAPSHOTS / f"step-{step:06d}.safetensors"
+        snapshot = state.snapshot_path(run_dir, step)
         state.save_model(run.model, snapshot, step, run.settings)
     plots.loss_curve(run.history, run_dir / "loss_curve.png", keys=TERMS)
     images, masks = run.dataset.batch(0, 4, rank=0, stream=1)

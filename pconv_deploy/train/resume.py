@@ -164,6 +164,9 @@ def write_run_files(run: Run, log: Callable[[str], None]) -> None:
     if run.start and state.checkpoint_step(run_dir) != str(run.start):  # a kill between state.pt and it
         state.save_model(run.model, run_dir / state.CHECKPOINT, run.start, run.settings)
         log(f"{run_dir / state.CHECKPOINT}: rewritten from {state.STATE} (step {run.start})")
+    snapshot = state.snapshot_path(run_dir, run.start)
+    if run.start and cfg.keep_every and run.start % cfg.keep_every == 0 and not snapshot.exists():
+        state.save_model(run.model, snapshot, run.start, run.settings)  # the kill came before it
 
 
 def discard_unsaved_start(run: Run) -> None:

@@ -64,6 +64,11 @@ def clean_temps(run_dir: Path) -> int:
     return clean_stale_temps(run_dir) + clean_stale_temps(run_dir / SNAPSHOTS)
 
 
+def snapshot_path(run_dir: Path, step: int) -> Path:
+    """RUN/snapshots/step-NNNNNN.safetensors, kept every --keep-every steps."""
+    return run_dir / SNAPSHOTS / f"step-{step:06d}.safetensors"
+
+
 def save_model(model, path: Path, step: int, settings: dict) -> Path:
     """A checkpoint with the run's step and settings in its header (save_checkpoint writes atomically)."""
     from pconv_deploy.model.checkpoint import save_checkpoint
