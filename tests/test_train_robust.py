@@ -266,7 +266,20 @@ def bad_images(folder: Path) -> set[Path]:
     data = (folder / "cut.jpg").read_bytes()
     (folder / "cut.jpg").write_bytes(data[: len(data) // 2])  # truncated
     (folder / "text.tif").write_text("not an image")
-    return {folder / n for n in ("thin.png", "noise.png", "empty.jpg", "cut.jpg", "text.tif")}
+    (folder / "bomb.png").write_bytes(png_header(10000, 10000))  # 100 MP declared in 57 bytes
+    return {folder / n for n in ("thin.png", "noise.png", "empty.jpg", "cut.jpg", "text.tif", "bomb.png")}
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG with only its signature, IHDR (RGB, 8 bit) and IEND: Pillow opens it and reports the size."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def test_unusable_images_are_skipped_and_counted(tmp_path):
@@ -284,6 +297,7 @@ def test_unusable_images_are_skipped_and_counted(tmp_path):
         assert np.allclose(images * 255, np.array([10, 200, 30])[None, :, None, None], atol=0.5)
     assert set(dataset.skipped) == bad and len(reported) == len(bad)
     assert "thin.png: 30000x1 is more elongated than 16:1" in dataset.skipped[tmp_path / "data" / "thin.png"]
+    assert "10000x10000 = 100,000,000 pixels, over the limit" in dataset.skipped[tmp_path / "data" / "bomb.png"]
     assert all(line.startswith(f"skipping {tmp_path / 'data'}") for line in reported)
 
 
@@ -331,7 +345,7 @@ def test_cli_train_goes_on_past_unusable_images_and_reports_them(tmp_path):
 def test_a_folder_of_only_unusable_images_is_one_line_and_leaves_nothing(tmp_path):
     bad_images(tmp_path / "data")
     r = pconv("train", "--data", tmp_path / "data", "--output", tmp_path / "run", "--steps", 1, *CLI_TINY)
-    assert "none of the 5 images is usable" in one_line_error(r)
+    assert "none of the 6 images is usable" in one_line_error(r)
     assert not (tmp_path / "run").exists()
 
 
