@@ -174,7 +174,7 @@ def export_command(
         Path | None, typer.Option(metavar="DIR", help="int8: photos to calibrate on (masks drawn like training's).")
     ] = None,
     calibration_images: Annotated[
-        int | None, typer.Option(min=1, help="int8: use the first N photos of DIR (sorted) [default: all].")
+        int | None, typer.Option(min=1, help="int8: use the first N photos of DIR (sorted) [default: 32].")
     ] = None,
     int8_activations: Annotated[
         str, typer.Option(help="int8: u8 (CPU: ONNX Runtime, OpenVINO) or s8 (symmetric: TensorRT).")
