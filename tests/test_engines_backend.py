@@ -50,8 +50,8 @@ PROFILES = [
 def engine_with_sidecar(
     folder: Path, gpu=("NVIDIA L4", "8.9"), trt_version="11.1.0.10", version_compatible=True, **metadata
 ) -> Path:
-    """model.engine (placeholder bytes) + model.engine.json naming onnx/model.onnx, a runnable contract graph."""
-    onnx_path = write_contract_onnx(folder / "onnx" / "model.onnx", contract_metadata(**metadata))
+    """model.engine (placeholder bytes) + model.engine.json naming model.onnx beside it, a runnable contract graph."""
+    onnx_path = write_contract_onnx(folder / "model.onnx", contract_metadata(**metadata))
     engine = folder / "model.engine"
     engine.write_bytes(b"placeholder engine")
     sidecar = make_sidecar(
