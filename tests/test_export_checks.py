@@ -162,3 +162,21 @@ def test_links_to_devices_and_fifos_are_not_regular_files(small_checkpoint, fold
         "random.safetensors",
         "zero.onnx",
     ]
+
+
+def test_export_of_nan_weights_blames_the_weights_not_an_epsilon(folder, monkeypatch, capsys):
+    import torch
+    from conftest import SMALL
+
+    from pconv_deploy.model import PConvUNet, save_checkpoint
+
+    model = PConvUNet(**SMALL).eval()
+    with torch.no_grad():
+        model.decoder[0].pconv.conv.weight[0, 0, 0, 0] = float("nan")
+    save_checkpoint(model, folder / "nan.safetensors")
+    code, err = run_cli(
+        ["export", "--checkpoint", "nan.safetensors", "-o", "m.onnx", "--no-check"], monkeypatch, capsys
+    )
+    line = one_line(code, err, "non-finite values (NaN or Inf)", "the checkpoint is broken")
+    assert "epsilon" not in line
+    assert sorted(p.name for p in folder.iterdir()) == ["nan.safetensors"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from pconv_deploy.contract import (
     CHANNELS,
@@ -241,12 +242,22 @@ def adversarial_feeds(multiple: int) -> dict[str, np.ndarray]:
     return {IMAGE: image, MASK: mask}
 
 
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+
+
 def check_finite(model: onnx.ModelProto | str | Path) -> None:
     """Run ONNX Runtime (CPU) on adversarial masks; raise ExportError on any Inf/NaN."""
     import onnxruntime as ort
 
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
+    for init in model.graph.initializer:  # broken weights are the checkpoint's fault, not the graph's epsilon
+        if init.data_type in FLOAT_TYPES:
+            bad = int((~np.isfinite(numpy_helper.to_array(init))).sum())
+            if bad:
+                raise ExportError(
+                    f"weight {init.name} holds {bad} non-finite values (NaN or Inf): the checkpoint is broken"
+                )
     feeds = adversarial_feeds(int(metadata(model)["pconv.multiple"]))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (out,) = session.run([OUTPUT], feeds)
