@@ -304,3 +304,16 @@ def test_cli_refuses_the_source_as_output(tmp_path, source):
     _one_line_error(_cli(["import-checkpoint", str(own), "-o", str(own)]), "state.safetensors")
     assert own.read_bytes() == before
     assert json.loads(json.dumps(sorted(p.name for p in tmp_path.iterdir()))) == ["state.safetensors"]
+
+
+def test_many_small_deflated_records_are_refused_together(source, tmp_path):
+    """Each record under the per-record floor (1 MiB from 2 KB), 600 of them: 600 MiB from ~1 MB."""
+    with zipfile.ZipFile(source) as zf:
+        records = [(i.filename, zf.read(i.filename), zipfile.ZIP_STORED, i.file_size) for i in zf.infolist()]
+    prefix = records[0][0].split("/")[0]
+    small = _deflated_zeros(1 << 20)
+    records += [(f"{prefix}/data/extra{i}", small, zipfile.ZIP_DEFLATED, 1 << 20) for i in range(600)]
+    many = tmp_path / "many.pth"
+    _write_zip(many, records)
+    assert many.stat().st_size < 2 << 20
+    _refused(many, tmp_path, "inflate", "in all")

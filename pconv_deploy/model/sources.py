@@ -111,9 +111,11 @@ def _check_zip_records(path: Path) -> bool:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
         return False  # not readable as a zip: torch.load names the problem
-    total = 0
+    total = inflated = deflated = 0
     for info in infos:
         total += info.file_size
+        if info.compress_type != zipfile.ZIP_STORED:
+            inflated, deflated = inflated + info.file_size, deflated + info.compress_size
         if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_DEFLATE_RATIO * max(
             info.compress_size, 1 << 16
         ):
@@ -127,7 +129,12 @@ def _check_zip_records(path: Path) -> bool:
                 f"{path}: its records hold {_size(total)} or more uncompressed (record {info.filename}), "
                 f"over the {_size(MAX_SOURCE_BYTES)} limit for a checkpoint"
             )
-    return all(info.compress_type == zipfile.ZIP_STORED for info in infos)
+    if inflated > MAX_DEFLATE_RATIO * deflated + (1 << 20):  # many small records, each under the per-record floor
+        raise ImportCheckpointError(
+            f"{path}: its compressed records inflate {inflated / max(deflated, 1):.0f}:1 in all "
+            f"({_size(deflated)} to {_size(inflated)}); torch.save stores its records uncompressed"
+        )
+    return deflated == 0
 
 
 def _size(n: int) -> str:
