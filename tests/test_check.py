@@ -1,5 +1,6 @@
 """Parity through Polygraphy: FP32 and FP16 pass, wrong models fail, `polygraphy run` agrees, the CLI, full width."""
 
+import json
 import os
 import shlex
 import subprocess
@@ -105,7 +106,11 @@ def test_cli_check(small_onnx, small_onnx_fp16, small_checkpoint, perturbed_chec
     r = pconv("check", str(small_onnx_fp16), "--checkpoint", str(small_checkpoint), "--save-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "fp16: PASSED" in r.stdout and "reproduce: polygraphy run" in r.stdout
+    assert "fp16 quality on 8 synthetic images" in r.stdout  # reduced precision: the quality check too
     assert (tmp_path / "inputs.json").is_file()
+    quality = json.loads((tmp_path / "quality.json").read_text())
+    assert quality["passed"] and quality["thresholds"] == {"min_psnr_db": 40.0, "max_hole_l1_increase": 0.05}
+    assert [b["samples"] for b in quality["quality"]["bins"]] == [16, 16, 16]
     # small_onnx records no checkpoint (exported from memory): parity runs and fails
     r = pconv("check", str(small_onnx), "--checkpoint", str(perturbed_checkpoint), "--save-dir", str(tmp_path))
     assert r.returncode == 1
