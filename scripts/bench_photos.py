@@ -1,7 +1,7 @@
 """12 MP photos through `pconv infer`: crop vs full time, peak memory, and the output encoders, in one run.
 
     .venv/bin/python scripts/bench_photos.py [--model demo.onnx] [--count 4] [--memory-limit 6GiB]
-        [--masks objects|strokes|scribbles] [--baseline OLD_CHECKOUT] [--repeat 3] [--skip-encoders]
+        [--masks objects|strokes|scribbles] [--baseline OLD_CHECKOUT] [--repeat 3] [--margin M] [--skip-encoders]
 
 Makes ``--count`` photo-like 4000x3000 JPEGs (scikit-image photos upscaled, with sensor-like noise)
 and masks covering about 1% of each (``--masks objects``: one to three irregular blobs per photo;
@@ -157,7 +157,7 @@ def save(im: Image.Image, fmt: str, options: dict) -> bytes:
     return buffer.getvalue()
 
 
-def print_crop_pixels(model: Path, folder: Path) -> None:
+def print_crop_pixels(model: Path, folder: Path, margin: int | None = None) -> None:
     """The share of the photos' pixels crop infers (default margin), with long holes split and with one window each."""
     from pconv_deploy.runtime.backends import load_backend
     from pconv_deploy.runtime.tiles import CROP_MARGIN, plan_windows
@@ -167,7 +167,7 @@ def print_crop_pixels(model: Path, folder: Path) -> None:
         pixels = windows = total = 0
         for path in sorted((folder / "masks").iterdir()):
             hole = np.asarray(Image.open(path)) > 127
-            plans = plan_windows(hole, CROP_MARGIN, multiple, split=split)
+            plans = plan_windows(hole, CROP_MARGIN if margin is None else margin, multiple, split=split)
             pixels += sum((y1 - y0) * (x1 - x0) for (y0, y1, x0, x1), _ in plans)
             windows, total = windows + len(plans), total + hole.size
         label = "split (default)" if split else "one window per hole"
@@ -176,13 +176,14 @@ def print_crop_pixels(model: Path, folder: Path) -> None:
 
 def time_strategies(args: argparse.Namespace, model: Path, folder: Path) -> None:
     """crop, full, then ``--repeat`` times (baseline crop, crop), then full again if repeated; prints the ratios."""
-    crops = [infer(model, folder, "crop")]
+    margin = () if args.margin is None else ("--margin", str(args.margin))
+    crops = [infer(model, folder, "crop", *margin)]
     fulls = [infer(model, folder, "full", "--strategy", "full", "--memory-limit", args.memory_limit)]
     baselines = []
     for _ in range(args.repeat):
         if args.baseline:
-            baselines.append(infer(model, folder, "crop-baseline", package=args.baseline))
-        crops.append(infer(model, folder, "crop"))
+            baselines.append(infer(model, folder, "crop-baseline", *margin, package=args.baseline))
+        crops.append(infer(model, folder, "crop", *margin))
     if args.repeat > 1:
         fulls.append(infer(model, folder, "full", "--strategy", "full", "--memory-limit", args.memory_limit))
     gib = 2**30
@@ -217,6 +218,7 @@ def main() -> None:
         "--baseline", type=Path, help="also time crop with the pconv_deploy of this checkout (e.g. a git worktree)"
     )
     parser.add_argument("--repeat", type=int, default=1, help="crop (and baseline) runs after full; >1: full twice")
+    parser.add_argument("--margin", type=int, help="--margin for the crop runs (default: pconv infer's)")
     parser.add_argument("--skip-encoders", action="store_true", help="do not time the PNG/JPEG/WebP encoders")
     args = parser.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="pconv-photos-"))
@@ -225,7 +227,7 @@ def main() -> None:
     holes = np.mean([np.asarray(Image.open(p)).mean() / 255 for p in sorted((folder / "masks").iterdir())])
     print(f"{args.count} photos {SIZE[0]}x{SIZE[1]}, {100 * holes:.2f}% holes ({args.masks}), model {model.name}")
     print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-    print_crop_pixels(model, folder)
+    print_crop_pixels(model, folder, args.margin)
     time_strategies(args, model, folder)
     if args.skip_encoders:
         return
