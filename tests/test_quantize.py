@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from PIL import Image
+from test_engines_build import recorded_build  # noqa: F401  (a fixture: TensorRT's builder autospec'd)
 
 from pconv_deploy.contract import PRECISIONS
 from pconv_deploy.engines.build import BuildError, plan_build
@@ -250,15 +251,38 @@ def test_check_fails_a_degraded_int8(cli_int8, small_checkpoint, tmp_path):
     assert '"passed": false' in (tmp_path / "bad.parity" / "quality.json").read_text()
 
 
-def test_s8_for_tensorrt_and_build_engine_rules(small_onnx, photos, cli_int8, tmp_path):
-    from pconv_deploy.engines.sidecar import check_contract_metadata
-
+@pytest.fixture(scope="module")
+def s8_onnx(small_onnx, photos, tmp_path_factory):
+    """The small model quantized with symmetric s8 activations (TensorRT's kind), marked int8."""
     cal = CalibrationSet(find_photos(photos), 64)
     s8 = quantize_int8(onnx.load(str(small_onnx)), cal, Int8Recipe(activations="s8"))
     for p in s8.metadata_props:
         if p.key == "pconv.precision":
             p.value = "int8"
-    onnx.save(s8, str(tmp_path / "s8.onnx"))
+    path = tmp_path_factory.mktemp("s8") / "s8.onnx"
+    onnx.save(s8, str(path))
+    return path
+
+
+def test_tensorrt_int8_build_wiring(recorded_build, s8_onnx, tmp_path):  # noqa: F811
+    """build-engine on the Q/DQ file, against the real tensorrt_lean enums and Polygraphy's loaders:
+    strongly typed, no INT8 or FP16 builder flag (TensorRT 11 removed them), sidecar precision int8."""
+    from pconv_deploy.engines.build import build_engine
+    from pconv_deploy.engines.sidecar import read_sidecar
+
+    plan = plan_build(s8_onnx, tmp_path / "out" / "m.engine", precision="int8")
+    sidecar = build_engine(plan, device=0)
+    (call,) = recorded_build.loader.mock_calls
+    (network,), config = call.args, call.kwargs["config"]
+    assert network.strongly_typed and not config.int8 and not config.fp16 and config.calibrator is None
+    assert sidecar["precision"] == "int8" == read_sidecar(tmp_path / "out" / "m.engine")["metadata"]["pconv.precision"]
+
+
+def test_s8_for_tensorrt_and_build_engine_rules(s8_onnx, cli_int8, small_onnx, tmp_path):
+    from pconv_deploy.engines.sidecar import check_contract_metadata
+
+    s8 = onnx.load(str(s8_onnx))
+    (tmp_path / "s8.onnx").write_bytes(s8_onnx.read_bytes())
     int8 = [t for t in s8.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     zero_points = [onnx.numpy_helper.to_array(t) for t in int8 if not t.dims]
     assert zero_points and not any(z.any() for z in zero_points)
