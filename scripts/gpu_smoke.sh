@@ -44,10 +44,15 @@ grep -E '^SKIPPED' "$OUT/pytest-gpu.log" | head -n 5 | while read -r line; do ec
 step export "$BIN/pconv" export --fp16 -o "$OUT/demo-fp16.onnx"
 step build-engine "$BIN/pconv" build-engine "$OUT/demo-fp16.onnx" -o "$OUT/demo-fp16.engine" --fp16 \
     --min-shape 1x256x256 --opt-shape 2x256x256 --max-shape 4x512x512 --timing-cache "$OUT/timing.cache"
-# INT8: TensorRT takes symmetric (s8) Q/DQ; calibration photos from scikit-image's package data (no download).
-CAL=$("$BIN/python" -c "import os, skimage.data; print(os.path.dirname(skimage.data.__file__))")
+# INT8: TensorRT takes symmetric (s8) Q/DQ; calibration on the colour photos in scikit-image's package data.
+CAL="$OUT/calibration"
+mkdir -p "$CAL"
+"$BIN/python" -c "
+import sys; from pathlib import Path; from pconv_deploy.train.data import builtin_paths
+for p in builtin_paths(): (Path(sys.argv[1]) / p.name).unlink(missing_ok=True); (Path(sys.argv[1]) / p.name).symlink_to(p)
+" "$CAL"
 step export-int8 "$BIN/pconv" export --precision int8 --int8-activations s8 --calibration "$CAL" \
-    --calibration-images 16 -o "$OUT/demo-int8.onnx"
+    -o "$OUT/demo-int8.onnx"
 step build-engine-int8 "$BIN/pconv" build-engine "$OUT/demo-int8.onnx" -o "$OUT/demo-int8.engine" --precision int8 \
     --min-shape 1x256x256 --opt-shape 2x256x256 --max-shape 4x512x512 --timing-cache "$OUT/timing.cache"
 step int8-engine-vs-ort "$BIN/python" - "$OUT" <<'PY'
