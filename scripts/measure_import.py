@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/measure_import.py
 
-The source networks come from tests/reference.py (each project's layout, rebuilt from its source).
+The source networks come from tests/helpers/reference.py (each project's layout, rebuilt from its source).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from reference import make_project_unet  # noqa: E402
+from helpers.reference import make_project_unet  # noqa: E402
 
 from pconv_deploy.model import load_checkpoint, parameter_count  # noqa: E402
 from pconv_deploy.model.importers import import_checkpoint  # noqa: E402

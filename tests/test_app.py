@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_helpers import AppProcess, decode, get_json, multipart, pconv_infer, png_bytes, post
+from helpers.app_helpers import AppProcess, decode, get_json, multipart, pconv_infer, png_bytes, post
 from test_serve import serve_env  # noqa: F401  (the fixture: the PyTriton environment `pconv serve` runs in)
 
 pytest.importorskip("fastapi", reason="the app extra is not installed (pip install 'pconv-deploy[app]')")

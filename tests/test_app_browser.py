@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_helpers import AppProcess, decode, pconv_infer, post
+from helpers.app_helpers import AppProcess, decode, pconv_infer, post
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the app extra is not installed (pip install 'pconv-deploy[app]')")

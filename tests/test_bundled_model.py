@@ -1,16 +1,12 @@
 """The bundled demo model: it loads, exports, passes `pconv check`, and was trained on the recorded split only."""
 
 import json
-import subprocess
-import sys
+
+from helpers.cli import pconv
 
 from pconv_deploy.contract import file_sha256
 from pconv_deploy.model.checkpoint import default_checkpoint, load_checkpoint, read_metadata
 from pconv_deploy.train import photos
-
-
-def pconv(*args):
-    return subprocess.run([sys.executable, "-m", "pconv_deploy.cli", *args], capture_output=True, text=True)
 
 
 def test_bundled_weights_load_export_and_pass_check(tmp_path):

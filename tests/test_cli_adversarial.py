@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-from pconv_deploy.cli import main
+from helpers.cli import run_cli
 
 
 @pytest.fixture
@@ -55,19 +53,6 @@ def snapshot(root: Path) -> dict[str, str]:
             digest = f"link to {os.readlink(p)}" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
             state[os.path.relpath(p, root)] = digest
     return state
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    """The console script in-process: its exit code and stderr. Any escaping exception fails the test."""
-    monkeypatch.setattr(sys, "argv", ["pconv", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    except BaseException as e:  # noqa: BLE001 - a traceback for the user
-        pytest.fail(f"{args}: escaped as a traceback: {type(e).__name__}: {e}")
-    return code, capsys.readouterr().err
 
 
 G_ONNX, G_CKPT = "good.onnx", "good.safetensors"

@@ -1,11 +1,9 @@
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import typer.main
+from helpers.cli import pconv as run_pconv
 
 from pconv_deploy.cli import app
 
@@ -13,9 +11,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def pconv(*args):
-    env = {**os.environ, "COLUMNS": "200"}  # rich cuts long option names at 80 columns
-    return subprocess.run([sys.executable, "-m", "pconv_deploy.cli", *args], capture_output=True, text=True, env=env)
-
+    return run_pconv(*args, env={"COLUMNS": "200"})  # help text is wrapped to the terminal
 
 def registered_commands() -> set[str]:
     group = typer.main.get_command(app)

@@ -15,11 +15,11 @@ import ast
 import sys
 from pathlib import Path
 
-import engines_real_api
+import helpers.engines_real_api as engines_real_api
 import pytest
 import tensorrt_lean as trt
 from cuda.bindings import runtime as cudart
-from engines_real_api import ROOTS, check_cuda_call, check_trt_call, cuda_returns, used_names
+from helpers.engines_real_api import ROOTS, check_cuda_call, check_trt_call, cuda_returns, used_names
 
 from pconv_deploy.engines.trt_api import CudaError, TensorRTUnavailable, check, import_tensorrt
 

@@ -3,7 +3,7 @@
 - With only ``tensorrt_lean`` and no GPU (this machine): an engine path gets through the module, the
   sidecar and its TensorRT checks to the deserialisation step, which says "no CUDA GPU" in one line;
   the CLI says it in one line; ``auto`` falls back to the sidecar's ONNX with ONNX Runtime.
-- On a simulated GPU built from the real classes (tests/engines_real_api.py: autospec'd TensorRT
+- On a simulated GPU built from the real classes (tests/helpers/engines_real_api.py: autospec'd TensorRT
   objects, autospec'd CUDA functions, host memory as device memory): the backend's logic — sidecar
   refusal *before* deserialising, lean-runtime rules, the engine's I/O contract, profile selection,
   batch splitting, copies, the device index, several threads — and every TensorRT and CUDA call it
@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorrt_lean
-from engines_onnx import contract_metadata, write_contract_onnx
-from engines_real_api import REAL_RUNTIME, SimulatedGpu, check_trt_call, used_calls
+from helpers.engines_onnx import contract_metadata, write_contract_onnx
+from helpers.engines_real_api import REAL_RUNTIME, SimulatedGpu, check_trt_call, used_calls
+from helpers.reference import sha256_of as file_sha256
 from PIL import Image
-from reference import sha256_of as file_sha256
 
 from pconv_deploy.engines import trt_api
 from pconv_deploy.engines.profiles import ShapeRange

@@ -8,7 +8,6 @@
 
 import importlib.util
 import inspect
-import subprocess
 import sys
 from types import SimpleNamespace
 from unittest import mock
@@ -16,8 +15,9 @@ from unittest import mock
 import onnx
 import pytest
 import tensorrt_lean
-from engines_onnx import contract_metadata, write_contract_onnx
-from engines_real_api import SimulatedGpu
+from helpers.cli import pconv
+from helpers.engines_onnx import contract_metadata, write_contract_onnx
+from helpers.engines_real_api import SimulatedGpu
 
 from pconv_deploy.engines import trt_api
 from pconv_deploy.engines.build import BuildError, build_engine, plan_build, polygraphy_loaders
@@ -36,10 +36,6 @@ NO_BUILDER = (
 needs_no_builder = pytest.mark.skipif(
     importlib.util.find_spec("tensorrt") is not None, reason="the full TensorRT (the builder) is installed here"
 )
-
-
-def pconv(*args):
-    return subprocess.run([sys.executable, "-m", "pconv_deploy.cli", *args], capture_output=True, text=True)
 
 
 def test_plan_defaults_and_explicit_profiles(tmp_path):

@@ -4,8 +4,8 @@ import json
 import re
 
 import pytest
-from engines_onnx import contract_metadata, write_contract_onnx
-from reference import sha256_of as file_sha256
+from helpers.engines_onnx import contract_metadata, write_contract_onnx
+from helpers.reference import sha256_of as file_sha256
 
 from pconv_deploy.engines.profiles import ShapeRange
 from pconv_deploy.engines.sidecar import (

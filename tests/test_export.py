@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import SMALL
-from reference import sha256_of as file_sha256
+from helpers.reference import sha256_of as file_sha256
 
 from pconv_deploy import __version__
 from pconv_deploy.export import ExportError, check_graph, conv_macs, export_onnx

@@ -9,28 +9,14 @@ weights in external data (beside the model and outside its folder), out-of-range
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from helpers.cli import run_cli
 from onnx import numpy_helper
-
-from pconv_deploy.cli import main
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["pconv", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    except BaseException as e:  # noqa: BLE001 - a traceback for the user
-        pytest.fail(f"{args}: escaped as a traceback: {type(e).__name__}: {e}")
-    return code, capsys.readouterr().err
 
 
 def one_line(code: int, err: str, *needles: str) -> str:

@@ -1,6 +1,6 @@
 """pconv import-checkpoint: the three projects' checkpoints, as they save them, against their own forward passes.
 
-Each source network is built by tests/reference.py from that project's published code (their key names,
+Each source network is built by tests/helpers/reference.py from that project's published code (their key names,
 their partial convolution, their normalisation and output handling), at reduced channel widths, with
 BatchNorm statistics from training-mode passes and, where the project saves one, an Adam state. The
 reference output is computed in float64 by that code, never by our model.
@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from reference import make_project_unet, project_inpaint, sha256_of
+from helpers.reference import make_project_unet, project_inpaint, sha256_of
 from typer.testing import CliRunner
 
 from pconv_deploy.cli import app

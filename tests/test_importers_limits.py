@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference import make_project_unet
+from helpers.reference import make_project_unet
 
 from pconv_deploy.model.importers import ImportCheckpointError, import_checkpoint
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from reference import partial_conv_bruteforce, random_binary_mask
+from helpers.reference import partial_conv_bruteforce, random_binary_mask
 
 from pconv_deploy.model import PartialConv2d
 

@@ -318,7 +318,7 @@ def test_imported_checkpoint_to_int8(photos, tmp_path):
     its tanh output saturates (FP32 hole L1 ~120), so INT8 flips pixels between 0 and 1: the quality check
     must say so, with its numbers, rather than pass it."""
     import torch
-    from reference import make_project_unet
+    from helpers.reference import make_project_unet
     from test_import import CASES, SCALE, _save_as_the_project, _train_like_the_project
 
     from pconv_deploy.export.onnx_export import export_checkpoint

@@ -397,7 +397,7 @@ def test_serve_without_model_file_is_one_line(tmp_path):
 
 
 def test_servers_down_at_start_are_skipped_and_other_models_refused(one_server, work, tmp_path):
-    from engines_onnx import write_contract_onnx
+    from helpers.engines_onnx import write_contract_onnx
 
     root, images, masks = work
     down = f"http://127.0.0.1:{free_ports(1)[0]}"

@@ -140,7 +140,7 @@ def engine(request, onnx_models, tmp_path_factory):
 @pytest.mark.gpu
 def test_sidecar_describes_the_build(engine, onnx_models):
     import tensorrt as trt
-    from reference import sha256_of as file_sha256
+    from helpers.reference import sha256_of as file_sha256
 
     from pconv_deploy.engines.sidecar import read_sidecar
     from pconv_deploy.engines.trt_api import use_device

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.cli import pconv
 
 from pconv_deploy.errors import PConvError
 from pconv_deploy.model import load_checkpoint
@@ -156,12 +157,6 @@ def test_pixel_loss_trains_without_vgg_and_keeps_snapshots(one_image, tmp_path):
     assert not [p for p in run.rglob("*") if ".pconv-tmp-" in p.name]  # atomic writes leave no temp files
     last, snap = load_checkpoint(run / "last.safetensors"), load_checkpoint(run / "snapshots" / snapshots[-1])
     assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), snap.state_dict().values()))
-
-
-def pconv(*args, cwd=None, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "pconv_deploy.cli", *args], capture_output=True, text=True, cwd=cwd, env=env
-    )
 
 
 def test_cli_rejects_batch_one_at_the_bottleneck_size(one_image, tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.cli import pconv as run_pconv
 
 from pconv_deploy.errors import PConvError
 from pconv_deploy.model import load_checkpoint
@@ -39,11 +40,7 @@ def config(data, output, **kw) -> TrainConfig:
 
 
 def pconv(*args, cwd=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "pconv_deploy.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env
-    )
-
+    return run_pconv(*args, cwd=cwd, env={"OMP_NUM_THREADS": "1"})
 
 def one_line_error(r, code: int = 1) -> str:
     assert r.returncode == code, (r.returncode, r.stderr[-2000:])

@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
-from engines_onnx import contract_metadata, write_contract_onnx
 from google.protobuf import text_format
-from reference import sha256_of as file_sha256
+from helpers.engines_onnx import contract_metadata, write_contract_onnx
+from helpers.reference import sha256_of as file_sha256
 from tritonclient.grpc import model_config_pb2
 
 from pconv_deploy.engines.profiles import ShapeRange

@@ -35,7 +35,7 @@ SUCCESS = cudart.cudaError_t.cudaSuccess
 
 # ---------------------------------------------------------------- the names our code uses (a static walk)
 
-PACKAGE = Path(__file__).resolve().parent.parent / "pconv_deploy"
+PACKAGE = Path(__file__).resolve().parents[2] / "pconv_deploy"
 # Receiver expressions in our code -> the real object they stand for.
 ROOTS = {
     "engines/trt_api.py": {

@@ -1,0 +1,1 @@
+"""What the tests share: independent references, builders of contract files, CLI runners."""
