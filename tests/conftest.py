@@ -1,5 +1,6 @@
 """Shared fixtures: one small checkpoint and its ONNX export per test session (exports take ~10-20 s)."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,3 +41,22 @@ def small_onnx_fp16(small_checkpoint, tmp_path_factory) -> Path:
     from pconv_deploy.export.onnx_export import export_checkpoint
 
     return export_checkpoint(small_checkpoint, tmp_path_factory.mktemp("onnx16") / "small-fp16.onnx", fp16=True).path
+
+
+@pytest.fixture(scope="session")
+def serve_env() -> Path:
+    """The serve interpreter; `make serve-env` makes it if it is missing (skip only if that fails)."""
+    from pconv_deploy.errors import PConvError
+    from pconv_deploy.serving import launcher
+
+    try:
+        return launcher.serve_python()
+    except PConvError as missing:
+        root = launcher.checkout_root()
+        if root is None:
+            pytest.skip(f"no serve environment ({missing}) and no checkout to run `make serve-env` in")
+        make = subprocess.run(["make", "-C", str(root), "serve-env"], capture_output=True, text=True, timeout=900)
+        try:
+            return launcher.serve_python()
+        except PConvError:
+            pytest.skip(f"no serve environment ({missing}) and `make serve-env` failed: {make.stderr[-300:]}")

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.app_helpers import AppProcess, decode, get_json, multipart, pconv_infer, png_bytes, post
-from test_serve import serve_env  # noqa: F401  (the fixture: the PyTriton environment `pconv serve` runs in)
 
 pytest.importorskip("fastapi", reason="the app extra is not installed (pip install 'pconv-deploy[app]')")
 
@@ -301,7 +300,7 @@ def test_another_sites_page_cannot_post(server, photo_files):
 @pytest.mark.usefixtures("serve_env")  # skips, saying why, without the PyTriton environment
 def test_a_triton_server_is_one_more_model(small_onnx, photo_files, tmp_path):
     """`--server URL` next to `--model`: the served copy answers on the page's API like the local one."""
-    from test_serve import serving
+    from helpers.serving import serving
 
     photo, mask_file, image, mask = photo_files
     hole = mask == 255

@@ -80,7 +80,7 @@ def add_parameters(triton: object, name: str, parameters: dict[str, str]) -> Non
 
     PyTriton 0.7.0 has no public hook for config parameters: its model config (generated once and
     cached) carries ``backend_parameters`` into ``parameters``, so ours are added there before load.
-    tests/test_serve.py reads them back from the running server.
+    tests/test_serving_server.py reads them back from the running server.
     """
     models = [m for m in triton._model_manager.models if m.model_name == name]  # noqa: SLF001
     if len(models) != 1:

@@ -81,7 +81,6 @@ def used_names(relative: str) -> list[tuple[str, object, list[str]]]:
     return found
 
 
-
 def used_calls(relative: str) -> set[str]:
     """``Class.method`` / ``cudaX`` for every TensorRT or CUDA function the file calls (not enums or properties)."""
     calls = set()

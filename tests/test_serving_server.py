@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,142 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.serving import START_SECONDS, Served, free_ports, serving
 from PIL import Image
 
 from pconv_deploy.contract import IMAGE, MASK, OUTPUT
-from pconv_deploy.errors import PConvError
-from pconv_deploy.serving import launcher
 from pconv_deploy.serving.server import READY_MARK
 
-START_SECONDS = 120  # a cold tritonserver start with model load takes 5-15 s here
 RUN_SECONDS = 180
 POLL = 0.05
 SIZES = [(96, 128), (200, 160), (64, 64), (130, 70)]
-
-
-@pytest.fixture(scope="session")
-def serve_env() -> Path:
-    """The serve interpreter; `make serve-env` makes it if it is missing (skip only if that fails)."""
-    try:
-        return launcher.serve_python()
-    except PConvError as missing:
-        root = launcher.checkout_root()
-        if root is None:
-            pytest.skip(f"no serve environment ({missing}) and no checkout to run `make serve-env` in")
-        make = subprocess.run(["make", "-C", str(root), "serve-env"], capture_output=True, text=True, timeout=900)
-        try:
-            return launcher.serve_python()
-        except PConvError:
-            pytest.skip(f"no serve environment ({missing}) and `make serve-env` failed: {make.stderr[-300:]}")
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-class Served:
-    """One `pconv serve` process group on loopback ports."""
-
-    def __init__(self, model: Path, log: Path, *extra: str, ports: list[int] | None = None) -> None:
-        self.http, self.grpc, self.metrics = ports or free_ports(3)
-        self.log = log
-        command = [sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(model), "--max-batch-size", "4"]
-        command += list(extra)
-        command += ["--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
-        with open(log, "wb") as out:  # SIGINT ignored, as for a background job of a script: it must still stop
-            self.proc = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-            )  # fmt: skip
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"grpc://127.0.0.1:{self.grpc}"
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_SECONDS
-        for _ in range(int(START_SECONDS / 0.2)):
-            if READY_MARK in self.log.read_text(errors="replace"):
-                import psutil
-
-                self.server_pid = psutil.Process(self.proc.pid).children()[0].pid
-                return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"pconv serve did not get ready; log tail:\n{self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        """Kill the launcher, the server and tritonserver at once (a machine dying, not a clean stop)."""
-        import psutil
-
-        tree = [psutil.Process(self.proc.pid)]
-        tree += tree[0].children(recursive=True)
-        for p in reversed(tree):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        self.proc.wait(timeout=10)
-        wait_port_closed(self.http)
-
-    def served_requests(self) -> int:
-        """Successful inference requests so far, from Triton's Prometheus metrics."""
-        from urllib.request import urlopen
-
-        with urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        lines = [line for line in text.splitlines() if line.startswith("nv_inference_request_success{")]
-        return sum(int(float(line.rsplit(" ", 1)[1])) for line in lines)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
-        """Stop it (SIGTERM: the clean way); SIGKILL to the whole group if it does not stop in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in its group (normally nothing)
-        self.proc.wait(timeout=10)
-        wait_port_closed(self.http)  # the server process itself (its own session) stops with its launcher
-        return self.proc.returncode
-
-
-def wait_port_closed(port: int, timeout: float = 40) -> None:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.2)):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    raise AssertionError(f"a server still listens on 127.0.0.1:{port} after its launcher stopped")
-
-
-@contextlib.contextmanager
-def serving(model: Path, folder: Path, count: int = 1, *extra: str):
-    servers = []
-    try:
-        for i in range(count):
-            servers.append(Served(model, folder / f"serve-{i}.log", *extra))
-        for s in servers:
-            s.wait_ready()
-        yield servers
-    finally:
-        for s in servers:
-            s.stop()
 
 
 def make_folder(root: Path, count: int, seed: int = 0) -> tuple[Path, Path]:

@@ -1,97 +1,31 @@
 """`pconv serve` against hostile requests (issue 21): each gets a one-line 4xx, and the server keeps serving.
 
-A real server on loopback (tests/test_serve.py's helpers); the requests are raw HTTP bodies (JSON and
+A real server on loopback (tests/test_serving_server.py's helpers); the requests are raw HTTP bodies (JSON and
 the binary tensor extension) and raw gRPC messages, so nothing client-side tidies them first.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
 
 import numpy as np
 import pytest
-from test_serve import serve_env, serving  # noqa: F401 (serve_env is a fixture)
+from helpers.serving import (
+    assert_one_line_refusal,
+    assert_still_serving,
+    binary_request,
+    get_status,
+    good_batch,
+    json_request,
+    post,
+    serving,
+)
 
-from pconv_deploy.contract import IMAGE, MASK, OUTPUT
+from pconv_deploy.contract import IMAGE, MASK
 
 MULTIPLE = 32  # the small test model's pconv.multiple
 BIG = 2**63
-
-
-def json_request(image: dict, mask: dict) -> bytes:
-    return json.dumps({"inputs": [{"name": IMAGE, "datatype": "FP32", **image},
-                                  {"name": MASK, "datatype": "FP32", **mask}]}).encode()  # fmt: skip
-
-
-def binary_request(image: np.ndarray, mask: np.ndarray, shapes: tuple | None = None) -> tuple[bytes, dict]:
-    """The binary tensor extension: a JSON header, then the raw float32 tensors."""
-    shapes = shapes or (list(image.shape), list(mask.shape))
-    inputs = [{"name": n, "datatype": "FP32", "shape": s, "parameters": {"binary_data_size": a.nbytes}}
-              for n, s, a in ((IMAGE, shapes[0], image), (MASK, shapes[1], mask))]  # fmt: skip
-    header = json.dumps({"inputs": inputs, "outputs": [{"name": OUTPUT, "parameters": {"binary_data": True}}]})
-    body = header.encode() + image.astype("<f4").tobytes() + mask.astype("<f4").tobytes()
-    return body, {"Inference-Header-Content-Length": str(len(header.encode()))}
-
-
-def post(port: int, body: bytes, headers: dict | None = None, path: str = "/v2/models/pconv/infer") -> tuple:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        connection.request(
-            "POST", path, body=body, headers={"Content-Type": "application/octet-stream", **(headers or {})}
-        )
-        response = connection.getresponse()
-        return response.status, response.read(), dict(response.getheaders())
-    finally:
-        connection.close()
-
-
-def get_status(port: int, path: str) -> int:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    finally:
-        connection.close()
-
-
-def good_batch(seed: int = 0, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    mask = np.ones((1, 1, size, size), np.float32)
-    mask[..., 10:40, 20:50] = 0
-    image = rng.random((1, 3, size, size), dtype=np.float32) * mask
-    return image, mask
-
-
-def assert_one_line_refusal(status: int, body: bytes, expected: str) -> str:
-    assert 400 <= status < 500, (status, body[:500])
-    message = json.loads(body)["error"]
-    assert len(message.splitlines()) == 1 and "Traceback" not in message and ".py" not in message, message
-    assert "/tmp" not in message and "/work" not in message, message
-    assert expected in message, message
-    return message
-
-
-def assert_still_serving(server, local) -> None:
-    """Ready, and a good request gives ONNX Runtime's pixels (the local backend on the same model)."""
-    assert get_status(server.http, "/v2/models/pconv/ready") == 200
-    assert get_status(server.http, "/v2/health/ready") == 200
-    image, mask = good_batch(7)
-    status, body, headers = post(server.http, *binary_request(image, mask))
-    assert status == 200, body[:500]
-    header = int(headers["Inference-Header-Content-Length"])
-    out = np.frombuffer(body[header:], "<f4").reshape(1, 3, 64, 64)
-    np.testing.assert_allclose(out, local.run(image, mask), atol=1e-4)
-    assert np.array_equal(out[:, :, mask[0, 0] == 1], image[:, :, mask[0, 0] == 1])  # known pixels unchanged
-    data = {n: {"shape": list(a.shape), "data": a.ravel().tolist()} for n, a in ((IMAGE, image), (MASK, mask))}
-    status, body, _ = post(server.http, json_request(data[IMAGE], data[MASK]))  # JSON in and out
-    assert status == 200, body[:500]
-    (output,) = json.loads(body)["outputs"]
-    assert output["name"] == OUTPUT and output["shape"] == [1, 3, 64, 64]
-    np.testing.assert_allclose(np.asarray(output["data"], np.float32).reshape(out.shape), out, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

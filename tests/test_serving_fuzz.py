@@ -11,8 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from test_serve import serve_env, serving  # noqa: F401 (serve_env is a fixture)
-from test_serve_attacks import assert_still_serving, binary_request, good_batch, json_request
+from helpers.serving import assert_still_serving, binary_request, good_batch, json_request, serving
 
 from pconv_deploy.contract import IMAGE, MASK
 
