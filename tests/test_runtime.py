@@ -212,9 +212,12 @@ def test_onnxruntime_keeps_buffers_between_equal_calls_only(small_onnx):
     def faults() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
-    def call(size: int) -> None:
-        image = np.random.default_rng(size).random((1, 3, size, size), dtype=np.float32)
-        backend.run(image, np.ones((1, 1, size, size), np.float32))
+    rng = np.random.default_rng(0)
+    sides = (256, 512, 768)
+    inputs = {n: (rng.random((1, 3, n, n), dtype=np.float32), np.ones((1, 1, n, n), np.float32)) for n in sides}
+
+    def call(size: int) -> None:  # the same input arrays every time: only the backend allocates
+        backend.run(*inputs[size])
 
     backend = load_backend(small_onnx, "onnxruntime", "cpu")
     for _ in range(2):
@@ -227,11 +230,11 @@ def test_onnxruntime_keeps_buffers_between_equal_calls_only(small_onnx):
     call(256)  # another shape: its buffers and the 768 ones go back at its end
     assert held - current_rss() > 50 * 2**20
     backend.keep_bytes = 0  # the Inpainter's budget leaves nothing to keep: every call gives back
-    call(512)
+    call(768)
     before = faults()
     for _ in range(3):
-        call(512)
-    assert kept < 300 < faults() - before
+        call(768)
+    assert kept < 2000 < faults() - before  # ~0 against ~8,000 a call (the output's copy may fault a little)
 
 
 def test_inpainter_keeps_within_its_memory_budget(small_onnx):
