@@ -202,7 +202,7 @@ def test_device_choice(small_onnx, small_checkpoint, tmp_path):
 def test_onnxruntime_keeps_buffers_between_equal_calls_only(small_onnx):
     """Equal calls reuse the CPU arena (no page faults); a call of another shape gives its memory back.
 
-    Without the arena every call maps and zeroes its activations again (~8,000 faults a call here,
+    Without the arena every call maps and zeroes its activations again (~30,000 faults a call here,
     45,000-95,000 for the full-width model at 512x512: about a fifth of the folder job's time).
     """
     import resource

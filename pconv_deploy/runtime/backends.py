@@ -23,7 +23,6 @@ Only the torch backend imports torch, and only when a ``.safetensors`` checkpoin
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -35,13 +34,13 @@ from pconv_deploy.contract import (
     ENGINE_SUFFIXES,
     IMAGE,
     INFERENCE_PRECISIONS,
-    INPUT_NAMES,
     MASK,
     ONNX_SUFFIX,
     OUTPUT,
     contract_metadata,
 )
 from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.runtime.backend_checks import check_io_names, model_multiple, parse_device
 from pconv_deploy.runtime.memory import CALL_OVERHEAD, activation_bytes_per_pixel
 
 log = logging.getLogger("pconv_deploy.runtime")
@@ -61,14 +60,6 @@ class Backend(Protocol):
     metadata: dict[str, str]  # the model's pconv.* metadata (may be empty for old exports)
 
     def run(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
-
-
-def parse_device(device: str) -> tuple[str, int | None]:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> (kind, GPU index or None)."""
-    m = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", device.strip().lower())
-    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
-        raise PConvError(f"unknown device {device!r}: choose auto, cpu, cuda or cuda:N")
-    return m.group(1), None if m.group(2) is None else int(m.group(2))
 
 
 class OnnxRuntimeBackend:
@@ -169,15 +160,6 @@ def use_growing_arena(ort, options) -> None:
     options.add_session_config_entry("session.use_env_allocators", "1")
 
 
-def check_io_names(path: Path, inputs: list[str], outputs: list[str]) -> None:
-    """The model takes ``image`` and ``mask`` and returns ``inpainted``, or one line saying what it has."""
-    if set(INPUT_NAMES) - set(inputs) or OUTPUT not in outputs:
-        raise PConvError(
-            f"{path}: not a pconv model (inputs {sorted(inputs)}, outputs {outputs}; "
-            f"expected inputs {list(INPUT_NAMES)} and output '{OUTPUT}')"
-        )
-
-
 class TorchBackend:
     """The PyTorch reference on a checkpoint: the same composited, clamped output as the ONNX graph."""
 
@@ -216,25 +198,6 @@ class TorchBackend:
             x, m = torch.from_numpy(image).to(self.device), torch.from_numpy(mask).to(self.device)
             out = torch.clamp(self.composite(x, m, self.model(x, m)), 0.0, 1.0)  # what the ONNX graph computes
         return out.float().cpu().numpy()
-
-
-def model_multiple(metadata: dict[str, str], image_shape: list, path: Path) -> int:
-    """``pconv.multiple`` from the metadata; for older exports, the ``32*h`` dim names the exporter writes."""
-    if "pconv.multiple" in metadata:
-        try:
-            value = int(metadata["pconv.multiple"])
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise PConvError(f"{path}: invalid pconv.multiple metadata {metadata['pconv.multiple']!r}")
-        return value
-    found = {int(m.group(1)) for d in image_shape[2:] if isinstance(d, str) for m in [re.match(r"(\d+)\*", d)] if m}
-    if len(found) == 1:
-        return found.pop()
-    raise PConvError(
-        f"{path}: cannot tell the required size multiple (no 'pconv.multiple' metadata and no 'K*h' input dims); "
-        "re-export it with `pconv export`"
-    )
 
 
 def load_backend(

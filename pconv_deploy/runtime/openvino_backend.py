@@ -18,6 +18,7 @@ import numpy as np
 
 from pconv_deploy.contract import IMAGE, INFERENCE_PRECISIONS, MASK, OUTPUT
 from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.runtime.backend_checks import check_io_names, model_multiple, parse_device
 
 # --inference-precision -> (OpenVINO's INFERENCE_PRECISION_HINT, the OPTIMIZATION_CAPABILITIES entry it needs)
 OPENVINO_HINTS = {"f32": ("f32", "FP32"), "bf16": ("bf16", "BF16"), "f16": ("f16", "FP16")}
@@ -34,8 +35,6 @@ class OpenVinoBackend:
     def __init__(
         self, path: str | Path, device: str = "auto", threads: int | None = None, precision: str = "auto"
     ) -> None:
-        from pconv_deploy.runtime.backends import check_io_names, model_multiple, parse_device
-
         path = Path(path)
         kind, _ = parse_device(device)
         if kind == "cuda":
