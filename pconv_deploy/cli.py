@@ -644,6 +644,9 @@ def bench(
         int, typer.Option(min=0, help="Side for the mask-path / naive / GEMM comparison (0 skips it).")
     ] = 512,
     pipeline_images: Annotated[int, typer.Option(min=0, help="512x512 photos for the pipeline run (0 skips).")] = 4,
+    quality: Annotated[
+        bool, typer.Option("--quality/--no-quality", help="Hole-L1 change vs FP32 per configuration (bundled model).")
+    ] = True,
     layers: Annotated[int, typer.Option(help="Levels of the random model (without --model).")] = 8,
     width: Annotated[float, typer.Option(help="Width of the random model (without --model).")] = 1.0,
     work_dir: Annotated[Path | None, typer.Option(help="Keep the exported models here.")] = None,
@@ -668,7 +671,7 @@ def bench(
             model=model, layers=layers, width=width, sizes=parse_ints(sizes, "--sizes"),
             batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
             backends=tuple(b.strip() for b in backends.split(",") if b.strip()), threads=threads, repeats=repeats,
-            compare_size=compare_size, pipeline_images=pipeline_images, work_dir=work_dir,
+            compare_size=compare_size, pipeline_images=pipeline_images, quality=quality, work_dir=work_dir,
         )  # fmt: skip
         report = run_bench(settings, say=lambda line: typer.echo(line, err=True))
     except (PConvError, ValueError) as e:

@@ -17,11 +17,12 @@ from typer.testing import CliRunner
 from pconv_deploy.bench.prepare import export_key, random_model
 from pconv_deploy.bench.report import render, write_json
 from pconv_deploy.bench.run import run_bench
-from pconv_deploy.bench.spec import BenchSettings, WorkerSpec
+from pconv_deploy.bench.spec import BenchReport, BenchSettings, Row, WorkerSpec
 from pconv_deploy.bench.workers import feeds, run_worker
 from pconv_deploy.cli import app
 from pconv_deploy.errors import PConvError
 from pconv_deploy.export.graph import ExportNet
+from pconv_deploy.export.onnx_export import export_onnx
 from pconv_deploy.export.variants import variant_net
 from pconv_deploy.model import composite
 
@@ -95,7 +96,7 @@ def test_tiny_bench_run(small_checkpoint, small_onnx, tmp_path):
     shutil.copy(small_onnx, work / export_key(small_checkpoint) / "ours.onnx")
     settings = BenchSettings(
         model=small_checkpoint, sizes=(32,), batch_sizes=(1, 2), backends=("onnxruntime", "torch", "openvino"),
-        threads=1, repeats=1, compare_size=0, pipeline_images=0, work_dir=work,
+        threads=1, repeats=1, compare_size=0, pipeline_images=0, quality=False, work_dir=work,
     )  # fmt: skip
     lines: list[str] = []
     report = run_bench(settings, say=lines.append)
@@ -122,3 +123,42 @@ def test_cli_bench_rejects_bad_sizes(tmp_path):
     assert "size 30 is not a multiple of 8" in result.output
     result = CliRunner().invoke(app, ["bench", "--sizes", "a,b"])
     assert result.exit_code == 1 and "--sizes must be comma-separated integers" in result.output
+
+
+def test_ratios_of_the_main_table():
+    """Speed-up over ONNX Runtime FP32 at the same size and batch; efficiency from the comparison's GEMM."""
+    rows = [
+        Row("onnxruntime", 512, 1, latency_ms=400.0),
+        Row("openvino-bf16", 512, 1, latency_ms=160.0),
+        Row("openvino-bf16", 256, 1, latency_ms=50.0),
+        Row("onnxruntime-int8", 512, 4, latency_ms=900.0),
+    ]
+    compare = {"conv_gmacs": {"ours": 38.0}, "gemm_gflops": {"gemm_torch": 150.0, "gemm_numpy": 190.0}}
+    report = BenchReport({"compare_size": 512}, {}, rows, compare=compare)
+    assert report.speedup(rows[1]) == pytest.approx(400 / 160)
+    assert report.speedup(rows[2]) is None and report.speedup(rows[3]) is None  # no baseline at that size/batch
+    flops_512 = 2 * 38e9 / 0.160  # conv FLOPs per second of the bf16 row
+    assert report.efficiency(rows[1]) == pytest.approx(flops_512 / 190e9)
+    assert report.efficiency(rows[2]) == pytest.approx(2 * 38e9 / 4 / 0.050 / 190e9)  # a quarter of the pixels
+    assert report.efficiency(rows[3]) == pytest.approx(4 * 2 * 38e9 / 0.900 / 190e9)  # four images per batch
+    data = report.to_json()
+    assert data["rows"][1]["speedup_vs_onnxruntime_fp32"] == pytest.approx(2.5)
+
+
+def test_quality_worker_scores_a_configuration_against_fp32(small_checkpoint, small_onnx, tmp_path):
+    """Mean hole L1 of a configuration and of ONNX Runtime FP32 on the same held-out samples: zero difference
+    for the FP32 file itself, a small one for PyTorch (float32 noise), a real one for a worse model."""
+    settings = BenchSettings(threads=1)
+    files = {"checkpoint": str(small_checkpoint), "ours": str(small_onnx)}
+    same = run_worker(WorkerSpec("quality", settings, files, backend="onnxruntime", folder=str(tmp_path)))
+    assert same["difference"] == 0 and same["hole_l1"] == same["hole_l1_fp32"] > 0
+    assert same["samples"] == 4 * 3 * 2 and "4 photos" in same["images"]  # held-out photos x bins x masks
+    torch_run = run_worker(WorkerSpec("quality", settings, files, backend="torch", folder=str(tmp_path)))
+    assert abs(torch_run["difference"]) < 0.05 and torch_run["hole_l1_fp32"] == same["hole_l1_fp32"]
+    other = export_onnx(random_model(5, 0.125, seed=3), tmp_path / "other.onnx")  # another network entirely
+    swapped = {**files, "ours_int8": str(other)}
+    worse = run_worker(WorkerSpec("quality", settings, swapped, backend="onnxruntime-int8", folder=str(tmp_path)))
+    assert abs(worse["difference"]) > 0.2 and worse["hole_l1_fp32"] == same["hole_l1_fp32"]
+    calibration = {p.name for p in (tmp_path / "photos" / "calibration").iterdir()}
+    held_out = {p.name for p in (tmp_path / "photos" / "held-out").iterdir()}
+    assert len(calibration) == len(held_out) == 4 and not calibration & held_out

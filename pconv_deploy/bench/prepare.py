@@ -36,7 +36,7 @@ def backend_unavailable(backend: str, files: dict[str, str]) -> str | None:
 
 def prepare_models(settings: BenchSettings, work: Path, say: Callable[[str], None]) -> dict[str, str]:
     """Checkpoint + the exports the chosen configurations run + the comparison variants; file key -> path."""
-    from pconv_deploy.model import load_checkpoint, save_checkpoint
+    from pconv_deploy.model import save_checkpoint
     from pconv_deploy.model.checkpoint import read_config
 
     if settings.model is not None:
@@ -47,24 +47,60 @@ def prepare_models(settings: BenchSettings, work: Path, say: Callable[[str], Non
         checkpoint = work / f"random-{settings.layers}-{settings.width}.safetensors"
         if not checkpoint.is_file():
             save_checkpoint(random_model(settings.layers, settings.width), checkpoint)
-    folder = work / export_key(checkpoint)
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {"checkpoint": str(checkpoint)}
     wanted = {"ours"} | {CONFIGS[b][1] for b in settings.backends if CONFIGS[b][1].startswith("ours")}
     if "tensorrt" in settings.backends:
         wanted.add("ours_fp16")
     if settings.compare_size:
         wanted |= {"plain", "naive"}
+    files = export_files(checkpoint, wanted, work, say)
+    if "tensorrt" in settings.backends and backend_unavailable("tensorrt", {"engine": "?"}) is None:
+        files["engine"] = str(build_engine(settings, Path(files["ours_fp16"]), Path(files["ours"]).parent, say))
+    return files
+
+
+def prepare_quality(settings: BenchSettings, work: Path, say: Callable[[str], None]) -> dict[str, str]:
+    """The bundled model in every precision the chosen configurations run: the quality column's models."""
+    from pconv_deploy.model.checkpoint import default_checkpoint
+
+    wanted = {"ours"} | {CONFIGS[b][1] for b in settings.backends if CONFIGS[b][1].startswith("ours")}
+    return export_files(default_checkpoint(), wanted, work, say)
+
+
+def export_files(checkpoint: Path, wanted: set[str], work: Path, say: Callable[[str], None]) -> dict[str, str]:
+    """``checkpoint`` and its ``wanted`` exports in ``work/<export key>/`` (made when missing); key -> path."""
+    from pconv_deploy.model import load_checkpoint
+
+    folder = work / export_key(checkpoint)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"checkpoint": str(checkpoint)}
     model = None
     for name in sorted(wanted):
         path = folder / f"{name}.onnx"
         if not path.is_file():
             model = model or load_checkpoint(checkpoint)
-            export(model, name, path, say)
+            export(model, name, path, say, checkpoint=checkpoint, work=work)
         files[name] = str(path)
-    if "tensorrt" in settings.backends and backend_unavailable("tensorrt", {"engine": "?"}) is None:
-        files["engine"] = str(build_engine(settings, Path(files["ours_fp16"]), folder, say))
     return files
+
+
+CALIBRATION_PHOTOS = ("hubble_deep_field", "immunohistochemistry", "retina", "stereo_motorcycle")
+HELD_OUT_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # never calibrate: they score the quality
+
+
+def photo_folders(work: Path) -> tuple[Path, Path]:
+    """scikit-image's bundled colour photos as PNG files: (calibration folder, held-out folder)."""
+    import skimage.data
+    from PIL import Image
+
+    folders = (work / "photos" / "calibration", work / "photos" / "held-out")
+    for folder, names in zip(folders, (CALIBRATION_PHOTOS, HELD_OUT_PHOTOS)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if not (folder / f"{name}.png").is_file():
+                pixels = getattr(skimage.data, name)()
+                pixels = pixels[0] if isinstance(pixels, tuple) else pixels  # stereo_motorcycle: (left, right, disp)
+                Image.fromarray(pixels).convert("RGB").save(folder / f"{name}.png")
+    return folders
 
 
 def export_key(checkpoint: Path) -> str:
@@ -72,26 +108,32 @@ def export_key(checkpoint: Path) -> str:
     import torch
 
     from pconv_deploy.contract import file_sha256
-    from pconv_deploy.export import graph, onnx_export, variants
+    from pconv_deploy.export import calibration, graph, onnx_export, quantize, variants
     from pconv_deploy.model import pconv, unet
 
     digest = hashlib.sha256(file_sha256(checkpoint).encode())
-    for module in (graph, onnx_export, variants, pconv, unet):
+    for module in (graph, onnx_export, variants, quantize, calibration, pconv, unet):
         digest.update(Path(module.__file__).read_bytes())
     digest.update(torch.__version__.encode())
     return digest.hexdigest()[:16]
 
 
-def export(model: Any, name: str, path: Path, say: Callable[[str], None]) -> None:
-    """One of our exports ("ours", "ours_fp16") or a comparison variant ("plain", "naive")."""
+def export(model: Any, name: str, path: Path, say: Callable[[str], None], *, checkpoint: Path, work: Path) -> None:
+    """One of our exports ("ours", "ours_fp16", "ours_int8": calibrated on the calibration photos) or a
+    comparison variant ("plain", "naive")."""
     import torch
 
-    from pconv_deploy.export.onnx_export import export_onnx
+    from pconv_deploy.export.calibration import calibration_set
+    from pconv_deploy.export.onnx_export import export_checkpoint, export_onnx
     from pconv_deploy.export.variants import export_variant
 
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    if name.startswith("ours"):
+    if name == "ours_int8":
+        size = max(256, model.config.multiple)
+        calibration = calibration_set(photo_folders(work)[0], len(CALIBRATION_PHOTOS), size)
+        export_checkpoint(checkpoint, path, precision="int8", calibration=calibration, check=False)
+    elif name.startswith("ours"):
         export_onnx(model, path, fp16=name == "ours_fp16")
     else:
         export_variant(model, name, path)

@@ -15,18 +15,29 @@ def render(report: BenchReport) -> Any:
     from rich.markup import escape
     from rich.table import Table
 
-    main = Table(title="pconv bench: images/s per backend (median of repeats)")
-    for col in ("backend", "size", "batch", "latency ms", "images/s", "peak MiB", "note"):
-        main.add_column(col, justify="left" if col in ("backend", "note") else "right")
+    main = Table(title="pconv bench: images/s per configuration (median of repeats)")
+    columns = ("configuration", "size", "batch", "latency ms", "images/s", "x ORT fp32", "efficiency",
+               "hole L1 vs fp32", "peak MiB", "note")  # fmt: skip
+    for col in columns:
+        main.add_column(col, justify="left" if col in ("configuration", "note") else "right")
     skipped = [r for r in report.rows if not r.size]
     for r in report.rows:
         if not r.size:
             continue
+        quality = report.quality.get(r.backend, {}).get("difference")
         main.add_row(
             r.backend, str(r.size or ""), str(r.batch or ""), _fmt(r.latency_ms, 1), _fmt(r.images_per_s, 2),
+            _fmt(report.speedup(r), 2), _fmt(report.efficiency(r), 3), "" if quality is None else f"{quality:+.3f}",
             _fmt(r.peak_mib, 0) + (f" ({r.base_mib:.0f} base)" if r.base_mib else ""), r.note,
         )  # fmt: skip
     parts: list[Any] = [main, *(escape(f"{r.backend}: {r.note}") for r in skipped)]
+    if report.quality:
+        any_row = next(iter(v for v in report.quality.values() if "images" in v), None)
+        if any_row:
+            parts.append(
+                f"hole L1 vs fp32: mean hole L1 (0-255) minus ONNX Runtime FP32's, bundled model, "
+                f"{any_row['samples']} samples on {any_row['images']} (masks up to 30 % holes)"
+            )
     if report.compare:
         parts.append(_compare_table(report))
     targets = Table(title="targets")

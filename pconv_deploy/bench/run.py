@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pconv_deploy.bench.prepare import backend_unavailable, default_work_dir, prepare_models
-from pconv_deploy.bench.spec import BenchReport, BenchSettings, Row, WorkerSpec
+from pconv_deploy.bench.prepare import backend_unavailable, default_work_dir, prepare_models, prepare_quality
+from pconv_deploy.bench.spec import CONFIGS, BenchReport, BenchSettings, Row, WorkerSpec
 from pconv_deploy.bench.workers import run_worker
 from pconv_deploy.errors import PConvError
 
@@ -33,6 +33,8 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = print) -> Be
         say(f"pipeline: run_folder over {settings.pipeline_images} photos of 512x512")
         with tempfile.TemporaryDirectory(prefix="pconv-bench-") as tmp:
             report.pipeline = run_worker(WorkerSpec("pipeline", settings, files, folder=tmp))
+    if settings.quality:
+        report.quality = quality_rows(settings, work, say)
     report.machine["load_average_end"] = load_average()
     report.seconds = time.perf_counter() - start
     return report
@@ -55,6 +57,21 @@ def backend_rows(settings: BenchSettings, files: dict[str, str], backend: str, s
                 continue
             rows.append(Row(backend, size, batch, **result))
     return rows
+
+
+def quality_rows(settings: BenchSettings, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """Each configuration's hole-L1 difference to ONNX Runtime FP32, on the bundled model and held-out photos."""
+    files = prepare_quality(settings, work, say)
+    results: dict[str, Any] = {}
+    for name in settings.backends:
+        if CONFIGS[name][1] not in files or backend_unavailable(name, files):
+            continue
+        say(f"quality: {name} on the bundled model")
+        try:
+            results[name] = run_worker(WorkerSpec("quality", settings, files, backend=name, folder=str(work)))
+        except PConvError as e:
+            results[name] = {"note": f"failed: {e}"}
+    return results
 
 
 def machine_info(threads: int) -> dict[str, Any]:

@@ -13,15 +13,21 @@ from typing import Any, Literal
 
 from pconv_deploy.errors import PConvError
 
-# A configuration of the main table: name -> (runtime backend, exported file it runs, inference precision).
-# The file keys are the ones prepare.prepare_models writes; "checkpoint" is the PyTorch model itself.
+# A configuration of the main table: name -> (runtime backend, file it runs, inference precision asked for).
+# File keys: "checkpoint" is the PyTorch model itself, "ours_<precision>" our export in that precision
+# (contract.PRECISIONS; "ours" is fp32), "engine" a TensorRT engine of the fp16 export. The inference
+# precision is the runtime's (contract.INFERENCE_PRECISIONS): "auto" runs the file's own numbers.
 CONFIGS: dict[str, tuple[str, str, str]] = {
-    "torch": ("torch", "checkpoint", "fp32"),
-    "onnxruntime": ("onnxruntime", "ours", "fp32"),
-    "onnxruntime-fp16": ("onnxruntime", "ours_fp16", "fp16"),
-    "openvino": ("openvino", "ours", "fp32"),
-    "tensorrt": ("tensorrt", "engine", "fp16"),
+    "torch": ("torch", "checkpoint", "auto"),
+    "onnxruntime": ("onnxruntime", "ours", "auto"),
+    "onnxruntime-fp16": ("onnxruntime", "ours_fp16", "auto"),
+    "onnxruntime-int8": ("onnxruntime", "ours_int8", "auto"),
+    "openvino": ("openvino", "ours", "f32"),
+    "openvino-bf16": ("openvino", "ours", "bf16"),
+    "openvino-int8": ("openvino", "ours_int8", "auto"),
+    "tensorrt": ("tensorrt", "engine", "auto"),
 }
+BASELINE = "onnxruntime"  # every ratio of the main table is to this configuration (ONNX Runtime FP32)
 BACKENDS = tuple(CONFIGS)  # the names --backends takes
 TARGET_MASK_COST = 1.05  # our export / plain U-Net, at most
 TARGET_EFFICIENCY = 0.85  # conv GFLOP/s over the best GEMM, at least
@@ -47,6 +53,7 @@ class BenchSettings:
     gemm_size: int = GEMM_SIZE
     pipeline_images: int = 4  # 0 skips the pipeline measurement (one batch of 4 by default)
     pipeline_batch: int = 4
+    quality: bool = True  # hole-L1 difference to FP32 per configuration, on the bundled model
     work_dir: Path | None = None  # exports are kept here between runs (default: prepare.default_work_dir())
 
     def __post_init__(self) -> None:
@@ -84,10 +91,10 @@ class BenchSettings:
 class WorkerSpec:
     """One measurement in its own process: a main-table cell, the interleaved comparison, or the pipeline."""
 
-    kind: Literal["backend", "compare", "pipeline"]
+    kind: Literal["backend", "compare", "pipeline", "quality"]
     settings: BenchSettings
     files: dict[str, str]  # file key (see CONFIGS) -> path
-    backend: str = ""  # a CONFIGS name (kind "backend")
+    backend: str = ""  # a CONFIGS name (kinds "backend" and "quality")
     size: int = 0
     batch: int = 0
     folder: str = ""  # scratch folder (kind "pipeline")
@@ -122,6 +129,7 @@ class BenchReport:
     rows: list[Row] = field(default_factory=list)
     compare: dict[str, Any] = field(default_factory=dict)
     pipeline: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)  # configuration -> hole-L1 difference to FP32
     prepare_seconds: float = 0.0  # checkpoint + exports (0-ish when reused from the work folder)
     seconds: float = 0.0
 
@@ -136,9 +144,27 @@ class BenchReport:
             target("whole run", f"< {TARGET_SECONDS:.0f} s", round(self.seconds, 1), self.seconds < TARGET_SECONDS),
         ]  # fmt: skip
 
+    def speedup(self, row: Row) -> float | None:
+        """``row``'s images/s over ONNX Runtime FP32's at the same size and batch."""
+        base = next((r for r in self.rows if (r.backend, r.size, r.batch) == (BASELINE, row.size, row.batch)), None)
+        if base is None or not base.latency_ms or not row.latency_ms:
+            return None
+        return base.latency_ms / row.latency_ms
+
+    def efficiency(self, row: Row) -> float | None:
+        """``row``'s conv GFLOP/s over the run's best float32 GEMM (INT8 may pass 1: it is not float32)."""
+        c = self.compare
+        if not c or not row.latency_ms or not row.size:
+            return None
+        macs = c["conv_gmacs"]["ours"] * 1e9 * (row.size / self.settings["compare_size"]) ** 2 * row.batch
+        return 2 * macs / (row.latency_ms / 1000) / 1e9 / max(c["gemm_gflops"].values())
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["targets"] = self.targets()
+        for row, entry in zip(self.rows, data["rows"]):
+            entry["speedup_vs_onnxruntime_fp32"] = self.speedup(row)
+            entry["efficiency_vs_fp32_gemm"] = self.efficiency(row)
         return data
 
 

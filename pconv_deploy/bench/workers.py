@@ -37,7 +37,8 @@ def run_worker(spec: WorkerSpec) -> dict[str, Any]:
 def main() -> int:
     """Entry point of a worker subprocess."""
     spec = WorkerSpec.from_json(sys.stdin.read())
-    result = {"backend": measure_backend, "compare": measure_compare, "pipeline": measure_pipeline}[spec.kind](spec)
+    kinds = {"backend": measure_backend, "compare": measure_compare, "pipeline": measure_pipeline}
+    result = {**kinds, "quality": measure_quality}[spec.kind](spec)
     print(json.dumps(result))
     return 0
 
@@ -68,27 +69,15 @@ def feeds(batch: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 
 def open_backend(config: str, files: dict[str, str], threads: int) -> Any:
     """The runtime backend a main-table configuration names, with ``threads`` intra-op threads."""
+    from pconv_deploy.runtime import load_backend
+
     backend, file_key, precision = CONFIGS[config]
     if backend == "torch":
         import torch
 
         torch.set_num_threads(threads)
-    if backend == "openvino":
-        import openvino as ov  # the runtime's own OpenVINO backend replaces this when it lands
-
-        compiled = ov.Core().compile_model(
-            files[file_key], "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-        )
-        return _Callable(lambda image, mask: compiled({"image": image, "mask": mask})[0])
-    from pconv_deploy.runtime import load_backend
-
     device = "auto" if backend == "tensorrt" else "cpu"
-    return load_backend(files[file_key], backend, device, threads=threads)
-
-
-class _Callable:
-    def __init__(self, run: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
-        self.run = run
+    return load_backend(files[file_key], backend, device, threads=threads, precision=precision)
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
@@ -216,3 +205,27 @@ def measure_pipeline(spec: WorkerSpec) -> dict[str, Any]:
         "model_images_per_s": round(model_rate, 3), "pipeline_images_per_s": round(pipe_rate, 3),
         "pipeline_over_model": round(pipe_rate / model_rate, 4), "peak_mib": round(max_rss_mib(), 1),
     }  # fmt: skip
+
+
+def measure_quality(spec: WorkerSpec) -> dict[str, Any]:
+    """Mean hole L1 (0-255) of one configuration against the held-out photos, beside ONNX Runtime FP32's on
+    the same samples (the paper's masks up to 30 % holes, as `pconv check` draws them)."""
+    from pconv_deploy.bench.prepare import photo_folders
+    from pconv_deploy.bench.spec import BASELINE
+    from pconv_deploy.export.calibration import find_photos
+    from pconv_deploy.export.verify import quality_images, quality_samples
+
+    threads = spec.settings.threads
+    backends = {name: open_backend(name, spec.files, threads) for name in (BASELINE, spec.backend)}
+    size = max(256, backends[BASELINE].multiple)
+    images, described = quality_images(find_photos(photo_folders(Path(spec.folder))[1]), size, seed=0)
+    errors: dict[str, list[float]] = {name: [] for name in backends}
+    for image, known, _ in quality_samples(images, seed=0):
+        x = image.transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+        hole = known == 0
+        for name, backend in backends.items():
+            out = np.clip(backend.run(x, known[None, None]), 0, 1)[0].transpose(1, 2, 0)
+            errors[name].append(float(np.abs((out * 255).round()[hole] - image[hole]).mean()))
+    ours, fp32 = float(np.mean(errors[spec.backend])), float(np.mean(errors[BASELINE]))
+    return {"hole_l1": round(ours, 4), "hole_l1_fp32": round(fp32, 4), "difference": round(ours - fp32, 4),
+            "samples": len(errors[BASELINE]), "images": described}  # fmt: skip
