@@ -14,8 +14,19 @@ from typing import Annotated
 
 import typer
 
-from pconv_deploy.bench.spec import BACKENDS as BENCH_CONFIGS
-from pconv_deploy.contract import CHECKPOINT_SUFFIX, ENGINE_SUFFIXES, INFERENCE_PRECISIONS, ONNX_SUFFIX, PRECISIONS
+from pconv_deploy.bench.spec import CONFIG_NAMES as BENCH_CONFIGS
+from pconv_deploy.contract import (
+    BACKENDS,
+    CHECKPOINT_SUFFIX,
+    ENGINE_SUFFIXES,
+    IMPORT_FORMATS,
+    INFERENCE_PRECISIONS,
+    MASK_CONVENTIONS,
+    ONNX_SUFFIX,
+    OUTPUT_FORMATS,
+    PRECISIONS,
+    STRATEGIES,
+)
 from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.paths import (
     check_folder_job,
@@ -118,12 +129,12 @@ def info(
     typer.echo(f"GMACs @ {h}x{w}: {feature_macs(model, h, w) / 1e9:.2f}")
 
 
-class ImportFormat(str, Enum):
-    auto = "auto"
-    xiefan_guo = "xiefan-guo"
-    naoto0804 = "naoto0804"
-    mmagic = "mmagic"
-    state_dict = "state-dict"
+def choices(name: str, words: tuple[str, ...]) -> type[Enum]:
+    """A typer choice type whose values are a vocabulary list of contract.py (spelled there, once)."""
+    return Enum(name, {word: word for word in words}, type=str)
+
+
+ImportFormat = choices("ImportFormat", ("auto", *IMPORT_FORMATS))
 
 
 @app.command("import-checkpoint")
@@ -135,7 +146,7 @@ def import_checkpoint_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="pconv-deploy checkpoint to write (.safetensors).")],
     format: Annotated[
         ImportFormat, typer.Option("--format", help="Source layout; auto recognises it from the key names.")
-    ] = ImportFormat.auto,
+    ] = ImportFormat["auto"],
     layers: Annotated[int | None, typer.Option(help="Expected encoder levels (checked against the file).")] = None,
 ) -> None:
     """Convert another project's PyTorch checkpoint.
@@ -158,7 +169,7 @@ def import_checkpoint_command(
     typer.echo(f"wrote {result.path}")
 
 
-Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)  # fp32, fp16, int8 (contract.py)
+Precision = choices("Precision", PRECISIONS)
 
 
 @app.command("export")
@@ -459,33 +470,11 @@ def evaluate(
     typer.echo(f"wrote {report.table_path} and {report.chart_path}")
 
 
-class InferBackend(str, Enum):
-    auto = "auto"
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-    tensorrt = "tensorrt"
-    torch = "torch"
-
-
-InferencePrecision = Enum("InferencePrecision", {p: p for p in INFERENCE_PRECISIONS}, type=str)
-
-
-class MaskConvention(str, Enum):
-    hole_white = "hole-white"
-    hole_black = "hole-black"
-
-
-class Strategy(str, Enum):
-    crop = "crop"
-    resize = "resize"
-    full = "full"
-
-
-class OutputFormat(str, Enum):
-    png = "png"
-    jpg = "jpg"
-    webp = "webp"
-    same = "same"
+InferBackend = choices("InferBackend", BACKENDS)
+InferencePrecision = choices("InferencePrecision", INFERENCE_PRECISIONS)
+MaskConvention = choices("MaskConvention", MASK_CONVENTIONS)
+Strategy = choices("Strategy", STRATEGIES)
+OutputFormat = choices("OutputFormat", OUTPUT_FORMATS)
 
 
 OUTPUT_FORMAT_HELP = (
@@ -504,19 +493,19 @@ def infer(
         typer.Option(help="Model: .onnx, TensorRT .engine/.plan, or .safetensors (torch). Default: the bundled model."),
     ] = None,
     backend: Annotated[InferBackend, typer.Option(help="auto picks TensorRT, else ONNX Runtime CUDA, else CPU.")] = (
-        InferBackend.auto
+        InferBackend["auto"]
     ),
     batch_size: Annotated[int, typer.Option(min=1, help="Images (tiles) of equal padded size per run.")] = 4,
     mask_convention: Annotated[
         MaskConvention, typer.Option(help="hole-white: white (>= 128) marks the hole; hole-black: the inverse.")
-    ] = MaskConvention.hole_white,
+    ] = MaskConvention["hole-white"],
     strategy: Annotated[
         Strategy,
         typer.Option(
             help="crop: windows around holes at native size; resize: whole image downscaled; "
             "full: whole image at native size (most memory)."
         ),
-    ] = Strategy.crop,
+    ] = Strategy["crop"],
     max_side: Annotated[int, typer.Option(min=32, help="Longest side the network sees (crop and resize).")] = 1024,
     margin: Annotated[
         int, typer.Option(min=0, help="crop: context px around each hole (at least a quarter of its long side).")
@@ -536,9 +525,9 @@ def infer(
     inference_precision: Annotated[
         InferencePrecision,
         typer.Option(help="OpenVINO computes in: auto = f32 (the file's numbers); bf16 / f16 faster, asked for only."),
-    ] = InferencePrecision.auto,
+    ] = InferencePrecision["auto"],
     memory_limit: Annotated[str | None, typer.Option(help="Memory for the run, e.g. 6GiB [default: 80% free].")] = None,
-    output_format: Annotated[OutputFormat, typer.Option(help=OUTPUT_FORMAT_HELP)] = OutputFormat.png,
+    output_format: Annotated[OutputFormat, typer.Option(help=OUTPUT_FORMAT_HELP)] = OutputFormat["png"],
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG / WebP quality (100: lossless WebP).")] = 95,
     png_level: Annotated[int, typer.Option(min=0, max=9, help="PNG zlib level (2: ~3x faster than 6).")] = 2,
 ) -> None:
@@ -767,11 +756,11 @@ def app_command(
     server_model: Annotated[str, typer.Option(help="Model name on the --server(s).")] = "pconv",
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes the app.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one, printed).")] = 8765,
-    backend: Annotated[InferBackend, typer.Option(help="As for `pconv infer`.")] = InferBackend.auto,
+    backend: Annotated[InferBackend, typer.Option(help="As for `pconv infer`.")] = InferBackend["auto"],
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime CPU threads [default: all cores].")] = None,
     strategy: Annotated[Strategy, typer.Option(help="As for `pconv infer`: crop keeps big photos fast.")] = (
-        Strategy.crop
+        Strategy["crop"]
     ),
     max_side: Annotated[int, typer.Option(min=32, help="Longest side the network sees (crop and resize).")] = 1024,
     margin: Annotated[int, typer.Option(min=0, help="crop: context px around each hole.")] = 64,

@@ -55,6 +55,14 @@ def encoder_channels(layers: int, width: float) -> list[int]:
 # never chosen silently. Not the file's precision (pconv.precision: what the graph itself stores).
 INFERENCE_PRECISIONS = ("auto", "f32", "bf16", "f16")
 
+# The choices every layer offers (CLI options, the Python API, the app): spelled here, imported everywhere.
+BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")  # what runs a batch (runtime.load_backend)
+STRATEGIES = ("crop", "resize", "full")  # how a photo meets the network (runtime.Inpainter)
+MASK_CONVENTIONS = ("hole-white", "hole-black")  # how a mask file marks the hole (white is the default)
+OUTPUT_FORMATS = ("png", "jpg", "webp", "same")  # what `pconv infer` writes ("same": each input's own format)
+IMPORT_FORMATS = ("xiefan-guo", "naoto0804", "mmagic", "state-dict")  # checkpoints import-checkpoint reads
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # image files a folder job reads
+
 # The largest hole-to-image ratio the models are trained and evaluated on: the top of the paper's largest
 # bin (50-60 %). `pconv infer` warns past it: such a mask is more often one saved with the inverse convention.
 TRAINED_HOLE_RATIO = 0.6

@@ -188,7 +188,7 @@ def check_folder_job(images: Path, masks: Path, output: Path, report: Path | Non
     check_output_dir(output, "--output", inputs)
     if report is None:
         return
-    from pconv_deploy.runtime.images import IMAGE_SUFFIXES
+    from pconv_deploy.contract import IMAGE_SUFFIXES
 
     if Path(report).suffix.lower() in IMAGE_SUFFIXES:
         raise PathArgumentError(f"--report {report}: the report is JSON; an image file name could replace an output")

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import ast
+import typing
+from enum import Enum
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,7 @@ def test_no_import_cycle_in_the_package():
 
 def test_no_import_cycle_between_subpackages():
     """model, export, engines, runtime, train, ...: data flows one way between them, too."""
+
     def unit(name: str) -> str:
         return ".".join(name.split(".")[:2])
 
@@ -157,3 +160,134 @@ def test_runtime_modules_do_not_import_torch_or_cv2_at_top_level(module):
                 elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                     top_level.add((name, node.module.split(".")[0]))
     assert not {(n, m) for n, m in top_level if m in ("torch", "cv2")}
+
+
+# Layers, lowest first: a module imports only from its own layer or lower ones (data flows
+# checkpoint -> model -> ONNX -> engine -> runtime -> pipeline -> CLI, never back up).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("pconv_deploy", "pconv_deploy.errors", "pconv_deploy.files", "pconv_deploy.progress", "pconv_deploy.contract",
+     "pconv_deploy.masks"),
+    ("pconv_deploy.model",),
+    ("pconv_deploy.export",),
+    ("pconv_deploy.engines",),
+    ("pconv_deploy.runtime",),
+    ("pconv_deploy.serving", "pconv_deploy.serve", "pconv_deploy.triton", "pconv_deploy.train"),
+    ("pconv_deploy.bench", "pconv_deploy.app", "pconv_deploy.doctor"),
+    ("pconv_deploy.paths", "pconv_deploy.cli"),
+)  # fmt: skip
+MAX_MODULE_LINES = 400
+# Modules allowed past MAX_MODULE_LINES, each with the reason it reads better whole.
+LONG_MODULES: dict[str, str] = {}
+
+
+def layer_of(name: str) -> int:
+    unit = ".".join(name.split(".")[:2])
+    for index, members in enumerate(LAYERS):
+        if unit in members:
+            return index
+    raise AssertionError(f"{unit} is in no layer of tests/test_structure.py LAYERS: place it")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+
+
+def test_no_upward_import():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_upward_check_can_fail():
+    assert upward_imports({"pconv_deploy.model.unet": {"pconv_deploy.runtime.backends"}}) == [
+        "pconv_deploy.model.unet -> pconv_deploy.runtime.backends"
+    ]
+
+
+def long_modules(limit: int) -> list[str]:
+    return [f"{n}: {len(p.read_text().splitlines())} lines" for n, p in modules().items()
+            if len(p.read_text().splitlines()) > limit and n not in LONG_MODULES]  # fmt: skip
+
+
+def test_no_module_longer_than_400_lines():
+    assert long_modules(MAX_MODULE_LINES) == []
+    assert long_modules(20), "every module is 20 lines or fewer? the walk saw nothing"
+
+
+# The vocabulary: each word list is spelled once, in contract.py; everything else imports it.
+VOCABULARY = ("BACKENDS", "STRATEGIES", "MASK_CONVENTIONS", "OUTPUT_FORMATS", "PRECISIONS", "INFERENCE_PRECISIONS",
+              "IMPORT_FORMATS", "IMAGE_SUFFIXES")  # fmt: skip
+
+
+def vocabulary() -> dict[str, tuple[str, ...]]:
+    import pconv_deploy.contract as contract
+
+    return {name: getattr(contract, name) for name in VOCABULARY}
+
+
+def respelled_words(words: dict[str, tuple[str, ...]]) -> list[str]:
+    """Literal collections (tuple, list, set, an Enum's values) outside contract.py that spell a vocabulary list
+    again (all of it, or all but one word): a second copy that can drift from the first. A test of a few words
+    (``backend in ("auto", "onnxruntime")``) and a mapping keyed by the words are not copies."""
+    found = []
+    for name, path in modules().items():
+        if name == "pconv_deploy.contract":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Tuple | ast.List | ast.Set):
+                items = node.elts
+            elif isinstance(node, ast.ClassDef):
+                items = [s.value for s in node.body if isinstance(s, ast.Assign)]
+            else:
+                continue
+            strings = {i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str)}
+            for vocab, values in words.items():
+                if len(strings & set(values)) >= max(2, len(values) - 1):
+                    found.append(f"{name} line {node.lineno}: {vocab} words {sorted(strings & set(values))}")
+    return found
+
+
+def test_every_vocabulary_list_is_spelled_once():
+    assert respelled_words(vocabulary()) == []
+
+
+def test_the_respelling_check_can_fail():
+    assert respelled_words({"X": ("onnx", "engine")}) == [], "no module spells 'onnx' and 'engine' together"
+    assert respelled_words({"X": ("valid", "hole", "tv")}), "train.loop.TERMS names the loss terms: the walk saw none"
+
+
+def enum_in(annotation: object) -> type[Enum] | None:
+    """The Enum a typer option's annotation names (``X``, ``X | None``, ``Annotated[X, ...]``), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return annotation
+    return next((e for a in typing.get_args(annotation) if (e := enum_in(a)) is not None), None)
+
+
+def cli_choices() -> dict[tuple[str, str], tuple[str, ...]]:
+    """(command, option) -> the choices `pconv COMMAND` offers, for every option with a fixed set."""
+    import typer
+
+    from pconv_deploy.cli import app
+
+    found = {}
+    for name, command in typer.main.get_command(app).commands.items():
+        for param in command.params:
+            enum = enum_in(param.type_descriptor.annotation)
+            if enum is not None:
+                found[(name, param.opts[0])] = tuple(member.value for member in enum)
+    return found
+
+
+CLI_VOCABULARY = {  # option -> the vocabulary list its choices must be, on every command that has it
+    "--backend": "BACKENDS", "--strategy": "STRATEGIES", "--mask-convention": "MASK_CONVENTIONS",
+    "--output-format": "OUTPUT_FORMATS", "--precision": "PRECISIONS", "--inference-precision": "INFERENCE_PRECISIONS",
+}  # fmt: skip
+
+
+def test_cli_choices_are_the_vocabulary():
+    words, choices = vocabulary(), cli_choices()
+    checked = 0
+    for (command, option), offered in choices.items():
+        if option in CLI_VOCABULARY:
+            assert set(offered) == set(words[CLI_VOCABULARY[option]]), f"pconv {command} {option}"
+            checked += 1
+    assert checked >= len(CLI_VOCABULARY), sorted(choices)
+    assert set(choices[("import-checkpoint", "--format")]) == {"auto", *words["IMPORT_FORMATS"]}

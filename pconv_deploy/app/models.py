@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pconv_deploy.contract import STRATEGIES
 from pconv_deploy.errors import PConvError
-from pconv_deploy.runtime import STRATEGIES, Inpainter, load_backend
+from pconv_deploy.runtime import Inpainter, load_backend
 from pconv_deploy.runtime.images import DEFAULT_MAX_PIXELS, Picture
 from pconv_deploy.runtime.outputs import DEFAULT_PNG_LEVEL, encode_png
 from pconv_deploy.runtime.tiles import CROP_MARGIN

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 from pconv_deploy.app.models import AppOptions, ModelSet
 from pconv_deploy.app.uploads import UploadError, decode_mask, decode_photo, parse_form, read_body
+from pconv_deploy.contract import IMAGE_SUFFIXES
 from pconv_deploy.errors import PConvError, first_line
-from pconv_deploy.runtime.images import IMAGE_SUFFIXES
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"

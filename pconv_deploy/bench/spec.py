@@ -28,7 +28,7 @@ CONFIGS: dict[str, tuple[str, str, str]] = {
     "tensorrt": ("tensorrt", "engine", "auto"),
 }
 BASELINE = "onnxruntime"  # every ratio of the main table is to this configuration (ONNX Runtime FP32)
-BACKENDS = tuple(CONFIGS)  # the names --backends takes
+CONFIG_NAMES = tuple(CONFIGS)  # the names --backends takes
 TARGET_MASK_COST = 1.05  # our export / plain U-Net, at most
 TARGET_EFFICIENCY = 0.85  # conv GFLOP/s over the best GEMM, at least
 TARGET_SECONDS = 300.0  # the whole default run
@@ -44,7 +44,7 @@ class BenchSettings:
     width: float = 1.0
     sizes: tuple[int, ...] = (256, 512)
     batch_sizes: tuple[int, ...] = (1, 4)
-    backends: tuple[str, ...] = BACKENDS
+    backends: tuple[str, ...] = CONFIG_NAMES
     threads: int = 2
     repeats: int = 3
     warmup: int = 1
@@ -59,7 +59,7 @@ class BenchSettings:
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in CONFIGS]
         if unknown:
-            raise PConvError(f"unknown backend(s) {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
+            raise PConvError(f"unknown backend(s) {', '.join(unknown)}: choose from {', '.join(CONFIG_NAMES)}")
         for name in ("threads", "repeats", "compare_repeats", "gemm_size", "pipeline_batch"):
             if getattr(self, name) < 1:
                 raise PConvError(f"bench setting {name} must be at least 1, got {getattr(self, name)}")

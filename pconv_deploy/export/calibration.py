@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pconv_deploy.contract import IMAGE, MASK
+from pconv_deploy.contract import IMAGE, IMAGE_SUFFIXES, MASK
 from pconv_deploy.errors import PConvError
 
-PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MAX_PHOTO_PIXELS = 60_000_000  # checked on the header, before decoding
 DEFAULT_IMAGES = 32  # photos used when --calibration-images is not given
 
@@ -49,9 +48,9 @@ def find_photos(folder: str | Path, limit: int | None = None) -> tuple[Path, ...
     folder = Path(folder)
     if not folder.is_dir():
         raise CalibrationError(f"{folder}: no such calibration directory")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise CalibrationError(f"{folder}: no photos to calibrate with ({', '.join(PHOTO_SUFFIXES)})")
+        raise CalibrationError(f"{folder}: no photos to calibrate with ({', '.join(IMAGE_SUFFIXES)})")
     return tuple(paths[:limit] if limit else paths)
 
 

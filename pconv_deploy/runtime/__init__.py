@@ -7,7 +7,8 @@ Embedding in a service needs numpy + onnxruntime + Pillow only::
     results = inpainter.inpaint([rgb_uint8], [hole_mask])   # hole_mask: True / nonzero = HOLE
 """
 
+from pconv_deploy.contract import STRATEGIES
 from pconv_deploy.runtime.backends import Backend, OnnxRuntimeBackend, load_backend
-from pconv_deploy.runtime.inpainter import STRATEGIES, Inpainter
+from pconv_deploy.runtime.inpainter import Inpainter
 
 __all__ = ["STRATEGIES", "Backend", "Inpainter", "OnnxRuntimeBackend", "load_backend"]

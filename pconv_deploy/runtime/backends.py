@@ -30,6 +30,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from pconv_deploy.contract import (
+    BACKENDS,
     CHECKPOINT_SUFFIX,
     ENGINE_SUFFIXES,
     IMAGE,
@@ -45,7 +46,6 @@ from pconv_deploy.runtime.memory import CALL_OVERHEAD, activation_bytes_per_pixe
 
 log = logging.getLogger("pconv_deploy.runtime")
 
-BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 # On the CPU, `auto` runs these files on OpenVINO when it is installed (same precision, measured faster: the
 # runtime-speed docs page); other files stay on ONNX Runtime, the reference every parity check uses.
 OPENVINO_AUTO_PRECISIONS = ("int8",)

@@ -26,12 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pconv_deploy.contract import IMAGE_SUFFIXES, MASK_CONVENTIONS
 from pconv_deploy.errors import PConvError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "TIFF"}
 DEFAULT_MAX_PIXELS = 60_000_000
-MASK_CONVENTIONS = ("hole-white", "hole-black")
 
 
 class InputError(PConvError):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pconv_deploy.contract import STRATEGIES
 from pconv_deploy.errors import PConvError
 from pconv_deploy.runtime.backends import Backend, load_backend
 from pconv_deploy.runtime.batching import ShapeBatcher
@@ -49,7 +50,6 @@ from pconv_deploy.runtime.tiles import (
 
 __all__ = ["STRATEGIES", "Inpainter", "Job", "Tile", "align_window", "hole_windows"]
 
-STRATEGIES = ("crop", "resize", "full")
 # A backend may keep one call's buffers for the next call of the same shape (no page faults: ~20% of a
 # full-width 512x512 call) when that call needs at most 1/KEEP_SHARE of the inference budget; a call of
 # another shape right after can then exceed its own estimate by that much, about the share of the limit

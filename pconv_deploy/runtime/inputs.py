@@ -15,7 +15,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pconv_deploy.runtime.images import IMAGE_SUFFIXES, InputError, precheck
+from pconv_deploy.contract import IMAGE_SUFFIXES
+from pconv_deploy.runtime.images import InputError, precheck
 from pconv_deploy.runtime.outputs import output_name
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pconv_deploy.contract import OUTPUT_FORMATS
 from pconv_deploy.errors import PConvError
 from pconv_deploy.files import atomic_write
 
-OUTPUT_FORMATS = ("png", "jpg", "webp", "same")
 SUFFIX_FORMATS = {
     ".png": "PNG",
     ".jpg": "JPEG",

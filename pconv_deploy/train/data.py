@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pconv_deploy.contract import IMAGE_SUFFIXES
 from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.masks import training_mask
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_ASPECT = 16  # long side / short side: the short side is upscaled to the crop size
 MAX_SIZE = 2048  # crop size (--size) of training and evaluation: an upscaled crop costs size^2 x aspect
 CACHE_BYTES = 2 << 30  # decoded images kept in memory
