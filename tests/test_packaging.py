@@ -67,7 +67,7 @@ def test_wheel_and_sdist_carry_the_package_and_its_metadata(dist):
     assert "pconv = pconv_deploy.cli:main" in entry_points
     with tarfile.open(sdist) as tar:
         members = {m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name}
-    assert {"pyproject.toml", "README.md", "pconv_deploy/cli.py"} <= members
+    assert {"pyproject.toml", "README.md", "pconv_deploy/cli/__init__.py"} <= members
 
 
 def test_wheel_without_extras_runs_pconv_infer_on_an_onnx_model(dist, small_onnx, tmp_path):

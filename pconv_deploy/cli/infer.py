@@ -1,0 +1,180 @@
+"""`pconv infer`: a folder of photos and masks through a local model or Triton servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from pconv_deploy.cli.base import (
+    MAX_WARNINGS,
+    InferBackend,
+    InferencePrecision,
+    MaskConvention,
+    OutputFormat,
+    Strategy,
+    app,
+    bundled_checkpoint,
+    exit_with_error,
+)
+from pconv_deploy.paths import check_folder_job, check_input_file
+
+if TYPE_CHECKING:
+    from pconv_deploy.runtime.pipeline import Report
+
+OUTPUT_FORMAT_HELP = (
+    "png: lossless, known pixels byte-identical. jpg, webp: lossy, so the KNOWN pixels are re-encoded too. "
+    "same: each input's own format."
+)
+
+
+@app.command()
+def infer(
+    images: Annotated[Path, typer.Option(help="A folder of images (PNG, JPEG, WebP, BMP, TIFF) or one image file.")],
+    masks: Annotated[Path, typer.Option(help="A folder of masks paired by file stem, or one mask for all images.")],
+    output: Annotated[Path, typer.Option(help="Folder for OUTPUT/<stem>.<format> (same size as the input).")],
+    model: Annotated[
+        Path | None,
+        typer.Option(help="Model: .onnx, TensorRT .engine/.plan, or .safetensors (torch). Default: the bundled model."),
+    ] = None,
+    backend: Annotated[InferBackend, typer.Option(help="auto picks TensorRT, else ONNX Runtime CUDA, else CPU.")] = (
+        InferBackend["auto"]
+    ),
+    batch_size: Annotated[int, typer.Option(min=1, help="Images (tiles) of equal padded size per run.")] = 4,
+    mask_convention: Annotated[
+        MaskConvention, typer.Option(help="hole-white: white (>= 128) marks the hole; hole-black: the inverse.")
+    ] = MaskConvention["hole-white"],
+    strategy: Annotated[
+        Strategy,
+        typer.Option(
+            help="crop: windows around holes at native size; resize: whole image downscaled; "
+            "full: whole image at native size (most memory)."
+        ),
+    ] = Strategy["crop"],
+    max_side: Annotated[int, typer.Option(min=32, help="Longest side the network sees (crop and resize).")] = 1024,
+    margin: Annotated[
+        int, typer.Option(min=0, help="crop: context px around each hole (at least a quarter of its long side).")
+    ] = 64,
+    workers: Annotated[int, typer.Option(min=1, help="Threads for decoding and for writing.")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Redo images whose output exists (default: skip them).")] = False,
+    report: Annotated[Path | None, typer.Option(help="Write a JSON report with every file's status.")] = None,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this.")] = 60_000_000,
+    server: Annotated[
+        list[str] | None, typer.Option(metavar="URL", help="Triton http://HOST:PORT or grpc://HOST:PORT; repeatable.")
+    ] = None,
+    server_model: Annotated[str, typer.Option(help="Model name on the --server(s).")] = "pconv",
+    server_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the --server model.")] = 60.0,
+    inflight: Annotated[int | None, typer.Option(min=1, help="Batches at once [default: 1, 2 per --server].")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (cuda: that GPU or an error).")] = "auto",
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU engine threads [default: all cores].")] = None,
+    inference_precision: Annotated[
+        InferencePrecision,
+        typer.Option(help="OpenVINO computes in: auto = f32 (the file's numbers); bf16 / f16 faster, asked for only."),
+    ] = InferencePrecision["auto"],
+    memory_limit: Annotated[str | None, typer.Option(help="Memory for the run, e.g. 6GiB [default: 80% free].")] = None,
+    output_format: Annotated[OutputFormat, typer.Option(help=OUTPUT_FORMAT_HELP)] = OutputFormat["png"],
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG / WebP quality (100: lossless WebP).")] = 95,
+    png_level: Annotated[int, typer.Option(min=0, max=9, help="PNG zlib level (2: ~3x faster than 6).")] = 2,
+) -> None:
+    """Inpaint a folder of images (or one image).
+
+    One line per failed file; exit 1 if any failed, 130 if interrupted.
+    """
+    import signal
+
+    from pconv_deploy.runtime import Inpainter
+    from pconv_deploy.runtime.pipeline import run_folder
+
+    model = check_infer_inputs(images, masks, output, model=model, servers=server, report=report)
+    warnings = warn_orphan_masks(images, masks, report)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
+    remote = (server, server_model, server_wait)
+    local = (model, backend.value, device, threads, inference_precision.value)
+    runner = remote_runner(*remote) if server else open_runner(*local)
+    inflight = inflight or (2 * len(server) if server else 1)
+    limit, out_cfg = infer_settings(memory_limit, output_format.value, quality, png_level)
+    inpainter = Inpainter(runner, batch_size, strategy.value, max_side, margin, inflight, limit)
+    result = run_folder(
+        inpainter, images, masks, output, mask_convention.value, workers, overwrite, max_pixels, output_settings=out_cfg
+    )
+    result.model = str(model) if model else " ".join(server)
+    result.warnings = warnings
+    finish_infer(result, inpainter.backend.name, report)
+
+
+def check_infer_inputs(
+    images: Path, masks: Path, output: Path, *, model: Path | None, servers: list[str] | None, report: Path | None
+) -> Path | None:
+    """Every path checked before a model loads (exit 2, nothing written); the model to run (None: the servers')."""
+    from pconv_deploy.runtime.pipeline import visible_files
+
+    if servers and model is not None:
+        exit_with_error("--model and --server exclude each other: the servers hold the model", 2)
+    if model is None and not servers:
+        model = bundled_checkpoint()
+    for path, name in ((images, "--images"), (masks, "--masks"), *([(model, "--model")] if model else [])):
+        if not path.exists():
+            exit_with_error(f"{name} {path}: no such file or folder", 2)
+    check_folder_job(images, masks, output, report)
+    if model is not None:
+        check_input_file(model, "--model")
+    if images.is_dir() and not visible_files(images):
+        exit_with_error(f"--images {images}: no files to inpaint", 2)
+    return model
+
+
+def finish_infer(result: Report, backend_name: str, report: Path | None) -> None:
+    """The summary line first (never lost to a bad --report), the report, then the exit code."""
+    from pconv_deploy.runtime.pipeline import write_report
+
+    ok, skipped, failed = (result.count(s) for s in ("ok", "skipped", "failed"))
+    rate = ok / result.seconds if result.seconds > 0 else 0.0
+    summary = f"{ok} inpainted, {skipped} skipped (output exists), {failed} failed in {result.seconds:.1f} s"
+    typer.echo(f"{summary} ({rate:.3g} images/s, {backend_name})")
+    if report is not None:
+        try:
+            write_report(result, report)
+        except OSError as e:
+            exit_with_error(f"--report {report}: cannot write the report ({e.strerror or e})")
+        typer.echo(f"report: {report}")
+    if result.interrupted:
+        pending = result.count("pending")
+        exit_with_error(f"interrupted: {pending} images not done; run the same command again to finish", 130)
+    if failed:
+        raise typer.Exit(1)
+
+
+def infer_settings(memory_limit: str | None, output_format: str, quality: int, png_level: int) -> tuple:
+    """``--memory-limit`` in bytes ("auto" when not given) and the output settings."""
+    from pconv_deploy.runtime.memory import parse_memory
+    from pconv_deploy.runtime.outputs import OutputSettings
+
+    return (parse_memory(memory_limit) if memory_limit else "auto"), OutputSettings(output_format, quality, png_level)
+
+
+def warn_orphan_masks(images: Path, masks: Path, report: Path | None) -> list[str]:
+    """One warning line per mask no image pairs with (the first MAX_WARNINGS, then a count); all go in the report."""
+    from pconv_deploy.runtime.inputs import orphan_masks
+
+    warnings = [f"mask {m} has no image in {images}" for m in orphan_masks(images, masks)]
+    for line in warnings[:MAX_WARNINGS]:
+        typer.echo(f"warning: {line}", err=True)
+    if len(warnings) > MAX_WARNINGS:
+        where = " (all in --report)" if report else ""
+        typer.echo(f"warning: and {len(warnings) - MAX_WARNINGS} more masks without an image{where}", err=True)
+    return warnings
+
+
+def open_runner(model: Path, backend: str, device: str, threads: int | None, precision: str = "auto") -> object:
+    from pconv_deploy.runtime import load_backend
+
+    announce = lambda line: typer.echo(line, err=True)  # noqa: E731
+    return load_backend(model, backend, device, on_fallback=announce, threads=threads, precision=precision)
+
+
+def remote_runner(servers: list[str], model_name: str, wait: float = 0.0) -> object:
+    """The backend for `infer --server`: batches go to the Triton servers (thread-safe, retried across them)."""
+    from pconv_deploy.serving.client import TritonBackend
+
+    return TritonBackend(servers, model_name, wait=wait, on_wait=lambda line: typer.echo(line, err=True))
