@@ -106,7 +106,9 @@ def test_tiny_bench_run(small_checkpoint, small_onnx, tmp_path):
     assert {(r.backend, r.batch) for r in ran} == {(b, n) for b in backends for n in (1, 2)}
     for r in ran:
         assert r.images_per_s == pytest.approx(r.batch / (r.latency_ms / 1000), rel=1e-2)
-        assert r.peak_mib >= r.base_mib > 0
+        assert r.peak_mib >= r.base_mib > 0 and r.gemm_gflops > 0
+        expected = 2 * report.conv_macs[32] * r.batch / (r.latency_ms / 1000) / 1e9 / r.gemm_gflops
+        assert report.efficiency(r) == pytest.approx(expected)
     if any(r.backend == "openvino" and not r.size for r in report.rows):
         assert any("openvino: skipped" in line for line in lines)  # not installed here: said, not failed
     data = json.loads(write_json(report, tmp_path / "bench.json").read_text())
@@ -126,21 +128,20 @@ def test_cli_bench_rejects_bad_sizes(tmp_path):
 
 
 def test_ratios_of_the_main_table():
-    """Speed-up over ONNX Runtime FP32 at the same size and batch; efficiency from the comparison's GEMM."""
+    """Speed-up over ONNX Runtime FP32 at the same size and batch; efficiency against the GEMM timed beside it."""
     rows = [
-        Row("onnxruntime", 512, 1, latency_ms=400.0),
-        Row("openvino-bf16", 512, 1, latency_ms=160.0),
-        Row("openvino-bf16", 256, 1, latency_ms=50.0),
-        Row("onnxruntime-int8", 512, 4, latency_ms=900.0),
+        Row("onnxruntime", 512, 1, latency_ms=400.0, gemm_gflops=190.0),
+        Row("openvino-bf16", 512, 1, latency_ms=160.0, gemm_gflops=150.0),
+        Row("openvino-bf16", 256, 1, latency_ms=50.0, gemm_gflops=190.0),
+        Row("onnxruntime-int8", 512, 4, latency_ms=900.0, gemm_gflops=180.0),
     ]
-    compare = {"conv_gmacs": {"ours": 38.0}, "gemm_gflops": {"gemm_torch": 150.0, "gemm_numpy": 190.0}}
-    report = BenchReport({"compare_size": 512}, {}, rows, compare=compare)
+    report = BenchReport({}, {}, rows, conv_macs={512: 38_000_000_000, 256: 9_500_000_000})
     assert report.speedup(rows[1]) == pytest.approx(400 / 160)
     assert report.speedup(rows[2]) is None and report.speedup(rows[3]) is None  # no baseline at that size/batch
-    flops_512 = 2 * 38e9 / 0.160  # conv FLOPs per second of the bf16 row
-    assert report.efficiency(rows[1]) == pytest.approx(flops_512 / 190e9)
-    assert report.efficiency(rows[2]) == pytest.approx(2 * 38e9 / 4 / 0.050 / 190e9)  # a quarter of the pixels
-    assert report.efficiency(rows[3]) == pytest.approx(4 * 2 * 38e9 / 0.900 / 190e9)  # four images per batch
+    assert report.efficiency(rows[1]) == pytest.approx(2 * 38e9 / 0.160 / 150e9)  # its own GEMM, not another's
+    assert report.efficiency(rows[2]) == pytest.approx(2 * 9.5e9 / 0.050 / 190e9)
+    assert report.efficiency(rows[3]) == pytest.approx(4 * 2 * 38e9 / 0.900 / 180e9)  # four images per batch
+    assert report.efficiency(Row("torch", 128, 1, latency_ms=5.0, gemm_gflops=1.0)) is None  # no MAC count
     data = report.to_json()
     assert data["rows"][1]["speedup_vs_onnxruntime_fp32"] == pytest.approx(2.5)
 

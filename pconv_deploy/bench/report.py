@@ -17,7 +17,7 @@ def render(report: BenchReport) -> Any:
 
     main = Table(title="pconv bench: images/s per configuration (median of repeats)")
     columns = ("configuration", "size", "batch", "latency ms", "images/s", "x ORT fp32", "efficiency",
-               "hole L1 vs fp32", "peak MiB", "note")  # fmt: skip
+               "hole L1 vs fp32", "peak / base MiB", "note")  # fmt: skip
     for col in columns:
         main.add_column(col, justify="left" if col in ("configuration", "note") else "right")
     skipped = [r for r in report.rows if not r.size]
@@ -28,7 +28,7 @@ def render(report: BenchReport) -> Any:
         main.add_row(
             r.backend, str(r.size or ""), str(r.batch or ""), _fmt(r.latency_ms, 1), _fmt(r.images_per_s, 2),
             _fmt(report.speedup(r), 2), _fmt(report.efficiency(r), 3), "" if quality is None else f"{quality:+.3f}",
-            _fmt(r.peak_mib, 0) + (f" ({r.base_mib:.0f} base)" if r.base_mib else ""), r.note,
+            _fmt(r.peak_mib, 0) + (f" / {r.base_mib:.0f}" if r.base_mib else ""), r.note,
         )  # fmt: skip
     parts: list[Any] = [main, *(escape(f"{r.backend}: {r.note}") for r in skipped)]
     if report.quality:

@@ -24,6 +24,7 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = print) -> Be
     work.mkdir(parents=True, exist_ok=True)
     files = prepare_models(settings, work, say)
     report.prepare_seconds = round(time.perf_counter() - start, 1)
+    report.conv_macs = conv_macs(files["ours"], settings.sizes)
     for backend in settings.backends:
         report.rows.extend(backend_rows(settings, files, backend, say))
     if settings.compare_size:
@@ -57,6 +58,16 @@ def backend_rows(settings: BenchSettings, files: dict[str, str], backend: str, s
                 continue
             rows.append(Row(backend, size, batch, **result))
     return rows
+
+
+def conv_macs(onnx_path: str, sizes: tuple[int, ...]) -> dict[int, int]:
+    """Conv MACs of one image of each side, from the FP32 graph (every precision runs the same network)."""
+    import onnx
+
+    from pconv_deploy.export.checks import conv_macs as count
+
+    model = onnx.load(onnx_path)
+    return {size: count(model, size, size).total for size in sizes}
 
 
 def quality_rows(settings: BenchSettings, work: Path, say: Callable[[str], None]) -> dict[str, Any]:

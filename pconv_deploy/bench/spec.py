@@ -119,6 +119,7 @@ class Row:
     images_per_s: float | None = None
     peak_mib: float | None = None  # peak RSS (VmHWM) of the configuration's process
     base_mib: float | None = None  # RSS high-water mark after the imports, before the model
+    gemm_gflops: float | None = None  # numpy's float32 GEMM in the same process, interleaved with the model
     note: str = ""
 
 
@@ -130,6 +131,7 @@ class BenchReport:
     compare: dict[str, Any] = field(default_factory=dict)
     pipeline: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)  # configuration -> hole-L1 difference to FP32
+    conv_macs: dict[int, int] = field(default_factory=dict)  # image side -> conv MACs of one image
     prepare_seconds: float = 0.0  # checkpoint + exports (0-ish when reused from the work folder)
     seconds: float = 0.0
 
@@ -152,12 +154,10 @@ class BenchReport:
         return base.latency_ms / row.latency_ms
 
     def efficiency(self, row: Row) -> float | None:
-        """``row``'s conv GFLOP/s over the run's best float32 GEMM (INT8 may pass 1: it is not float32)."""
-        c = self.compare
-        if not c or not row.latency_ms or not row.size:
+        """``row``'s conv GFLOP/s over the float32 GEMM timed beside it (INT8 and BF16 may pass 1)."""
+        if not row.latency_ms or not row.gemm_gflops or row.size not in self.conv_macs:
             return None
-        macs = c["conv_gmacs"]["ours"] * 1e9 * (row.size / self.settings["compare_size"]) ** 2 * row.batch
-        return 2 * macs / (row.latency_ms / 1000) / 1e9 / max(c["gemm_gflops"].values())
+        return 2 * self.conv_macs[row.size] * row.batch / (row.latency_ms / 1000) / 1e9 / row.gemm_gflops
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -22,6 +22,8 @@ import numpy as np
 from pconv_deploy.bench.spec import CONFIGS, BenchSettings, WorkerSpec
 from pconv_deploy.errors import PConvError
 
+ROW_GEMM = 2048  # the float32 GEMM each main-table row times beside its model (numpy, same threads)
+
 
 def run_worker(spec: WorkerSpec) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; returns its JSON result."""
@@ -98,15 +100,24 @@ def measure_backend(spec: WorkerSpec) -> dict[str, Any]:
         import torch  # noqa: F401  (the import counts in the baseline, as for a torch user)
     else:
         import onnxruntime  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    from pconv_deploy.bench.stats import interleave
+
     base = max_rss_mib()
     backend = open_backend(spec.backend, spec.files, settings.threads)
     image, mask = feeds(spec.batch, spec.size)
-    median = statistics.median(time_calls(lambda: backend.run(image, mask), settings.warmup, settings.repeats))
+    a, b = (np.random.default_rng(i).random((ROW_GEMM, ROW_GEMM), dtype=np.float32) for i in (0, 1))
+    calls = {"model": lambda: backend.run(image, mask), "gemm_numpy": lambda: a @ b}
+    with threadpool_limits(limits=settings.threads):  # the GEMM round by round with the model: the same load
+        times = interleave(calls, settings.warmup, settings.repeats, time_calls)
+    median = statistics.median(times["model"])
     return {
         "latency_ms": round(median * 1000, 4),
         "images_per_s": round(spec.batch / median, 3),
         "peak_mib": round(max_rss_mib(), 1),
         "base_mib": round(base, 1),
+        "gemm_gflops": round(2 * ROW_GEMM**3 / statistics.median(times["gemm_numpy"]) / 1e9, 3),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -78,6 +79,6 @@ def bench(
         report = run_bench(settings, say=lambda line: typer.echo(line, err=True))
     except (PConvError, ValueError) as e:
         exit_with_error(str(e))
-    Console().print(render(report))
+    Console(width=None if sys.stdout.isatty() else 160).print(render(report))  # a log keeps whole rows
     if json_path is not None:
         typer.echo(f"wrote {write_json(report, json_path)}")
