@@ -34,6 +34,7 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check pconv_deploy tests scripts
+	$(BIN)/ruff format --check pconv_deploy tests scripts
 
 # The documentation site: --strict turns a broken link or a page missing from the nav into a failure.
 docs: $(VENV)/.installed

@@ -13,6 +13,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def pconv(*args):
     return run_pconv(*args, env={"COLUMNS": "200"})  # help text is wrapped to the terminal
 
+
 def registered_commands() -> set[str]:
     group = typer.main.get_command(app)
     return set(group.commands)

@@ -42,6 +42,7 @@ def config(data, output, **kw) -> TrainConfig:
 def pconv(*args, cwd=None):
     return run_pconv(*args, cwd=cwd, env={"OMP_NUM_THREADS": "1"})
 
+
 def one_line_error(r, code: int = 1) -> str:
     assert r.returncode == code, (r.returncode, r.stderr[-2000:])
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
