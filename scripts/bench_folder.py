@@ -157,8 +157,10 @@ def main() -> None:
 def report(results: dict, names: list[str], rounds: int) -> None:
     base = "ort-fp32" if "ort-fp32" in results else names[0]
     print(f"\nload {os.getloadavg()}; medians over {rounds} rounds; 'vs {base}': same round, then the median")
-    print(f"{'config':18} {'model img/s':>11} {'folder img/s':>12} {'folder/model':>12} "
-          f"{'model vs base':>13} {'folder vs base':>14} {'faults/img model, folder':>25}")  # fmt: skip
+    print(
+        f"{'config':18} {'model img/s':>11} {'folder img/s':>12} {'folder/model':>12} "
+        f"{'model vs base':>13} {'folder vs base':>14} {'faults/img model, folder':>25}"
+    )
     for name in names:
         rows = results[name]
         ratio = statistics.median(f / m for m, _, f, _ in rows)

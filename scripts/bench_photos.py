@@ -108,9 +108,24 @@ def straight_strokes(size: tuple[int, int], rng: np.random.Generator, ratio: flo
 def infer(model: Path, folder: Path, name: str, *extra: str, package: Path | None = None) -> dict:
     """One `pconv infer` subprocess; ``package``: a checkout whose pconv_deploy runs instead (PYTHONPATH)."""
     out, report = folder / f"out-{name}", folder / f"{name}.json"
-    cmd = [sys.executable, "-m", "pconv_deploy.cli", "infer", "--images", str(folder / "images"),
-           "--masks", str(folder / "masks"), "--output", str(out), "--model", str(model), "--report", str(report),
-           "--overwrite", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pconv_deploy.cli",
+        "infer",
+        "--images",
+        str(folder / "images"),
+        "--masks",
+        str(folder / "masks"),
+        "--output",
+        str(out),
+        "--model",
+        str(model),
+        "--report",
+        str(report),
+        "--overwrite",
+        *extra,
+    ]
     env = None if package is None else {**os.environ, "PYTHONPATH": str(package.resolve())}
     start = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -192,11 +207,12 @@ def time_strategies(args: argparse.Namespace, model: Path, folder: Path) -> None
     for label, runs in (("crop", crops), (f"crop with {args.baseline}", baselines)):
         if runs:
             seconds = [r["seconds"] for r in runs]
-            print(f"{label}: {', '.join(f'{t:.1f}' for t in seconds)} s (mean {np.mean(seconds):.1f}), "
-                  f"peak {runs[0]['peak'] / gib:.2f} GiB; full / mean: {full_s / np.mean(seconds):.1f}x")  # fmt: skip
+            print(
+                f"{label}: {', '.join(f'{t:.1f}' for t in seconds)} s (mean {np.mean(seconds):.1f}), "
+                f"peak {runs[0]['peak'] / gib:.2f} GiB; full / mean: {full_s / np.mean(seconds):.1f}x"
+            )
     full_list = ", ".join(f"{r['seconds']:.1f}" for r in fulls)
-    print(f"full: {full_list} s, peak {fulls[0]['peak'] / gib:.2f} GiB "
-          f"(--memory-limit {args.memory_limit})")  # fmt: skip
+    print(f"full: {full_list} s, peak {fulls[0]['peak'] / gib:.2f} GiB (--memory-limit {args.memory_limit})")
 
 
 def default_model(folder: Path) -> Path:

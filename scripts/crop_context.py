@@ -94,16 +94,22 @@ def main() -> None:
                 l1[name].append(np.abs(out[hole].astype(np.float32) - truth).mean())
                 to_full[name].append(np.abs(out[hole].astype(np.float32) - outs["full"][hole]).mean())
         print(f"{path.name}: {w}x{h}", file=sys.stderr)
-    print(f"{len(paths)} held-out photos of >= {args.min_pixels / 1e6:g} MP, {args.seeds} {args.masks} masks each "
-          f"({100 * np.mean(holes):.2f}% holes), model {args.model.name}")  # fmt: skip
-    print("| strategy | hole L1 vs photo | - full (paired, ± s.e.) | - unsplit (paired) | abs(crop - full) "
-          "| pixels run | seconds |")  # fmt: skip
+    print(
+        f"{len(paths)} held-out photos of >= {args.min_pixels / 1e6:g} MP, {args.seeds} {args.masks} masks each "
+        f"({100 * np.mean(holes):.2f}% holes), model {args.model.name}"
+    )
+    print(
+        "| strategy | hole L1 vs photo | - full (paired, ± s.e.) | - unsplit (paired) | abs(crop - full) "
+        "| pixels run | seconds |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in runners:
         base = name if name == "full" or name.endswith("unsplit") else f"{name} unsplit"
         to_unsplit = paired(l1[name], l1[base]) if base in l1 and base != name else "-"
-        print(f"| {name} | {np.mean(l1[name]):.2f} | {paired(l1[name], l1['full'])} | {to_unsplit} | "
-              f"{np.mean(to_full[name]):.2f} | {100 * np.mean(share[name]):.1f}% | {seconds[name]:.1f} |")  # fmt: skip
+        print(
+            f"| {name} | {np.mean(l1[name]):.2f} | {paired(l1[name], l1['full'])} | {to_unsplit} | "
+            f"{np.mean(to_full[name]):.2f} | {100 * np.mean(share[name]):.1f}% | {seconds[name]:.1f} |"
+        )
 
 
 if __name__ == "__main__":

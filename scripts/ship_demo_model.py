@@ -32,8 +32,14 @@ def phase(run_dir: Path, last_step: int | None) -> dict:
     keys = ("data", "size", "batch_size", "finetune", "loss", "hole_bins", "seed")
     lr = config.get("lr") or (5e-5 if config.get("finetune") else 2e-4)  # the loop's defaults
     init = Path(config["init"]).name if config.get("init") else None
-    return {"name": run_dir.name, **{k: config.get(k) for k in keys}, "lr": lr, "init": init, "steps": len(rows),
-            "wall_seconds": round(sum(r["seconds"] for r in rows))}  # fmt: skip
+    return {
+        "name": run_dir.name,
+        **{k: config.get(k) for k in keys},
+        "lr": lr,
+        "init": init,
+        "steps": len(rows),
+        "wall_seconds": round(sum(r["seconds"] for r in rows)),
+    }
 
 
 def init_step(run_dir: Path) -> int:
@@ -83,8 +89,9 @@ def main() -> None:
         training["averaged_steps"] = json.loads(header["averaged_steps"])
     total = sum(p["steps"] for p in phases)
     with atomic_write(args.out) as tmp:
-        save_checkpoint(load_checkpoint(args.snapshot), tmp, extra={"training": json.dumps(training),
-                                                                    "trained_steps": str(total)})  # fmt: skip
+        save_checkpoint(
+            load_checkpoint(args.snapshot), tmp, extra={"training": json.dumps(training), "trained_steps": str(total)}
+        )
     print(json.dumps(training, indent=1))
     print(f"wrote {args.out}: {total} steps in all")
 

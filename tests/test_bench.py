@@ -62,9 +62,15 @@ def test_random_model_has_nonzero_folded_biases():
 def test_compare_and_pipeline_workers(small_onnx, small_checkpoint, tmp_path):
     """The interleaved comparison and the pipeline run in their own processes and report consistent numbers."""
     settings = BenchSettings(
-        threads=1, warmup=1, repeats=1, compare_repeats=2, compare_size=32, gemm_size=128, pipeline_images=2,
+        threads=1,
+        warmup=1,
+        repeats=1,
+        compare_repeats=2,
+        compare_size=32,
+        gemm_size=128,
+        pipeline_images=2,
         pipeline_batch=2,
-    )  # fmt: skip
+    )
     files = {"checkpoint": str(small_checkpoint), "ours": str(small_onnx), "plain": str(small_onnx)}
     files["naive"] = str(small_onnx)  # the same file in every role: the worker's arithmetic, not speed, is tested
     c = run_worker(WorkerSpec("compare", settings, files))
@@ -95,9 +101,17 @@ def test_tiny_bench_run(small_checkpoint, small_onnx, tmp_path):
     (work / export_key(small_checkpoint)).mkdir(parents=True)
     shutil.copy(small_onnx, work / export_key(small_checkpoint) / "ours.onnx")
     settings = BenchSettings(
-        model=small_checkpoint, sizes=(32,), batch_sizes=(1, 2), backends=("onnxruntime", "torch", "openvino"),
-        threads=1, repeats=1, compare_size=0, pipeline_images=0, quality=False, work_dir=work,
-    )  # fmt: skip
+        model=small_checkpoint,
+        sizes=(32,),
+        batch_sizes=(1, 2),
+        backends=("onnxruntime", "torch", "openvino"),
+        threads=1,
+        repeats=1,
+        compare_size=0,
+        pipeline_images=0,
+        quality=False,
+        work_dir=work,
+    )
     lines: list[str] = []
     report = run_bench(settings, say=lines.append)
     assert not any(line.startswith("exported") for line in lines)  # reused

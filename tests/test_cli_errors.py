@@ -130,7 +130,7 @@ CASES = {
         "64",
         "--batch-size",
         "2",
-    ],  # fmt: skip
+    ],
     "eval-both-models": ["evaluate", "--data", "builtin", "--checkpoint", G_CKPT, "--model", G_ONNX],
     # triton-repo: bad models, bad repositories
     "triton-missing": ["triton-repo", "nope.onnx", "--repo", "repo", "--cpu"],
@@ -161,7 +161,7 @@ CASES = {
         "file.txt/o",
         "--model",
         G_ONNX,
-    ],  # fmt: skip
+    ],
     "infer-out-is-images": [*INFER, "--output", "images", "--model", G_ONNX],
     "infer-report-is-dir": [
         *INFER,
@@ -171,7 +171,7 @@ CASES = {
         G_ONNX,
         "--report",
         "images",
-    ],  # fmt: skip
+    ],
     "infer-report-under-file": [
         *INFER,
         "--output",
@@ -180,7 +180,7 @@ CASES = {
         G_ONNX,
         "--report",
         "file.txt/r.json",
-    ],  # fmt: skip
+    ],
     "infer-out-is-masks": [*INFER, "--output", "masks", "--model", G_ONNX],
     "infer-out-dangling-link": [*INFER, "--output", "dangling", "--model", G_ONNX],
     "infer-images-are-masks": ["infer", "--images", "images", "--masks", "images", "--output", "o", "--model", G_ONNX],
@@ -194,7 +194,7 @@ CASES = {
         G_ONNX,
         "--report",
         "images/a.png",
-    ],  # fmt: skip
+    ],
 }
 
 
@@ -245,10 +245,16 @@ def _engine_beside(folder: Path, onnx_path: Path) -> Path:
     engine.write_bytes(b"not a real engine")
     meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
     data = make_sidecar(
-        onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), engine_path=engine, metadata=meta,
-        profiles=default_profiles(int(meta["pconv.multiple"])), tensorrt_version="10.9.0.34",
-        gpu_name="NVIDIA L4", compute_capability="8.9", version_compatible=False,
-    )  # fmt: skip
+        onnx_path=onnx_path,
+        onnx_sha256=file_sha256(onnx_path),
+        engine_path=engine,
+        metadata=meta,
+        profiles=default_profiles(int(meta["pconv.multiple"])),
+        tensorrt_version="10.9.0.34",
+        gpu_name="NVIDIA L4",
+        compute_capability="8.9",
+        version_compatible=False,
+    )
     write_sidecar(engine, data)
     return engine
 

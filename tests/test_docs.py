@@ -34,8 +34,11 @@ def test_site_builds_with_strict(tmp_path):
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     r = subprocess.run(
         [mkdocs(), "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "site" / "index.html").exists()
 

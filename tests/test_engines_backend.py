@@ -237,8 +237,11 @@ def test_the_device_index_is_used_on_every_thread_and_checked_against_the_sideca
 
 def test_mismatches_are_refused_before_deserialising(gpu, tmp_path):
     engine = engine_with_sidecar(tmp_path, trt_version="11.5.0.1")  # newer than this lean runtime
-    with pytest.raises(SidecarError, match=rf"built version-compatible with TensorRT 11.5.0.1, which runs on "
-                                           rf"TensorRT 11.5 and later; this is tensorrt_lean {LEAN}"):  # fmt: skip
+    with pytest.raises(
+        SidecarError,
+        match=rf"built version-compatible with TensorRT 11.5.0.1, which runs on "
+        rf"TensorRT 11.5 and later; this is tensorrt_lean {LEAN}",
+    ):
         TensorRTBackend(engine)
     engine = engine_with_sidecar(tmp_path, version_compatible=False, trt_version=LEAN)
     with pytest.raises(SidecarError, match=r"runs only version-compatible engines"):

@@ -130,8 +130,18 @@ def test_cli_option_errors_are_one_line(tmp_path):
     r = pconv("build-engine", str(fp32), "-o", str(tmp_path / "m.engine"), "--fp16")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith(f"error: {fp32}: --fp16 needs an FP16 graph") and r.stderr.count("\n") == 1
-    r = pconv("build-engine", str(fp32), "-o", str(tmp_path / "m.engine"), "--min-shape", "1x32", "--opt-shape",
-              "1x32x32", "--max-shape", "1x32x32")  # fmt: skip
+    r = pconv(
+        "build-engine",
+        str(fp32),
+        "-o",
+        str(tmp_path / "m.engine"),
+        "--min-shape",
+        "1x32",
+        "--opt-shape",
+        "1x32x32",
+        "--max-shape",
+        "1x32x32",
+    )
     assert (r.returncode, r.stderr) == (
         1,
         "error: invalid shape '1x32': expected BxHxW with positive integers, e.g. 4x512x512\n",
@@ -146,8 +156,13 @@ def test_cli_option_errors_are_one_line(tmp_path):
 
 def test_plan_accepts_a_real_export(small_onnx, tmp_path):
     """The exporter's metadata and I/O are what the builder expects (guards against contract drift)."""
-    plan = plan_build(small_onnx, tmp_path / "small.engine", min_shapes=["1x64x64"], opt_shapes=["2x128x128"],
-                      max_shapes=["4x256x256"])  # fmt: skip
+    plan = plan_build(
+        small_onnx,
+        tmp_path / "small.engine",
+        min_shapes=["1x64x64"],
+        opt_shapes=["2x128x128"],
+        max_shapes=["4x256x256"],
+    )
     assert (plan.precision, plan.metadata["pconv.multiple"], plan.metadata["pconv.layers"]) == ("fp32", "32", "5")
     with pytest.raises(BuildError, match="run `pconv export --fp16`"):
         plan_build(small_onnx, tmp_path / "small.engine", fp16=True)
@@ -161,8 +176,14 @@ def test_polygraphy_loaders_take_the_arguments_we_pass():
 
     create_config = set(inspect.signature(CreateConfig.__init__).parameters)
     create_config |= set(inspect.signature(CreateConfig.__mro__[1].__init__).parameters)  # its **kwargs
-    assert {"profiles", "load_timing_cache", "memory_pool_limits", "version_compatible",
-            "exclude_lean_runtime", "fp16"} <= create_config  # fmt: skip
+    assert {
+        "profiles",
+        "load_timing_cache",
+        "memory_pool_limits",
+        "version_compatible",
+        "exclude_lean_runtime",
+        "fp16",
+    } <= create_config
     assert list(inspect.signature(NetworkFromOnnxPath.__init__).parameters)[:2] == ["self", "path"]
     assert "strongly_typed" in inspect.signature(NetworkFromOnnxPath.__init__).parameters
     assert list(inspect.signature(EngineBytesFromNetwork.__init__).parameters)[:3] == ["self", "network", "config"]
@@ -172,8 +193,10 @@ def test_polygraphy_loaders_take_the_arguments_we_pass():
 
 def fake_network():
     """What CreateConfig reads from a parsed network (INetworkDefinition is not in tensorrt_lean): the inputs."""
-    inputs = [SimpleNamespace(name=n, shape=(-1, c, -1, -1), is_shape_tensor=False, dtype=tensorrt_lean.DataType.FLOAT)
-              for n, c in (("image", 3), ("mask", 1))]  # fmt: skip
+    inputs = [
+        SimpleNamespace(name=n, shape=(-1, c, -1, -1), is_shape_tensor=False, dtype=tensorrt_lean.DataType.FLOAT)
+        for n, c in (("image", 3), ("mask", 1))
+    ]
     network = mock.MagicMock(num_inputs=2)
     network.get_input.side_effect = lambda i: inputs[i]
     return network
@@ -183,9 +206,18 @@ def test_create_config_sets_the_documented_builder_calls_with_tensorrt_11_enums(
     """Polygraphy's real CreateConfig, run with the real TensorRT 11.4 enums; the builder only records."""
     monkeypatch.setitem(sys.modules, "tensorrt", tensorrt_lean)  # the real module (it lacks only the builder)
     onnx_path = write_contract_onnx(tmp_path / "m.onnx", contract_metadata(precision="fp16"))
-    plan = plan_build(onnx_path, tmp_path / "m.engine", fp16=True, min_shapes=["1x32x32"], opt_shapes=["2x64x64"],
-                      max_shapes=["4x128x128"], workspace_gib=1, timing_cache=tmp_path / "t.cache",
-                      version_compatible=True, exclude_lean_runtime=True)  # fmt: skip
+    plan = plan_build(
+        onnx_path,
+        tmp_path / "m.engine",
+        fp16=True,
+        min_shapes=["1x32x32"],
+        opt_shapes=["2x64x64"],
+        max_shapes=["4x128x128"],
+        workspace_gib=1,
+        timing_cache=tmp_path / "t.cache",
+        version_compatible=True,
+        exclude_lean_runtime=True,
+    )
     network_loader, config_loader = polygraphy_loaders(plan, tensorrt_lean)
     assert (network_loader.path, network_loader.strongly_typed) == (str(onnx_path), True)
     builder = mock.MagicMock()  # IBuilder / IBuilderConfig exist only in the full tensorrt: a recorder
@@ -228,8 +260,9 @@ def recorded_build(monkeypatch):
 
 def test_build_wiring(recorded_build, tmp_path):
     onnx_path = write_contract_onnx(tmp_path / "m.onnx", contract_metadata(precision="fp16"))
-    plan = plan_build(onnx_path, tmp_path / "out" / "m.engine", fp16=True, timing_cache=tmp_path / "t.cache",
-                      version_compatible=True)  # fmt: skip
+    plan = plan_build(
+        onnx_path, tmp_path / "out" / "m.engine", fp16=True, timing_cache=tmp_path / "t.cache", version_compatible=True
+    )
     sidecar = build_engine(plan, device=0)
     (call,) = recorded_build.loader.mock_calls  # the autospec checked it against the real __init__
     (network,), config = call.args, call.kwargs["config"]
@@ -240,10 +273,16 @@ def test_build_wiring(recorded_build, tmp_path):
     assert (tmp_path / "out" / "m.engine").read_bytes() == b"serialised engine"
     assert read_sidecar(tmp_path / "out" / "m.engine") == sidecar
     assert (sidecar["gpu_name"], sidecar["compute_capability"], sidecar["tensorrt_version"]) == (
-        "NVIDIA L4", "8.9", tensorrt_lean.__version__)  # fmt: skip
+        "NVIDIA L4",
+        "8.9",
+        tensorrt_lean.__version__,
+    )
     assert (sidecar["precision"], sidecar["onnx_file"], sidecar["version_compatible"]) == ("fp16", "m.onnx", True)
     assert [name for name, *_ in recorded_build.gpu.calls] == [
-        "cudaGetDeviceCount", "cudaSetDevice", "cudaGetDeviceProperties"]  # fmt: skip
+        "cudaGetDeviceCount",
+        "cudaSetDevice",
+        "cudaGetDeviceProperties",
+    ]
 
 
 def test_failed_build_leaves_the_previous_engine_alone(recorded_build, tmp_path):
@@ -296,8 +335,12 @@ def test_the_type_walk_finds_an_implicit_cast(tmp_path):
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16), helper.make_node("Mul", ["h", "x"], ["y"])]
-    graph = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1])])  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "mixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     types = tensor_types_lenient(model)
     assert {types["h"], types["x"]} == {TensorProto.FLOAT16, TensorProto.FLOAT}

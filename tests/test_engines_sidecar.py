@@ -90,8 +90,11 @@ def test_version_compatible_engines_run_on_later_versions(engine, runtime, ok):
     if ok:
         check_compatible(data, engine, **{**HERE, "tensorrt_version": runtime})
     else:
-        with pytest.raises(SidecarError, match=rf"built version-compatible with TensorRT 10.9.0.34, which runs on "
-                           rf"TensorRT 10.9 and later; this is TensorRT {runtime}"):  # fmt: skip
+        with pytest.raises(
+            SidecarError,
+            match=rf"built version-compatible with TensorRT 10.9.0.34, which runs on "
+            rf"TensorRT 10.9 and later; this is TensorRT {runtime}",
+        ):
             check_compatible(data, engine, **{**HERE, "tensorrt_version": runtime})
 
 

@@ -102,10 +102,22 @@ def test_cli_prints_the_table_with_telea(small_checkpoint, tmp_path):
     out = tmp_path / "eval"
     args = ["--checkpoint", str(small_checkpoint), "--data", "builtin", "--output", str(out)]
     r = subprocess.run(
-        [sys.executable, "-m", "pconv_deploy.cli", "evaluate", *args, "--masks-per-bin", "1", "--size", "64",
-         "--max-images", "2"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pconv_deploy.cli",
+            "evaluate",
+            *args,
+            "--masks-per-bin",
+            "1",
+            "--size",
+            "64",
+            "--max-images",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     header = (
         "| hole ratio | n | PConv hole L1 | PConv L1 (%) | PConv PSNR (dB) | PConv SSIM "

@@ -391,10 +391,19 @@ def test_cli_error_is_one_line(good_source, tmp_path):
     empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")
     run = subprocess.run(
-        [sys.executable, "-c", "from pconv_deploy.cli import main; main()", "import-checkpoint", str(empty),
-         "--output", str(tmp_path / "x.safetensors")],
-        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "from pconv_deploy.cli import main; main()",
+            "import-checkpoint",
+            str(empty),
+            "--output",
+            str(tmp_path / "x.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert run.returncode == 1
     assert run.stderr.strip() == f"error: {empty}: empty file (0 bytes)"
     assert not (tmp_path / "x.safetensors").exists()

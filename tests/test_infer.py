@@ -60,9 +60,22 @@ def test_infer_real_photos(photos, small_onnx, small_checkpoint, tmp_path):
     before = tree_digest(photos / "images") | tree_digest(photos / "masks")
     out = tmp_path / "out"
     r = pconv(
-        "infer", "--images", photos / "images", "--masks", photos / "masks", "--output", out,
-        "--model", small_onnx, "--backend", "onnxruntime", "--batch-size", "2", "--report", tmp_path / "r.json",
-    )  # fmt: skip
+        "infer",
+        "--images",
+        photos / "images",
+        "--masks",
+        photos / "masks",
+        "--output",
+        out,
+        "--model",
+        small_onnx,
+        "--backend",
+        "onnxruntime",
+        "--batch-size",
+        "2",
+        "--report",
+        tmp_path / "r.json",
+    )
     assert r.returncode == 0, r.stderr
     assert "5 inpainted, 0 skipped (output exists), 0 failed" in r.stdout and "onnxruntime-cpu" in r.stdout
     report = json.loads((tmp_path / "r.json").read_text())
@@ -81,9 +94,18 @@ def test_infer_real_photos(photos, small_onnx, small_checkpoint, tmp_path):
     # The torch backend on the checkpoint gives the same pixels (within rounding).
     ref = tmp_path / "ref"
     r = pconv(
-        "infer", "--images", photos / "images" / "chelsea.png", "--masks", photos / "masks", "--output", ref,
-        "--model", small_checkpoint, "--backend", "torch",
-    )  # fmt: skip
+        "infer",
+        "--images",
+        photos / "images" / "chelsea.png",
+        "--masks",
+        photos / "masks",
+        "--output",
+        ref,
+        "--model",
+        small_checkpoint,
+        "--backend",
+        "torch",
+    )
     assert r.returncode == 0, r.stderr
     a = np.asarray(Image.open(ref / "chelsea.png")).astype(int)
     b = np.asarray(Image.open(out / "chelsea.png")).astype(int)
@@ -152,9 +174,20 @@ def test_bad_inputs_reported_per_file(small_onnx, tmp_path):
 
     report_path = tmp_path / "report.json"
     r = pconv(
-        "infer", "--images", images, "--masks", masks, "--output", out, "--model", small_onnx,
-        "--max-pixels", 500_000, "--report", report_path,
-    )  # fmt: skip
+        "infer",
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--output",
+        out,
+        "--model",
+        small_onnx,
+        "--max-pixels",
+        500_000,
+        "--report",
+        report_path,
+    )
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     report = json.loads(report_path.read_text())
@@ -280,8 +313,19 @@ def test_hole_larger_than_trained_warns_naming_the_convention(small_onnx, tmp_pa
     edge.flat[: int(TRAINED_HOLE_RATIO * edge.size)] = True  # exactly at the trained range: no warning
     save_mask(masks / "edge.png", edge)
     report = tmp_path / "report.json"
-    r = pconv("infer", "--images", images, "--masks", masks, "--output", tmp_path / "out", "--model", small_onnx,
-              "--report", report)  # fmt: skip
+    r = pconv(
+        "infer",
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--output",
+        tmp_path / "out",
+        "--model",
+        small_onnx,
+        "--report",
+        report,
+    )
     assert r.returncode == 0, r.stderr
     lines = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("warning:")]
     assert len(lines) == 1 and "inverse.png" in lines[0] and f"{1 - hole.mean():.0%} of the image" in lines[0]
@@ -289,8 +333,19 @@ def test_hole_larger_than_trained_warns_naming_the_convention(small_onnx, tmp_pa
     data = json.loads(report.read_text())
     assert data["totals"]["warned"] == 1 and data["totals"]["ok"] == 3
     assert [f["warning"] is not None for f in data["files"]] == [False, True, False]  # edge, inverse, normal
-    r = pconv("infer", "--images", images, "--masks", masks, "--output", tmp_path / "out2", "--model", small_onnx,
-              "--mask-convention", "hole-black")  # fmt: skip
+    r = pconv(
+        "infer",
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--output",
+        tmp_path / "out2",
+        "--model",
+        small_onnx,
+        "--mask-convention",
+        "hole-black",
+    )
     lines = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("warning:")]
     assert r.returncode == 0 and len(lines) == 1 and "normal.png" in lines[0]  # edge: 40 % black
     assert "--mask-convention hole-white" in lines[0]

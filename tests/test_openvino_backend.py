@@ -60,9 +60,15 @@ def small_int8(small_onnx, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("int8") / "small-int8.onnx"
     quantize_static(
-        str(small_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, nodes_to_quantize=feature_convs,
-    )  # fmt: skip
+        str(small_onnx),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        nodes_to_quantize=feature_convs,
+    )
     return out
 
 
@@ -240,8 +246,19 @@ def test_pconv_infer_options(small_onnx, tmp_path):
     Image.fromarray(hole).save(masks / "a.png")
 
     def infer(*extra: str) -> subprocess.CompletedProcess:
-        args = ["infer", "--images", images, "--masks", masks, "--output", tmp_path / "out", "--model", small_onnx,
-                "--overwrite", *extra]  # fmt: skip
+        args = [
+            "infer",
+            "--images",
+            images,
+            "--masks",
+            masks,
+            "--output",
+            tmp_path / "out",
+            "--model",
+            small_onnx,
+            "--overwrite",
+            *extra,
+        ]
         return subprocess.run(
             [sys.executable, "-m", "pconv_deploy.cli", *map(str, args)], capture_output=True, text=True
         )

@@ -29,8 +29,21 @@ def make_folder(root, count, size, mask_hole):
 
 
 def infer_cmd(images, mask, out, model, *extra):
-    return [sys.executable, "-m", "pconv_deploy.cli", "infer", "--images", str(images), "--masks", str(mask),
-            "--output", str(out), "--model", str(model), *map(str, extra)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "pconv_deploy.cli",
+        "infer",
+        "--images",
+        str(images),
+        "--masks",
+        str(mask),
+        "--output",
+        str(out),
+        "--model",
+        str(model),
+        *map(str, extra),
+    ]
 
 
 def wait_for_outputs(proc, out, count, timeout=120):

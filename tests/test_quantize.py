@@ -54,8 +54,17 @@ def heldout(tmp_path_factory):
 def cli_int8(small_checkpoint, photos, tmp_path_factory):
     """`pconv export --precision int8` of the small model: the file and the command's result."""
     out = tmp_path_factory.mktemp("int8") / "small-int8.onnx"
-    r = pconv("export", "--checkpoint", str(small_checkpoint), "--precision", "int8", "--calibration", str(photos),
-              "--output", str(out))  # fmt: skip
+    r = pconv(
+        "export",
+        "--checkpoint",
+        str(small_checkpoint),
+        "--precision",
+        "int8",
+        "--calibration",
+        str(photos),
+        "--output",
+        str(out),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return out, r
 
@@ -148,9 +157,15 @@ def test_quantizing_a_mask_conv_on_purpose_is_caught(small_onnx, photos, tmp_pat
     roles = graph_roles(model)
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
     mask_conv = next(n.name for n in model.graph.node if n.op_type == "Conv" and shapes[n.input[1]][0] == 1)
-    quantize_static(str(small_onnx), tmp_path / "bad.onnx", FeedReader(CalibrationSet(find_photos(photos), 64)),
-                    quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], per_channel=True,
-                    nodes_to_quantize=[*roles.feature_convs[1:], mask_conv])  # fmt: skip
+    quantize_static(
+        str(small_onnx),
+        tmp_path / "bad.onnx",
+        FeedReader(CalibrationSet(find_photos(photos), 64)),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        per_channel=True,
+        nodes_to_quantize=[*roles.feature_convs[1:], mask_conv],
+    )
     bad = onnx.load(str(tmp_path / "bad.onnx"))
     assert mask_path_violations(bad)
     with pytest.raises(ExportError, match="mask path|mask-path"):
@@ -174,10 +189,18 @@ def test_streamed_calibration_matches_onnxruntimes(small_onnx, photos, tmp_path,
     roles = graph_roles(model)
     keep = quantize.kept_convs(roles, recipe)
     exclude = [n.name for n in model.graph.node if n.name not in set(roles.feature_convs) - keep]
-    quantize_static(str(small_onnx), tmp_path / "ref.onnx", FeedReader(cal), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=["Conv"], per_channel=True, activation_type=QuantType.QUInt8,
-                    nodes_to_exclude=exclude, calibrate_method=methods[method],
-                    extra_options={"CalibPercentile": 99.99})  # fmt: skip
+    quantize_static(
+        str(small_onnx),
+        tmp_path / "ref.onnx",
+        FeedReader(cal),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        nodes_to_exclude=exclude,
+        calibrate_method=methods[method],
+        extra_options={"CalibPercentile": 99.99},
+    )
 
     def scales(m: onnx.ModelProto) -> dict[str, float]:
         inits = {t.name: t for t in m.graph.initializer}
@@ -212,8 +235,16 @@ def test_int8_runs_exactly_where_it_must(cli_int8):
 
 def test_cli_check_and_infer_on_int8(cli_int8, small_checkpoint, heldout, photos, tmp_path):
     path, _ = cli_int8
-    r = pconv("check", str(path), "--checkpoint", str(small_checkpoint), "--photos", str(heldout),
-              "--save-dir", str(tmp_path / "check"))  # fmt: skip
+    r = pconv(
+        "check",
+        str(path),
+        "--checkpoint",
+        str(small_checkpoint),
+        "--photos",
+        str(heldout),
+        "--save-dir",
+        str(tmp_path / "check"),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "int8 quality on 3 photos" in r.stdout and "PASSED" in r.stdout
     assert '"max_hole_l1_increase": 0.1' in (tmp_path / "check" / "quality.json").read_text()

@@ -129,10 +129,16 @@ def write_valid_sidecar(engine, onnx_path) -> None:
 
     meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
     data = make_sidecar(
-        onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), engine_path=engine, metadata=meta,
-        profiles=default_profiles(int(meta["pconv.multiple"])), tensorrt_version="10.9.0.34", gpu_name="NVIDIA L4",
-        compute_capability="8.9", version_compatible=False,
-    )  # fmt: skip
+        onnx_path=onnx_path,
+        onnx_sha256=file_sha256(onnx_path),
+        engine_path=engine,
+        metadata=meta,
+        profiles=default_profiles(int(meta["pconv.multiple"])),
+        tensorrt_version="10.9.0.34",
+        gpu_name="NVIDIA L4",
+        compute_capability="8.9",
+        version_compatible=False,
+    )
     write_sidecar(engine, data)
 
 

@@ -13,8 +13,10 @@ LIMITS = Limits(multiple=32, max_batch=4, max_pixels=64 * 64 * 2)
 
 
 def json_body(image: object, mask: object, **extra: object) -> bytes:
-    inputs = [{"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": image},
-              {"name": "mask", "datatype": "FP32", "shape": [1, 1, 32, 32], "data": mask}]  # fmt: skip
+    inputs = [
+        {"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": image},
+        {"name": "mask", "datatype": "FP32", "shape": [1, 1, 32, 32], "data": mask},
+    ]
     return json.dumps({"inputs": inputs, **extra}).encode()
 
 
@@ -27,8 +29,10 @@ def test_good_json_is_passed_on_as_checked():
 def test_good_binary_request_keeps_its_tensors_byte_for_byte():
     image = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
     mask = np.ones((1, 1, 32, 32), np.float32)
-    inputs = [{"name": n, "datatype": "FP32", "shape": list(a.shape), "parameters": {"binary_data_size": a.nbytes}}
-              for n, a in (("image", image), ("mask", mask))]  # fmt: skip
+    inputs = [
+        {"name": n, "datatype": "FP32", "shape": list(a.shape), "parameters": {"binary_data_size": a.nbytes}}
+        for n, a in (("image", image), ("mask", mask))
+    ]
     header = json.dumps({"inputs": inputs}, indent=2).encode()  # indented: the re-written header is shorter
     forwarded, length = check_http_infer(header + image.tobytes() + mask.tobytes(), len(header), LIMITS)
     assert json.loads(forwarded[:length]) == json.loads(header) and length < len(header)

@@ -65,9 +65,12 @@ def json_case(rng: np.random.Generator) -> tuple[bytes, dict]:
     inputs = []
     for name, channels in ((IMAGE, 3), (MASK, 1)):
         shape = random_shape(rng, channels)
-        tensor = {"name": name if rng.random() < 0.9 else str(rng.choice(["x", "", "IMAGE", "mask "])),
-                  "datatype": DATATYPES[0] if rng.random() < 0.8 else DATATYPES[int(rng.integers(len(DATATYPES)))],
-                  "shape": shape, "data": random_data(rng, shape)}  # fmt: skip
+        tensor = {
+            "name": name if rng.random() < 0.9 else str(rng.choice(["x", "", "IMAGE", "mask "])),
+            "datatype": DATATYPES[0] if rng.random() < 0.8 else DATATYPES[int(rng.integers(len(DATATYPES)))],
+            "shape": shape,
+            "data": random_data(rng, shape),
+        }
         if rng.random() < 0.05:
             tensor["parameters"] = {"shared_memory_region": "x", "binary_data_size": int(rng.choice(DIMS))}
         inputs.append(tensor)
@@ -203,6 +206,8 @@ def test_fuzzed_requests_leave_the_server_serving_with_bounded_memory(serve_env,
         assert len(answers) >= 1000
         assert_still_serving(server, local)
         peak = max(peak, rss_of_tree(server.proc.pid))
-        print(f"fuzz: {len(answers)} requests in {seconds:.1f} s, {accepted} valid; RSS {baseline / 2**20:.0f} MiB "
-              f"-> peak {peak / 2**20:.0f} MiB (bound +{GROWTH_BOUND / 2**20:.0f} MiB)")  # fmt: skip
+        print(
+            f"fuzz: {len(answers)} requests in {seconds:.1f} s, {accepted} valid; RSS {baseline / 2**20:.0f} MiB "
+            f"-> peak {peak / 2**20:.0f} MiB (bound +{GROWTH_BOUND / 2**20:.0f} MiB)"
+        )
         assert peak - baseline <= GROWTH_BOUND, (baseline, peak)

@@ -40,8 +40,9 @@ def place_package(parent: Path) -> Path:
 
 def lookup(parent: Path, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k != launcher.PYTHON_VARIABLE} | env
-    return subprocess.run([sys.executable, "-c", LOOKUP, str(parent)], capture_output=True, text=True, env=environ,
-                          timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", LOOKUP, str(parent)], capture_output=True, text=True, env=environ, timeout=60
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,12 @@ def test_this_checkout_is_found():
 
 def test_pconv_serve_with_a_wrong_variable_is_one_line(tmp_path, small_onnx):
     env = {**os.environ, launcher.PYTHON_VARIABLE: str(tmp_path / "nope" / "python")}
-    r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(small_onnx)],
-                       capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(small_onnx)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert r.returncode == 1
     assert r.stderr.strip() == f"error: ${launcher.PYTHON_VARIABLE}={tmp_path}/nope/python: no such interpreter"

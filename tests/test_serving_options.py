@@ -66,9 +66,19 @@ def test_options_are_frozen_and_keyword_only():
 
 def test_serve_options_cross_as_json_unchanged(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    options = ServeOptions(model=Path("m.engine"), name="inpaint", host="::1", http_port=9000, grpc_port=9001,
-                           metrics_port=9002, max_batch_size=3, queue_delay_us=0, instances=2, max_pixels=4096,
-                           start_seconds=12.5)  # fmt: skip
+    options = ServeOptions(
+        model=Path("m.engine"),
+        name="inpaint",
+        host="::1",
+        http_port=9000,
+        grpc_port=9001,
+        metrics_port=9002,
+        max_batch_size=3,
+        queue_delay_us=0,
+        instances=2,
+        max_pixels=4096,
+        start_seconds=12.5,
+    )
     back = ServeOptions.from_json(options.to_json())
     assert back == dataclasses.replace(options, model=tmp_path / "m.engine")  # absolute: the server may run elsewhere
     assert set(json.loads(options.to_json())) == {f.name for f in dataclasses.fields(ServeOptions)}
@@ -106,8 +116,13 @@ def test_pconv_serve_refuses_bad_options_before_looking_for_a_server(tmp_path):
     model = tmp_path / "model.onnx"  # never read: the options are refused first
     env = {"PCONV_SERVE_PYTHON": str(tmp_path / "no-python")}
     args = ["serve", "--model", str(model), "--http-port", "9000", "--metrics-port", "9000"]
-    r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", *args], capture_output=True, text=True,
-                       timeout=60, env={**os.environ, **env})  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "pconv_deploy.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
     assert r.returncode == 1
     assert r.stderr.strip() == "error: --http-port, --grpc-port and --metrics-port must differ, got [8001, 9000, 9000]"
 

@@ -53,10 +53,16 @@ def test_engine_repository_respects_profiles(tmp_path):
     engine.write_bytes(b"engine bytes (never deserialised here)")
     profiles = [ShapeRange((1, 32, 32), (2, 64, 64), (4, 128, 128)), ShapeRange((1, 64, 64), (4, 64, 64), (8, 64, 64))]
     sidecar = make_sidecar(
-        onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), engine_path=engine, metadata=contract_metadata(),
-        profiles=profiles, tensorrt_version="10.9.0.34", gpu_name="NVIDIA L4", compute_capability="8.9",
+        onnx_path=onnx_path,
+        onnx_sha256=file_sha256(onnx_path),
+        engine_path=engine,
+        metadata=contract_metadata(),
+        profiles=profiles,
+        tensorrt_version="10.9.0.34",
+        gpu_name="NVIDIA L4",
+        compute_capability="8.9",
         version_compatible=False,
-    )  # fmt: skip
+    )
     write_sidecar(engine, sidecar)
     with pytest.raises(PConvError, match="accept batches up to 4"):
         write(engine, tmp_path / "repo", max_batch_size=8)
@@ -176,8 +182,17 @@ def test_infer_server_without_the_client_extra_is_one_line(tmp_path):
         "import sys; sys.modules['tritonclient.http'] = None; sys.argv = ['pconv', *sys.argv[1:]]\n"
         "from pconv_deploy.cli import main; main()"
     )
-    args = ["infer", "--images", str(tmp_path / "img"), "--masks", str(tmp_path / "masks"), "--output",
-            str(tmp_path / "out"), "--server", "http://127.0.0.1:1"]  # fmt: skip
+    args = [
+        "infer",
+        "--images",
+        str(tmp_path / "img"),
+        "--masks",
+        str(tmp_path / "masks"),
+        "--output",
+        str(tmp_path / "out"),
+        "--server",
+        "http://127.0.0.1:1",
+    ]
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("error: --server needs the client extra") and len(r.stderr.splitlines()) == 1
@@ -217,11 +232,16 @@ def test_engine_sidecar_metadata_is_escaped_too(tmp_path):
     engine.write_bytes(b"engine bytes")
     hostile = HOSTILE_VALUES[0]
     sidecar = make_sidecar(
-        onnx_path=onnx_path, onnx_sha256=file_sha256(onnx_path), engine_path=engine,
+        onnx_path=onnx_path,
+        onnx_sha256=file_sha256(onnx_path),
+        engine_path=engine,
         metadata=contract_metadata(**{"pconv.producer": hostile}),
         profiles=[ShapeRange((1, 32, 32), (2, 64, 64), (4, 128, 128))],
-        tensorrt_version="10.9.0.34", gpu_name="NVIDIA L4", compute_capability="8.9", version_compatible=False,
-    )  # fmt: skip
+        tensorrt_version="10.9.0.34",
+        gpu_name="NVIDIA L4",
+        compute_capability="8.9",
+        version_compatible=False,
+    )
     write_sidecar(engine, sidecar)
     config = parse(write(engine, tmp_path / "repo", max_batch_size=4))
     assert config.parameters["pconv.producer"].string_value == hostile and config.backend == ""

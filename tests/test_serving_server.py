@@ -44,8 +44,19 @@ def make_folder(root: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
 
 
 def infer_command(images: Path, masks: Path, output: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "pconv_deploy.cli", "infer", "--images", str(images), "--masks", str(masks),
-            "--output", str(output), *args]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "pconv_deploy.cli",
+        "infer",
+        "--images",
+        str(images),
+        "--masks",
+        str(masks),
+        "--output",
+        str(output),
+        *args,
+    ]
 
 
 def run_infer(*command_args: str | Path) -> subprocess.CompletedProcess:
@@ -132,9 +143,11 @@ def test_served_config_matches_the_contract_and_triton_repo(one_server, small_on
     def tensors(config: dict) -> list:
         return [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in config["input"] + config["output"]]
 
-    assert tensors(served) == tensors(repo) == [
-        (IMAGE, "TYPE_FP32", [3, -1, -1]), (MASK, "TYPE_FP32", [1, -1, -1]), (OUTPUT, "TYPE_FP32", [3, -1, -1])
-    ]  # fmt: skip
+    assert (
+        tensors(served)
+        == tensors(repo)
+        == [(IMAGE, "TYPE_FP32", [3, -1, -1]), (MASK, "TYPE_FP32", [1, -1, -1]), (OUTPUT, "TYPE_FP32", [3, -1, -1])]
+    )
     assert served["max_batch_size"] == repo["max_batch_size"] == 4
     assert served["dynamic_batching"]["preferred_batch_size"] == [2, 4]
     metadata = {p.key: p.value for p in onnx.load(str(small_onnx), load_external_data=False).metadata_props}
@@ -202,8 +215,17 @@ def wait_for_outputs(folder: Path, count: int, proc: subprocess.Popen) -> int:
 def test_every_server_down_at_start(serve_env, work, tmp_path):
     _, images, masks = work
     http_port, grpc_port = free_ports(2)
-    r = run_infer(images, masks, tmp_path / "out", "--server", f"http://127.0.0.1:{http_port}",
-                  "--server", f"grpc://127.0.0.1:{grpc_port}", "--server-wait", "0")  # fmt: skip
+    r = run_infer(
+        images,
+        masks,
+        tmp_path / "out",
+        "--server",
+        f"http://127.0.0.1:{http_port}",
+        "--server",
+        f"grpc://127.0.0.1:{grpc_port}",
+        "--server-wait",
+        "0",
+    )
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: Triton servers unavailable"), r.stderr
@@ -250,19 +272,31 @@ def test_serve_refuses_bad_names_and_limits_in_one_line(serve_env, small_onnx):
         ),
         (["--max-pixels", "1000"], "error: --max-pixels 1000: below the smallest request (32x32, pconv.multiple)"),
     ]:
-        r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(small_onnx), *args],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(small_onnx), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 1 and r.stderr.strip() == expected, r.stderr
 
 
 def test_serve_without_model_file_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(tmp_path / "none.onnx")],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(tmp_path / "none.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and r.stderr.strip() == f"error: --model {tmp_path / 'none.onnx'}: no such model file"
     checkpoint = tmp_path / "model.safetensors"
     checkpoint.write_bytes(b"x")
-    r = subprocess.run([sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(checkpoint)],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and r.stderr.startswith(f"error: --model {checkpoint}: pconv serve serves an exported")
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -288,8 +322,20 @@ def test_servers_down_at_start_are_skipped_and_other_models_refused(one_server, 
 
 def test_serve_on_a_port_in_use_is_one_line(one_server, small_onnx):
     grpc, metrics = free_ports(2)
-    command = [sys.executable, "-m", "pconv_deploy.cli", "serve", "--model", str(small_onnx), "--http-port",
-               str(one_server.http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pconv_deploy.cli",
+        "serve",
+        "--model",
+        str(small_onnx),
+        "--http-port",
+        str(one_server.http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+    ]
     r = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stderr
     port = one_server.http
@@ -316,8 +362,10 @@ def test_ready_only_when_the_model_answers(serve_env, small_onnx, tmp_path):
     image = np.zeros((1, 3, 32, 32), np.float32)
     mask = np.ones((1, 1, 32, 32), np.float32)
     tensors = ((IMAGE, image), (MASK, mask))
-    inputs = [{"name": n, "datatype": "FP32", "shape": list(a.shape), "parameters": {"binary_data_size": a.nbytes}}
-              for n, a in tensors]  # fmt: skip
+    inputs = [
+        {"name": n, "datatype": "FP32", "shape": list(a.shape), "parameters": {"binary_data_size": a.nbytes}}
+        for n, a in tensors
+    ]
     header = json.dumps({"inputs": inputs})
     body = header.encode() + image.tobytes() + mask.tobytes()
     infer_headers = {"Inference-Header-Content-Length": str(len(header.encode()))}
@@ -352,8 +400,11 @@ def test_infer_started_before_the_server_waits_for_it(serve_env, small_onnx, wor
     ports = free_ports(3)
     url = f"http://127.0.0.1:{ports[0]}"
     with open(tmp_path / "infer.log", "wb") as log:
-        proc = subprocess.Popen(infer_command(images, masks, tmp_path / "out", "--server", url, "--server-wait",
-                                              str(START_SECONDS)), stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            infer_command(images, masks, tmp_path / "out", "--server", url, "--server-wait", str(START_SECONDS)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     server = None
     try:
         time.sleep(2)  # infer is waiting by now: nothing listens yet
@@ -404,8 +455,10 @@ def test_a_dead_model_stub_ends_the_server_with_one_line(serve_env, small_onnx, 
                     continue
             break
         image, mask = np.zeros((1, 3, 32, 32), np.float32), np.ones((1, 1, 32, 32), np.float32)
-        inputs = [{"name": n, "datatype": "FP32", "shape": list(a.shape), "data": a.ravel().tolist()}
-                  for n, a in ((IMAGE, image), (MASK, mask))]  # fmt: skip
+        inputs = [
+            {"name": n, "datatype": "FP32", "shape": list(a.shape), "data": a.ravel().tolist()}
+            for n, a in ((IMAGE, image), (MASK, mask))
+        ]
         connection = http.client.HTTPConnection("127.0.0.1", server.http, timeout=60)
         connection.request("POST", "/v2/models/pconv/infer", body=json.dumps({"inputs": inputs}))
         response = connection.getresponse()

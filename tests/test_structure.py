@@ -165,8 +165,14 @@ def test_runtime_modules_do_not_import_torch_or_cv2_at_top_level(module):
 # Layers, lowest first: a module imports only from its own layer or lower ones (data flows
 # checkpoint -> model -> ONNX -> engine -> runtime -> pipeline -> CLI, never back up).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("pconv_deploy", "pconv_deploy.errors", "pconv_deploy.files", "pconv_deploy.progress", "pconv_deploy.contract",
-     "pconv_deploy.masks"),
+    (
+        "pconv_deploy",
+        "pconv_deploy.errors",
+        "pconv_deploy.files",
+        "pconv_deploy.progress",
+        "pconv_deploy.contract",
+        "pconv_deploy.masks",
+    ),
     ("pconv_deploy.model",),
     ("pconv_deploy.export",),
     ("pconv_deploy.engines",),
@@ -174,7 +180,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pconv_deploy.serving", "pconv_deploy.serve", "pconv_deploy.triton", "pconv_deploy.train"),
     ("pconv_deploy.bench", "pconv_deploy.app", "pconv_deploy.doctor"),
     ("pconv_deploy.paths", "pconv_deploy.cli"),
-)  # fmt: skip
+)
 MAX_MODULE_LINES = 400
 # Modules allowed past MAX_MODULE_LINES, each with the reason it reads better whole.
 LONG_MODULES: dict[str, str] = {}
@@ -203,8 +209,11 @@ def test_the_upward_check_can_fail():
 
 
 def long_modules(limit: int) -> list[str]:
-    return [f"{n}: {len(p.read_text().splitlines())} lines" for n, p in modules().items()
-            if len(p.read_text().splitlines()) > limit and n not in LONG_MODULES]  # fmt: skip
+    return [
+        f"{n}: {len(p.read_text().splitlines())} lines"
+        for n, p in modules().items()
+        if len(p.read_text().splitlines()) > limit and n not in LONG_MODULES
+    ]
 
 
 def test_no_module_longer_than_400_lines():
@@ -213,8 +222,16 @@ def test_no_module_longer_than_400_lines():
 
 
 # The vocabulary: each word list is spelled once, in contract.py; everything else imports it.
-VOCABULARY = ("BACKENDS", "STRATEGIES", "MASK_CONVENTIONS", "OUTPUT_FORMATS", "PRECISIONS", "INFERENCE_PRECISIONS",
-              "IMPORT_FORMATS", "IMAGE_SUFFIXES")  # fmt: skip
+VOCABULARY = (
+    "BACKENDS",
+    "STRATEGIES",
+    "MASK_CONVENTIONS",
+    "OUTPUT_FORMATS",
+    "PRECISIONS",
+    "INFERENCE_PRECISIONS",
+    "IMPORT_FORMATS",
+    "IMAGE_SUFFIXES",
+)
 
 
 def vocabulary() -> dict[str, tuple[str, ...]]:
@@ -277,9 +294,13 @@ def cli_choices() -> dict[tuple[str, str], tuple[str, ...]]:
 
 
 CLI_VOCABULARY = {  # option -> the vocabulary list its choices must be, on every command that has it
-    "--backend": "BACKENDS", "--strategy": "STRATEGIES", "--mask-convention": "MASK_CONVENTIONS",
-    "--output-format": "OUTPUT_FORMATS", "--precision": "PRECISIONS", "--inference-precision": "INFERENCE_PRECISIONS",
-}  # fmt: skip
+    "--backend": "BACKENDS",
+    "--strategy": "STRATEGIES",
+    "--mask-convention": "MASK_CONVENTIONS",
+    "--output-format": "OUTPUT_FORMATS",
+    "--precision": "PRECISIONS",
+    "--inference-precision": "INFERENCE_PRECISIONS",
+}
 
 
 def test_cli_choices_are_the_vocabulary():

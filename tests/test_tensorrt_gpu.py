@@ -32,8 +32,13 @@ def feeds(seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Photo-like images and binary masks (1 = known): blocks, all-hole, no-hole, sparse single pixels."""
     rng = np.random.default_rng(seed)
     out = []
-    for n, h, w, kind in [(1, 64, 64, "blocks"), (2, 128, 96, "blocks"), (1, 64, 64, "all-hole"), (2, 128, 128, "none"),
-                          (4, 256, 256, "sparse")]:  # fmt: skip
+    for n, h, w, kind in [
+        (1, 64, 64, "blocks"),
+        (2, 128, 96, "blocks"),
+        (1, 64, 64, "all-hole"),
+        (2, 128, 128, "none"),
+        (4, 256, 256, "sparse"),
+    ]:
         y, x = np.mgrid[0:h, 0:w] / max(h, w)
         image = np.stack([np.sin(6 * x + c) * 0.4 + 0.5 + 0.1 * y for c in range(3)])[None].repeat(n, 0)
         image = np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1).astype(np.float32)
@@ -93,8 +98,14 @@ class Shifted(BaseRunner):
 
 # Shifts inside and outside each bar: FP32 |a-b| <= 1e-3 + 1e-3 |b| (|b| <= 1); FP16 Polygraphy PSNR
 # 20 log10(peak of the output) - 10 log10(shift^2) against 40 dB: 0.001 passes, 0.02 (<= 34 dB) fails.
-HARNESS_CASES = [("fp32", 0.0, True), ("fp32", 2e-4, True), ("fp32", 3e-3, False),
-                 ("fp16", 0.0, True), ("fp16", 0.001, True), ("fp16", 0.02, False)]  # fmt: skip
+HARNESS_CASES = [
+    ("fp32", 0.0, True),
+    ("fp32", 2e-4, True),
+    ("fp32", 3e-3, False),
+    ("fp16", 0.0, True),
+    ("fp16", 0.001, True),
+    ("fp16", 0.02, False),
+]
 
 
 @pytest.mark.parametrize(("precision", "shift", "passes"), HARNESS_CASES)
@@ -164,8 +175,9 @@ def test_polygraphy_trt_runner_matches_onnxruntime(engine, onnx_models):
     precision, path = engine
     runner = TrtRunner(EngineFromBytes(path.read_bytes()), name=f"trt-{precision}")
     assert compare(runner, onnx_models["fp32"], precision)
-    wrong = Shifted(TrtRunner(EngineFromBytes(path.read_bytes()), name=f"trt-{precision}"), 3e-3 if precision == "fp32"
-                    else 0.02)  # fmt: skip
+    wrong = Shifted(
+        TrtRunner(EngineFromBytes(path.read_bytes()), name=f"trt-{precision}"), 3e-3 if precision == "fp32" else 0.02
+    )
     assert not compare(wrong, onnx_models["fp32"], precision)  # the same comparison catches a biased engine
 
 

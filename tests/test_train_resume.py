@@ -476,9 +476,23 @@ def damage(run: Path, how: str) -> None:
 
 @pytest.mark.parametrize(
     "how",
-    ["bytes", "truncated", "list", "step-text", "step-negative", "settings", "lr", "no-optimizer", "config",
-     "weights-shape", "weights-nan", "adam-shape", "adam-text", "adam-step-0"],
-)  # fmt: skip
+    [
+        "bytes",
+        "truncated",
+        "list",
+        "step-text",
+        "step-negative",
+        "settings",
+        "lr",
+        "no-optimizer",
+        "config",
+        "weights-shape",
+        "weights-nan",
+        "adam-shape",
+        "adam-text",
+        "adam-step-0",
+    ],
+)
 def test_a_hand_edited_state_is_one_line_naming_it_and_nothing_is_written(photo, tmp_path, how):
     run = tmp_path / "run"
     train(config(photo, run, steps=2), log=lambda s: None)

@@ -165,9 +165,13 @@ def build_engine(settings: BenchSettings, onnx_fp16: Path, work: Path, say: Call
 
     lo, hi, big = min(settings.sizes), max(settings.sizes), max(settings.batch_sizes)
     plan = plan_build(
-        onnx_fp16, work / "ours_fp16.engine", fp16=True,
-        min_shapes=[f"1x{lo}x{lo}"], opt_shapes=[f"{big}x{hi}x{hi}"], max_shapes=[f"{big}x{hi}x{hi}"],
-    )  # fmt: skip
+        onnx_fp16,
+        work / "ours_fp16.engine",
+        fp16=True,
+        min_shapes=[f"1x{lo}x{lo}"],
+        opt_shapes=[f"{big}x{hi}x{hi}"],
+        max_shapes=[f"{big}x{hi}x{hi}"],
+    )
     t0 = time.perf_counter()
     build(plan)
     say(f"built a TensorRT FP16 engine in {time.perf_counter() - t0:.0f} s")

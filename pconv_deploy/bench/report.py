@@ -16,8 +16,18 @@ def render(report: BenchReport) -> Any:
     from rich.table import Table
 
     main = Table(title="pconv bench: images/s per configuration (median of repeats)")
-    columns = ("configuration", "size", "batch", "latency ms", "images/s", "x ORT fp32", "efficiency",
-               "hole L1 vs fp32", "peak / base MiB", "note")  # fmt: skip
+    columns = (
+        "configuration",
+        "size",
+        "batch",
+        "latency ms",
+        "images/s",
+        "x ORT fp32",
+        "efficiency",
+        "hole L1 vs fp32",
+        "peak / base MiB",
+        "note",
+    )
     for col in columns:
         main.add_column(col, justify="left" if col in ("configuration", "note") else "right")
     skipped = [r for r in report.rows if not r.size]
@@ -26,10 +36,17 @@ def render(report: BenchReport) -> Any:
             continue
         quality = report.quality.get(r.backend, {}).get("difference")
         main.add_row(
-            r.backend, str(r.size or ""), str(r.batch or ""), _fmt(r.latency_ms, 1), _fmt(r.images_per_s, 2),
-            _fmt(report.speedup(r), 2), _fmt(report.efficiency(r), 3), "" if quality is None else f"{quality:+.3f}",
-            _fmt(r.peak_mib, 0) + (f" / {r.base_mib:.0f}" if r.base_mib else ""), r.note,
-        )  # fmt: skip
+            r.backend,
+            str(r.size or ""),
+            str(r.batch or ""),
+            _fmt(r.latency_ms, 1),
+            _fmt(r.images_per_s, 2),
+            _fmt(report.speedup(r), 2),
+            _fmt(report.efficiency(r), 3),
+            "" if quality is None else f"{quality:+.3f}",
+            _fmt(r.peak_mib, 0) + (f" / {r.base_mib:.0f}" if r.base_mib else ""),
+            r.note,
+        )
     parts: list[Any] = [main, *(escape(f"{r.backend}: {r.note}") for r in skipped)]
     if report.quality:
         any_row = next(iter(v for v in report.quality.values() if "images" in v), None)
@@ -70,26 +87,30 @@ def _compare_table(report: BenchReport) -> Any:
     table.add_row("naive C_out x C_in mask conv / ours", f"{c['naive_over_ours']:.2f}x", f"{ms['naive']}/{ms['ours']}")
     gemm = {k: f"{v:.1f}" for k, v in c["gemm_gflops"].items()}
     table.add_row(
-        "efficiency: ours conv GFLOP/s / best GEMM", f"{c['efficiency']:.3f}",
+        "efficiency: ours conv GFLOP/s / best GEMM",
+        f"{c['efficiency']:.3f}",
         f"{c['ours_gflops']:.1f} / {gemm[c['gemm_best']]} GFLOP/s ({c['gemm_best']}; torch {gemm['gemm_torch']}, "
         f"numpy {gemm['gemm_numpy']})",
-    )  # fmt: skip
+    )
     if "openvino_over_ours" in c:
         table.add_row(
-            "OpenVINO on our FP32 file / ONNX Runtime", f"{c['openvino_over_ours']:.3f}x",
+            "OpenVINO on our FP32 file / ONNX Runtime",
+            f"{c['openvino_over_ours']:.3f}x",
             f"time ratio; OpenVINO's efficiency {c['openvino_efficiency']:.3f}",
-        )  # fmt: skip
+        )
     for label, key in (("from the medians", "from_medians"), ("from each one's fastest round", "from_fastest")):
         f = c[key]
         table.add_row(
-            f"  same, {label}", f"{f['mask_path_cost']:.3f}x / {f['naive_over_ours']:.2f}x / {f['efficiency']:.3f}",
+            f"  same, {label}",
+            f"{f['mask_path_cost']:.3f}x / {f['naive_over_ours']:.2f}x / {f['efficiency']:.3f}",
             "mask-path cost / naive / efficiency",
-        )  # fmt: skip
+        )
     if p:
         table.add_row(
-            "pipeline: run_folder / model alone", f"{p['pipeline_over_model']:.3f}x",
+            "pipeline: run_folder / model alone",
+            f"{p['pipeline_over_model']:.3f}x",
             f"{p['pipeline_images_per_s']} / {p['model_images_per_s']} images/s, {p['images']} photos 512x512",
-        )  # fmt: skip
+        )
     return table
 
 

@@ -139,12 +139,20 @@ class BenchReport:
         """Each target next to its measured value (None when not measured)."""
         cost, eff = self.compare.get("mask_path_cost"), self.compare.get("efficiency")
         return [
-            target("mask-path cost (ours / plain U-Net)", f"<= {TARGET_MASK_COST}x", cost,
-                   cost is not None and cost <= TARGET_MASK_COST),
-            target("efficiency (conv GFLOP/s / best GEMM)", f">= {TARGET_EFFICIENCY}", eff,
-                   eff is not None and eff >= TARGET_EFFICIENCY),
+            target(
+                "mask-path cost (ours / plain U-Net)",
+                f"<= {TARGET_MASK_COST}x",
+                cost,
+                cost is not None and cost <= TARGET_MASK_COST,
+            ),
+            target(
+                "efficiency (conv GFLOP/s / best GEMM)",
+                f">= {TARGET_EFFICIENCY}",
+                eff,
+                eff is not None and eff >= TARGET_EFFICIENCY,
+            ),
             target("whole run", f"< {TARGET_SECONDS:.0f} s", round(self.seconds, 1), self.seconds < TARGET_SECONDS),
-        ]  # fmt: skip
+        ]
 
     def speedup(self, row: Row) -> float | None:
         """``row``'s images/s over ONNX Runtime FP32's at the same size and batch."""

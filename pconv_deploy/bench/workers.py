@@ -212,10 +212,14 @@ def measure_pipeline(spec: WorkerSpec) -> dict[str, Any]:
     model_rate = steps * batch / statistics.median(times["model"])
     pipe_rate = count / statistics.median(times["pipeline"])
     return {
-        "images": count, "batch": batch, "strategy": "full",
-        "model_images_per_s": round(model_rate, 3), "pipeline_images_per_s": round(pipe_rate, 3),
-        "pipeline_over_model": round(pipe_rate / model_rate, 4), "peak_mib": round(max_rss_mib(), 1),
-    }  # fmt: skip
+        "images": count,
+        "batch": batch,
+        "strategy": "full",
+        "model_images_per_s": round(model_rate, 3),
+        "pipeline_images_per_s": round(pipe_rate, 3),
+        "pipeline_over_model": round(pipe_rate / model_rate, 4),
+        "peak_mib": round(max_rss_mib(), 1),
+    }
 
 
 def measure_quality(spec: WorkerSpec) -> dict[str, Any]:
@@ -238,5 +242,10 @@ def measure_quality(spec: WorkerSpec) -> dict[str, Any]:
             out = np.clip(backend.run(x, known[None, None]), 0, 1)[0].transpose(1, 2, 0)
             errors[name].append(float(np.abs((out * 255).round()[hole] - image[hole]).mean()))
     ours, fp32 = float(np.mean(errors[spec.backend])), float(np.mean(errors[BASELINE]))
-    return {"hole_l1": round(ours, 4), "hole_l1_fp32": round(fp32, 4), "difference": round(ours - fp32, 4),
-            "samples": len(errors[BASELINE]), "images": described}  # fmt: skip
+    return {
+        "hole_l1": round(ours, 4),
+        "hole_l1_fp32": round(fp32, 4),
+        "difference": round(ours - fp32, 4),
+        "samples": len(errors[BASELINE]),
+        "images": described,
+    }

@@ -24,10 +24,20 @@ from pconv_deploy.errors import PConvError, first_line
 __all__ = ["app", "main"]
 
 OPTIONAL_MODULES = {  # module -> the extra that installs it
-    "torch": "torch", "onnx": "torch", "onnxscript": "torch", "safetensors": "torch", "polygraphy": "torch",
-    "cv2": "train", "skimage": "train", "tensorrt": "gpu", "tritonclient": "client",
-    "fastapi": "app", "starlette": "app", "uvicorn": "app", "python_multipart": "app",
-}  # fmt: skip
+    "torch": "torch",
+    "onnx": "torch",
+    "onnxscript": "torch",
+    "safetensors": "torch",
+    "polygraphy": "torch",
+    "cv2": "train",
+    "skimage": "train",
+    "tensorrt": "gpu",
+    "tritonclient": "client",
+    "fastapi": "app",
+    "starlette": "app",
+    "uvicorn": "app",
+    "python_multipart": "app",
+}
 
 
 def main() -> None:

@@ -54,9 +54,15 @@ def triton_repo(
 
     kind = KIND_CPU if cpu else KIND_GPU
     options = RepositoryOptions(
-        model=model, repo=repo, name=name, version=version, max_batch_size=max_batch_size, instances=instances,
-        kind=kind, overwrite=overwrite,
-    )  # fmt: skip
+        model=model,
+        repo=repo,
+        name=name,
+        version=version,
+        max_batch_size=max_batch_size,
+        instances=instances,
+        kind=kind,
+        overwrite=overwrite,
+    )
     target = write_triton_repo(options)
     typer.echo(f"wrote {target}/config.pbtxt and {target}/{options.version}/")
 
@@ -86,9 +92,16 @@ def serve(
     from pconv_deploy.serving.launcher import run_server
 
     options = ServeOptions(
-        model=model, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host=host,
-        max_batch_size=max_batch_size, name=name, instances=instances, max_pixels=max_pixels,
-    )  # fmt: skip
+        model=model,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        host=host,
+        max_batch_size=max_batch_size,
+        name=name,
+        instances=instances,
+        max_pixels=max_pixels,
+    )
     code = run_server(options)
     if code:
         raise typer.Exit(code)
@@ -132,9 +145,19 @@ def app_command(
     for path in models:
         check_input_file(path, "--model", missing=True)
     options = AppOptions(
-        models=models, servers=tuple(server or ()), server_model=server_model, host=host, port=port,
-        backend=backend.value, device=device, threads=threads, strategy=strategy.value, max_side=max_side,
-        margin=margin, memory_limit=parse_memory(memory_limit) if memory_limit else "auto", max_pixels=max_pixels,
+        models=models,
+        servers=tuple(server or ()),
+        server_model=server_model,
+        host=host,
+        port=port,
+        backend=backend.value,
+        device=device,
+        threads=threads,
+        strategy=strategy.value,
+        max_side=max_side,
+        margin=margin,
+        memory_limit=parse_memory(memory_limit) if memory_limit else "auto",
+        max_pixels=max_pixels,
         max_upload=parse_memory(max_upload),
-    )  # fmt: skip
+    )
     run_app(options, announce=typer.echo)

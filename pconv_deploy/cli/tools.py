@@ -71,11 +71,19 @@ def bench(
 
     try:
         settings = BenchSettings(
-            model=model, layers=layers, width=width, sizes=parse_ints(sizes, "--sizes"),
+            model=model,
+            layers=layers,
+            width=width,
+            sizes=parse_ints(sizes, "--sizes"),
             batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
-            backends=tuple(b.strip() for b in backends.split(",") if b.strip()), threads=threads, repeats=repeats,
-            compare_size=compare_size, pipeline_images=pipeline_images, quality=quality, work_dir=work_dir,
-        )  # fmt: skip
+            backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+            threads=threads,
+            repeats=repeats,
+            compare_size=compare_size,
+            pipeline_images=pipeline_images,
+            quality=quality,
+            work_dir=work_dir,
+        )
         report = run_bench(settings, say=lambda line: typer.echo(line, err=True))
     except (PConvError, ValueError) as e:
         exit_with_error(str(e))

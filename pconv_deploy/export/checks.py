@@ -37,11 +37,33 @@ from pconv_deploy.errors import PConvError, first_line
 # https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md
 TENSORRT_OPS = frozenset(
     {
-        "Add", "Cast", "Clip", "Concat", "Constant", "Conv", "Div", "Expand", "Gather", "Identity",
-        "LeakyRelu", "Max", "Min", "Mul", "Reciprocal", "Relu", "Reshape", "Resize", "Shape", "Slice",
-        "Split", "Sub", "Tanh", "Unsqueeze", "Squeeze",
+        "Add",
+        "Cast",
+        "Clip",
+        "Concat",
+        "Constant",
+        "Conv",
+        "Div",
+        "Expand",
+        "Gather",
+        "Identity",
+        "LeakyRelu",
+        "Max",
+        "Min",
+        "Mul",
+        "Reciprocal",
+        "Relu",
+        "Reshape",
+        "Resize",
+        "Shape",
+        "Slice",
+        "Split",
+        "Sub",
+        "Tanh",
+        "Unsqueeze",
+        "Squeeze",
     }
-)  # fmt: skip
+)
 
 # (name, channels) of the contract's inputs and output; all float32 [N, C, H, W].
 CONTRACT_INPUTS = tuple((name, CHANNELS[name]) for name in INPUT_NAMES)

@@ -81,16 +81,29 @@ SOURCE_FORMATS = {
     for fmt in (
         SourceFormat("xiefan-guo", "ec_images_{}".format, "dc_images_{}".format, ".conv", None, False, "unit", "tanh"),
         SourceFormat(
-            "naoto0804", "enc_{}".format, "dec_{}".format, ".conv.input_conv", ".conv.mask_conv.weight", True,
-            "imagenet", "none",
+            "naoto0804",
+            "enc_{}".format,
+            "dec_{}".format,
+            ".conv.input_conv",
+            ".conv.mask_conv.weight",
+            True,
+            "imagenet",
+            "none",
         ),
         SourceFormat(
-            "mmagic", "encoder.enc{}".format, "decoder.dec{}".format, ".conv", ".conv.weight_mask_updater", False,
-            "minus_one_one", "none", prefix="generator.",
+            "mmagic",
+            "encoder.enc{}".format,
+            "decoder.dec{}".format,
+            ".conv",
+            ".conv.weight_mask_updater",
+            False,
+            "minus_one_one",
+            "none",
+            prefix="generator.",
         ),
         SourceFormat("state-dict", lambda i: f"encoder.{i - 1}", None, ".pconv.conv", None, False, "imagenet", "none"),
     )
-}  # fmt: skip
+}
 FORMATS = tuple(SOURCE_FORMATS)  # auto-detection tries them in this order
 
 

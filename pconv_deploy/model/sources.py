@@ -34,11 +34,14 @@ MAX_TENSOR_ELEMENTS = 1 << 28  # the largest layer of the paper's network at wid
 INERT_GLOBALS = frozenset(
     {
         "mmengine.logging.history_buffer.HistoryBuffer",
-        "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
-        "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
-        "numpy.ndarray", "numpy.dtype",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+        "numpy.ndarray",
+        "numpy.dtype",
     }
-)  # fmt: skip
+)
 
 
 class ImportCheckpointError(PConvError, ValueError):

@@ -185,9 +185,11 @@ class HttpFront:
 
         self.gate = asyncio.Semaphore(self.inflight)
         self.session = ClientSession(
-            f"http://{self.upstream}", auto_decompress=False, connector=TCPConnector(limit=self.inflight + 8),
+            f"http://{self.upstream}",
+            auto_decompress=False,
+            connector=TCPConnector(limit=self.inflight + 8),
             timeout=ClientTimeout(total=REQUEST_SECONDS, sock_connect=10),
-        )  # fmt: skip
+        )
         app = web.Application(client_max_size=self.limits.max_body_bytes)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self.runner = web.AppRunner(app, access_log=None)

@@ -94,8 +94,9 @@ class ServeOptions:
         check_at_least(ports, *PORT_RANGE)
         if len(set(ports.values())) < len(ports):
             raise PConvError(f"--http-port, --grpc-port and --metrics-port must differ, got {sorted(ports.values())}")
-        check_at_least({"--max-batch-size": self.max_batch_size, "--instances": self.instances,
-                        "--max-pixels": self.max_pixels})  # fmt: skip
+        check_at_least(
+            {"--max-batch-size": self.max_batch_size, "--instances": self.instances, "--max-pixels": self.max_pixels}
+        )
         check_at_least({"queue_delay_us": self.queue_delay_us}, low=0)
         if not isinstance(self.start_seconds, int | float) or not self.start_seconds > 0:
             raise PConvError(f"start_seconds {self.start_seconds!r}: must be a positive number of seconds")

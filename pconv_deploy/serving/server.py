@@ -172,12 +172,21 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
             (HttpFront, options.http_port, http_port),
             (GrpcFront, options.grpc_port, grpc_port),
         ):
-            fronts.append(front(upstream=f"{LOOPBACK}:{upstream}", model=options.name, limits=limits,
-                                readiness=readiness, inflight=inflight))  # fmt: skip
+            fronts.append(
+                front(
+                    upstream=f"{LOOPBACK}:{upstream}",
+                    model=options.name,
+                    limits=limits,
+                    readiness=readiness,
+                    inflight=inflight,
+                )
+            )
             fronts[-1].start(options.host, port)
         where = f"http://{options.host}:{options.http_port} grpc://{options.host}:{options.grpc_port}"
-        announce(f"{READY_MARK}: model {options.name!r} ({options.model.name}, {backend.name}) at {where}, "
-            f"metrics http://{options.host}:{options.metrics_port}/metrics; Ctrl-C or SIGTERM stops it")  # fmt: skip
+        announce(
+            f"{READY_MARK}: model {options.name!r} ({options.model.name}, {backend.name}) at {where}, "
+            f"metrics http://{options.host}:{options.metrics_port}/metrics; Ctrl-C or SIGTERM stops it"
+        )
         while triton.is_alive() and not readiness.failed:  # KeyboardInterrupt (SIGINT, or SIGTERM) ends the wait
             time.sleep(0.5)
         if readiness.failed:
@@ -198,10 +207,16 @@ def triton_config(options: ServeOptions, http_port: int, grpc_port: int) -> obje
     from pytriton.triton import TritonConfig
 
     return TritonConfig(
-        http_address=LOOPBACK, http_port=http_port, grpc_address=LOOPBACK, grpc_port=grpc_port,
-        metrics_address=options.host, metrics_port=options.metrics_port,
-        allow_gpu_metrics=False, exit_timeout_secs=5, log_verbose=0,
-    )  # fmt: skip
+        http_address=LOOPBACK,
+        http_port=http_port,
+        grpc_address=LOOPBACK,
+        grpc_port=grpc_port,
+        metrics_address=options.host,
+        metrics_port=options.metrics_port,
+        allow_gpu_metrics=False,
+        exit_timeout_secs=5,
+        log_verbose=0,
+    )
 
 
 def bind_model(triton: object, options: ServeOptions, *, backend: object, metadata: dict[str, str]) -> None:

@@ -413,24 +413,32 @@ class SimulatedGpu:
         engine = mock.create_autospec(trt.ICudaEngine, instance=True, spec_set=True)
         engine.num_io_tensors = len(self.tensors)
         engine.num_optimization_profiles = len(self.profiles)
-        self._checked(engine, trt.ICudaEngine, {
-            "get_tensor_name": lambda index: self.tensors[index],
-            "get_tensor_mode": lambda name: trt.TensorIOMode.OUTPUT if name == OUTPUT else trt.TensorIOMode.INPUT,
-            "get_tensor_dtype": lambda name: trt.DataType.FLOAT,
-            "create_execution_context": self._context,
-        })  # fmt: skip
+        self._checked(
+            engine,
+            trt.ICudaEngine,
+            {
+                "get_tensor_name": lambda index: self.tensors[index],
+                "get_tensor_mode": lambda name: trt.TensorIOMode.OUTPUT if name == OUTPUT else trt.TensorIOMode.INPUT,
+                "get_tensor_dtype": lambda name: trt.DataType.FLOAT,
+                "create_execution_context": self._context,
+            },
+        )
         return engine
 
     def _context(self, *args, **kwargs):
         context = mock.create_autospec(trt.IExecutionContext, instance=True, spec_set=True)
         state = {"profile": 0, "shapes": {}, "addresses": {}}
-        self._checked(context, trt.IExecutionContext, {
-            "set_optimization_profile_async": lambda index, stream: self._set_profile(state, index, stream),
-            "set_input_shape": lambda name, shape: self._set_shape(state, name, shape),
-            "get_tensor_shape": lambda name: trt.Dims(self._shape_of(state, name)),
-            "set_tensor_address": lambda name, memory: self._set_address(state, name, memory),
-            "execute_async_v3": lambda stream: self._execute(state, stream),
-        })  # fmt: skip
+        self._checked(
+            context,
+            trt.IExecutionContext,
+            {
+                "set_optimization_profile_async": lambda index, stream: self._set_profile(state, index, stream),
+                "set_input_shape": lambda name, shape: self._set_shape(state, name, shape),
+                "get_tensor_shape": lambda name: trt.Dims(self._shape_of(state, name)),
+                "set_tensor_address": lambda name, memory: self._set_address(state, name, memory),
+                "execute_async_v3": lambda stream: self._execute(state, stream),
+            },
+        )
         self.contexts.append(context)
         return context
 

@@ -43,9 +43,12 @@ class Served:
         command += ["--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
         with open(log, "wb") as out:  # SIGINT ignored, as for a background job of a script: it must still stop
             self.proc = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-            )  # fmt: skip
+            )
 
     @property
     def http_url(self) -> str:
@@ -131,15 +134,18 @@ def serving(model: Path, folder: Path, count: int = 1, *extra: str):
 
 
 def json_request(image: dict, mask: dict) -> bytes:
-    return json.dumps({"inputs": [{"name": IMAGE, "datatype": "FP32", **image},
-                                  {"name": MASK, "datatype": "FP32", **mask}]}).encode()  # fmt: skip
+    return json.dumps(
+        {"inputs": [{"name": IMAGE, "datatype": "FP32", **image}, {"name": MASK, "datatype": "FP32", **mask}]}
+    ).encode()
 
 
 def binary_request(image: np.ndarray, mask: np.ndarray, shapes: tuple | None = None) -> tuple[bytes, dict]:
     """The binary tensor extension: a JSON header, then the raw float32 tensors."""
     shapes = shapes or (list(image.shape), list(mask.shape))
-    inputs = [{"name": n, "datatype": "FP32", "shape": s, "parameters": {"binary_data_size": a.nbytes}}
-              for n, s, a in ((IMAGE, shapes[0], image), (MASK, shapes[1], mask))]  # fmt: skip
+    inputs = [
+        {"name": n, "datatype": "FP32", "shape": s, "parameters": {"binary_data_size": a.nbytes}}
+        for n, s, a in ((IMAGE, shapes[0], image), (MASK, shapes[1], mask))
+    ]
     header = json.dumps({"inputs": inputs, "outputs": [{"name": OUTPUT, "parameters": {"binary_data": True}}]})
     body = header.encode() + image.astype("<f4").tobytes() + mask.astype("<f4").tobytes()
     return body, {"Inference-Header-Content-Length": str(len(header.encode()))}
