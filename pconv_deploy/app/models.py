@@ -113,20 +113,20 @@ class ModelSet:
         self.sources: dict[str, str] = {}
         for path in options.models:
             name = unique_name(Path(path).name, self.inpainters)
-            runner = load_backend(path, options.backend, options.device, on_fallback=announce, threads=options.threads)
-            self.add(name, str(path), runner, inflight=1)
+            backend = load_backend(path, options.backend, options.device, on_fallback=announce, threads=options.threads)
+            self.add(name, str(path), backend, inflight=1)
         if options.servers:
             from pconv_deploy.serving.client import TritonBackend
 
             name = unique_name(f"{options.server_model}@triton", self.inpainters)
-            runner = TritonBackend(list(options.servers), options.server_model)
-            self.add(name, " ".join(options.servers), runner, inflight=2 * len(options.servers))
+            backend = TritonBackend(list(options.servers), options.server_model)
+            self.add(name, " ".join(options.servers), backend, inflight=2 * len(options.servers))
         if not self.inpainters:
             raise PConvError("no model to serve: give --model FILE or --server URL")
 
-    def add(self, name: str, source: str, runner: object, inflight: int) -> None:
+    def add(self, name: str, source: str, backend: object, inflight: int) -> None:
         o = self.options
-        wrapped = CountingBackend(runner, self.progress)
+        wrapped = CountingBackend(backend, self.progress)
         inpainter = Inpainter(wrapped, o.batch_size, o.strategy, o.max_side, o.margin, inflight, o.memory_limit)
         self.inpainters[name] = inpainter
         self.sources[name] = source

@@ -134,13 +134,13 @@ def measure_compare(spec: WorkerSpec) -> dict[str, Any]:
     settings, files = spec.settings, spec.files
     threads, size, n = settings.threads, settings.compare_size, settings.gemm_size
     torch.set_num_threads(threads)
-    runners = {k: open_backend("onnxruntime", {"ours": files[k]}, threads) for k in ("ours", "plain", "naive")}
+    backends = {k: open_backend("onnxruntime", {"ours": files[k]}, threads) for k in ("ours", "plain", "naive")}
     if backend_unavailable("openvino", files) is None:  # the other CPU engine, on our same FP32 file
-        runners["openvino"] = open_backend("openvino", files, threads)
+        backends["openvino"] = open_backend("openvino", files, threads)
     image, mask = feeds(1, size)
     a, b = torch.randn(n, n), torch.randn(n, n)
     an, bn = a.numpy(), b.numpy()
-    calls = {name: (lambda r=r: r.run(image, mask)) for name, r in runners.items()}
+    calls = {name: (lambda r=r: r.run(image, mask)) for name, r in backends.items()}
     calls["gemm_torch"] = lambda: torch.mm(a, b)
     with threadpool_limits(limits=threads):
         calls["gemm_numpy"] = lambda: an @ bn

@@ -21,6 +21,7 @@ from pconv_deploy.cli.base import (
 from pconv_deploy.paths import check_folder_job, check_input_file
 
 if TYPE_CHECKING:
+    from pconv_deploy.runtime.backends import Backend
     from pconv_deploy.runtime.pipeline import Report
 
 OUTPUT_FORMAT_HELP = (
@@ -91,10 +92,10 @@ def infer(
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
     remote = (server, server_model, server_wait)
     local = (model, backend.value, device, threads, inference_precision.value)
-    runner = remote_runner(*remote) if server else open_runner(*local)
+    model_backend = open_remote_backend(*remote) if server else open_local_backend(*local)
     inflight = inflight or (2 * len(server) if server else 1)
     limit, out_cfg = infer_settings(memory_limit, output_format.value, quality, png_level)
-    inpainter = Inpainter(runner, batch_size, strategy.value, max_side, margin, inflight, limit)
+    inpainter = Inpainter(model_backend, batch_size, strategy.value, max_side, margin, inflight, limit)
     result = run_folder(
         inpainter, images, masks, output, mask_convention.value, workers, overwrite, max_pixels, output_settings=out_cfg
     )
@@ -166,14 +167,14 @@ def warn_orphan_masks(images: Path, masks: Path, report: Path | None) -> list[st
     return warnings
 
 
-def open_runner(model: Path, backend: str, device: str, threads: int | None, precision: str = "auto") -> object:
+def open_local_backend(model: Path, backend: str, device: str, threads: int | None, precision: str = "auto") -> Backend:
     from pconv_deploy.runtime import load_backend
 
     announce = lambda line: typer.echo(line, err=True)  # noqa: E731
     return load_backend(model, backend, device, on_fallback=announce, threads=threads, precision=precision)
 
 
-def remote_runner(servers: list[str], model_name: str, wait: float = 0.0) -> object:
+def open_remote_backend(servers: list[str], model_name: str, wait: float = 0.0) -> Backend:
     """The backend for `infer --server`: batches go to the Triton servers (thread-safe, retried across them)."""
     from pconv_deploy.serving.client import TritonBackend
 

@@ -122,8 +122,8 @@ class Inpainter:
         ``device``: auto | cpu | cuda | cuda:N; ``threads``: the CPU engine's threads; ``precision``: what
         OpenVINO computes in (auto | f32 | bf16 | f16; see ``load_backend``).
         """
-        runner = load_backend(path, backend, device, threads=threads, precision=precision)
-        return cls(runner, batch_size, strategy, max_side, margin, inflight, memory_limit)
+        backend = load_backend(path, backend, device, threads=threads, precision=precision)
+        return cls(backend, batch_size, strategy, max_side, margin, inflight, memory_limit)
 
     def inpaint(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Fill the holes of each image; returns new uint8 arrays of the same shapes.
