@@ -18,13 +18,11 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pconv_deploy.errors import PConvError
+from pconv_deploy.errors import UsageError
 
 
-class PathArgumentError(PConvError):
+class PathArgumentError(UsageError):
     """A file or folder argument that cannot work; the CLI exits 2 (a usage error)."""
-
-    exit_code = 2
 
 
 def _dangling(path: Path) -> bool:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from pconv_deploy.app.models import AppOptions, ModelSet
 from pconv_deploy.app.uploads import UploadError, decode_mask, decode_photo, parse_form, read_body
 from pconv_deploy.contract import IMAGE_SUFFIXES
-from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.errors import JobStopped, PConvError, first_line
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
@@ -118,7 +118,7 @@ def add_error_handlers(app) -> None:
 
     @app.exception_handler(PConvError)
     async def failed(request: Request, e: PConvError) -> JSONResponse:  # over the memory budget; servers down
-        status = 503 if getattr(e, "fatal", False) else 422  # fatal: every Triton server failed the request
+        status = 503 if isinstance(e, JobStopped) else 422  # every Triton server failed the request
         return JSONResponse({"error": first_line(e)}, status_code=status)
 
     @app.exception_handler(Exception)

@@ -46,7 +46,7 @@ def main() -> None:
         app()  # standalone: typer prints usage errors itself and exits 2
     except PConvError as e:
         typer.echo(f"error: {first_line(e)}", err=True)  # one line, even when a library's message has more
-        sys.exit(getattr(e, "exit_code", 1))  # PathArgumentError: 2, like typer's usage errors
+        sys.exit(e.exit_code)  # UsageError: 2, like typer's usage errors
     except ModuleNotFoundError as e:
         extra = OPTIONAL_MODULES.get((e.name or "").split(".")[0])
         if extra is None:

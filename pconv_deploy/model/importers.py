@@ -204,8 +204,8 @@ def convert(
         model = PConvUNet(found, width, fmt.input_norm, fmt.output_activation)
     except ValueError as e:
         raise ImportCheckpointError(f"{path}: {e}") from None
-    ours = _map_blocks(model, model_keys, fmt, path)
-    leftover = sorted(set(model_keys) - ours.pop("__consumed__"))
+    ours, consumed = _map_blocks(model, model_keys, fmt, path)
+    leftover = sorted(set(model_keys) - consumed)
     if leftover:
         raise ImportCheckpointError(f"{path}: unexpected key {fmt.prefix}{leftover[0]} for format {fmt.name}")
     model.load_state_dict(ours, strict=True)
@@ -221,8 +221,10 @@ def _block_prefixes(model: PConvUNet, fmt: SourceFormat) -> list[tuple[str, str]
     return pairs
 
 
-def _map_blocks(model: PConvUNet, src: dict[str, torch.Tensor], fmt: SourceFormat, path: Path) -> dict:
-    """Our state dict from the source's keys; ``__consumed__`` lists the source keys used."""
+def _map_blocks(
+    model: PConvUNet, src: dict[str, torch.Tensor], fmt: SourceFormat, path: Path
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Our state dict from the source's keys, and the source keys it used."""
     expected = model.state_dict()
     out: dict = {}
     consumed: set[str] = set()
@@ -262,8 +264,7 @@ def _map_blocks(model: PConvUNet, src: dict[str, torch.Tensor], fmt: SourceForma
             out.update({f"{ours}.bn.{k}": v.float() for k, v in bn.items()})
             tracked = f"{theirs}.bn.num_batches_tracked"
             out[f"{ours}.bn.num_batches_tracked"] = take(tracked) if tracked in src else torch.tensor(0)
-    out["__consumed__"] = consumed
-    return out
+    return out, consumed
 
 
 def _check_all_ones(take: Callable, src: dict, key: str, shape: tuple[int, ...], shown: str, path: Path) -> None:

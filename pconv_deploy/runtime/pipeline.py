@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pconv_deploy.contract import TRAINED_HOLE_RATIO
-from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.errors import JobStopped, PConvError, first_line
 from pconv_deploy.files import clean_stale_temps, write_text_atomic
 from pconv_deploy.progress import ProgressBar
 from pconv_deploy.runtime.batching import Batch
@@ -69,12 +69,14 @@ class Report:
 
 @dataclass
 class ImageInFlight:
-    """One image between decoding and writing; ``tiles_left`` counts its tiles not yet inferred."""
+    """One image between decoding and writing; ``tiles_left`` counts its tiles not yet inferred, ``failed``
+    says one of them failed (the rest still run in their batches, and the image is never written)."""
 
     result: FileResult
     picture: Picture
     job: Job
     tiles_left: int
+    failed: bool = False
 
     def __hash__(self) -> int:
         return id(self)
@@ -260,13 +262,13 @@ class FolderRun:
             try:
                 self.inpainter.take_results(batch.tiles, fut.result())
             except Exception as e:  # a backend failure fails these images, not the job
-                if getattr(e, "fatal", False):  # e.g. every Triton server is down: stop, write nothing more
+                if isinstance(e, JobStopped):  # e.g. every Triton server is down: stop, write nothing more
                     raise
                 self.fail_batch(batch, e)
                 continue
             for item in batch.owners:
                 item.tiles_left -= 1
-                if item.tiles_left == 0:
+                if item.tiles_left == 0 and not item.failed:
                     self.submit_write(item)
 
     def fail_batch(self, batch: Batch[ImageInFlight], e: BaseException) -> None:
@@ -274,7 +276,7 @@ class FolderRun:
         for item in set(batch.owners):
             if item.result.status == "pending":
                 self.record_failure(item.result, error)
-            item.tiles_left = -1
+            item.failed = True
 
     def submit_write(self, item: ImageInFlight) -> None:
         while len(self.writing) >= self.max_ahead:  # bounded: wait for the oldest write

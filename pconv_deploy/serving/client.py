@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from pconv_deploy.contract import CHANNELS, IMAGE, INPUT_NAMES, MASK, METADATA_KEYS, OUTPUT
-from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.errors import JobStopped, PConvError, first_line
 from pconv_deploy.serving.options import DEFAULT_PORTS
 
 SCHEMES = ("http", "grpc")
@@ -40,10 +40,8 @@ REST_SECONDS = (1.0, 30.0)  # a failed server rests this long first, doubling pe
 WAIT_POLL_SECONDS = 0.5
 
 
-class ServersUnavailable(PConvError):
+class ServersUnavailable(JobStopped):
     """Every server failed one request: the job cannot go on (the pipeline stops instead of failing each file)."""
-
-    fatal = True
 
 
 def parse_server(url: str) -> tuple[str, str]:

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pconv_deploy.errors import PConvError, first_line
+from pconv_deploy.errors import PConvError, UsageError, first_line
 
 
-class OptionError(PConvError):
+class OptionError(UsageError):
     """An option value no run can use: the CLI prints it as one line and exits 2, as for usage errors."""
-
-    exit_code = 2
 
 
 MAX_BATCH_PIXELS = 2**27  # per process and step: e.g. 512 crops of 512x512 (the paper: 6 x 512x512)
