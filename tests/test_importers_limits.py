@@ -1,7 +1,7 @@
 """import-checkpoint against hostile and broken source files: memory bounded by what the file holds,
 every tensor checked (finite, real, dense, expected shape) with its key named, one line per refusal.
 
-The memory cases run in a subprocess that reports its peak RSS (``ru_maxrss``) and runs under an
+The memory cases run in a subprocess that reports its peak RSS (VmHWM) and runs under an
 address-space limit, so that a regression fails the test instead of taking the machine's memory.
 """
 
@@ -98,7 +98,8 @@ def _peak_rss_of_import(source: Path, output: Path) -> tuple[int, str]:
         "    import_checkpoint(sys.argv[1], sys.argv[2]); outcome = 'imported'\n"
         "except BaseException as e:\n"
         "    outcome = f'{type(e).__name__}: {e}'\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child of a big pytest reads big
+        "print(int(next(line for line in open('/proc/self/status') if line.startswith('VmHWM:')).split()[1]) * 1024)\n"
         "print(outcome.splitlines()[0] if outcome else '')\n"
     )
 

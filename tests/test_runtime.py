@@ -3,6 +3,9 @@
 Real ONNX Runtime sessions on the session's small model (multiple 32); no mocks.
 """
 
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -205,42 +208,49 @@ def test_device_choice(small_onnx, small_checkpoint, tmp_path):
     assert backend.name == "onnxruntime-cpu" and "--device cpu was requested" in said[0]
 
 
+ARENA_PROBE = """
+import resource, sys
+import numpy as np
+from pconv_deploy.runtime import load_backend
+from pconv_deploy.runtime.memory import current_rss
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+rng = np.random.default_rng(0)
+inputs = {n: (rng.random((1, 3, n, n), dtype=np.float32), np.ones((1, 1, n, n), np.float32)) for n in (256, 768)}
+backend = load_backend(sys.argv[1], "onnxruntime", "cpu")
+call = lambda size: backend.run(*inputs[size])  # the same input arrays every time: only the backend allocates
+for _ in range(2):
+    call(768)
+before = faults()
+for _ in range(3):
+    call(768)
+kept = faults() - before
+held = current_rss()
+call(256)  # another shape: its buffers and the 768 ones go back at its end
+given_back = held - current_rss()
+backend.keep_bytes = 0  # the Inpainter's budget leaves nothing to keep: every call gives back
+call(768)
+before = faults()
+for _ in range(3):
+    call(768)
+print(kept, given_back, faults() - before)
+"""
+
+
 def test_onnxruntime_keeps_buffers_between_equal_calls_only(small_onnx):
     """Equal calls reuse the CPU arena (no page faults); a call of another shape gives its memory back.
 
     Without the arena every call maps and zeroes its activations again (~30,000 faults a call here,
-    45,000-95,000 for the full-width model at 512x512: about a fifth of the folder job's time).
+    45,000-95,000 for the full-width model at 512x512: about a fifth of the folder job's time). In a
+    fresh process: the RSS of a long pytest run hides what one backend gives back.
     """
-    import resource
-
-    from pconv_deploy.runtime.memory import current_rss
-
-    def faults() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-    rng = np.random.default_rng(0)
-    sides = (256, 512, 768)
-    inputs = {n: (rng.random((1, 3, n, n), dtype=np.float32), np.ones((1, 1, n, n), np.float32)) for n in sides}
-
-    def call(size: int) -> None:  # the same input arrays every time: only the backend allocates
-        backend.run(*inputs[size])
-
-    backend = load_backend(small_onnx, "onnxruntime", "cpu")
-    for _ in range(2):
-        call(768)
-    before = faults()
-    for _ in range(3):
-        call(768)
-    kept = faults() - before
-    held = current_rss()
-    call(256)  # another shape: its buffers and the 768 ones go back at its end
-    assert held - current_rss() > 50 * 2**20
-    backend.keep_bytes = 0  # the Inpainter's budget leaves nothing to keep: every call gives back
-    call(768)
-    before = faults()
-    for _ in range(3):
-        call(768)
-    assert kept < 2000 < faults() - before  # ~0 against ~8,000 a call (the output's copy may fault a little)
+    probe = subprocess.run([sys.executable, "-c", ARENA_PROBE, str(small_onnx)], capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    kept, given_back, faulted = map(int, probe.stdout.split())
+    assert given_back > 50 * 2**20
+    assert kept < 2000 < faulted  # ~0 against ~8,000 a call (the output's copy may fault a little)
 
 
 def test_inpainter_keeps_within_its_memory_budget(small_onnx):

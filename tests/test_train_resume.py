@@ -309,7 +309,9 @@ MEMORY_PROBE = textwrap.dedent(
         CropDataset([Path(sys.argv[1]), Path(sys.argv[2])], 64).batch(0, 8)
     except PConvError:
         pass
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    # VmHWM: ru_maxrss would carry the parent's peak over fork+exec
+    status = dict(line.split(':', 1) for line in open('/proc/self/status'))
+    print(int(status['VmHWM'].split()[0]) // 1024)
     """
 )
 
