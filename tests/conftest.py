@@ -60,3 +60,31 @@ def serve_env() -> Path:
             return launcher.serve_python()
         except PConvError:
             pytest.skip(f"no serve environment ({missing}) and `make serve-env` failed: {make.stderr[-300:]}")
+
+
+@pytest.fixture
+def recorded_build(monkeypatch):
+    """The build with TensorRT's engine builder autospec'd from Polygraphy's loader and a simulated GPU."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    import polygraphy.backend.trt as ptrt
+    import tensorrt_lean
+    from helpers.engines_real_api import SimulatedGpu
+    from polygraphy.exception import PolygraphyException
+
+    from pconv_deploy.engines import trt_api
+
+    sim = SimulatedGpu()
+    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt_lean)  # import_tensorrt(builder=True) finds "tensorrt"
+    monkeypatch.setattr(trt_api, "cuda_runtime", lambda: sim.cuda)
+    state = {"fail": False}
+
+    def engine_bytes(network, config=None, save_timing_cache=None):
+        if state["fail"]:
+            return lambda: (_ for _ in ()).throw(PolygraphyException("Could not parse the network\nmore detail"))
+        return lambda: b"serialised engine"
+
+    loader = mock.create_autospec(ptrt.EngineBytesFromNetwork, side_effect=engine_bytes)
+    monkeypatch.setattr(ptrt, "EngineBytesFromNetwork", loader)
+    return SimpleNamespace(loader=loader, state=state, gpu=sim)

@@ -151,7 +151,7 @@ CASES = {
     "init-out-is-dir": ["init", "dir.safetensors", "--layers", "5", "--width", "0.125"],
     "init-out-under-file": ["init", "file.txt/m.safetensors", "--layers", "5", "--width", "0.125"],
     "init-out-wrong-suffix": ["init", "m.onnx", "--layers", "5", "--width", "0.125"],
-    # infer: argument paths (the per-file cases are in test_infer_adversarial.py)
+    # infer: argument paths (the per-file cases are in test_pipeline_inputs.py)
     "infer-model-garbage": [*INFER, "--output", "o", "--model", "garbage.onnx"],
     "infer-model-dir": [*INFER, "--output", "o", "--model", "dir.onnx"],
     "infer-model-zero": [*INFER, "--output", "o", "--model", "zero.onnx"],

@@ -17,9 +17,7 @@ import pytest
 import tensorrt_lean
 from helpers.cli import pconv
 from helpers.engines_onnx import contract_metadata, write_contract_onnx
-from helpers.engines_real_api import SimulatedGpu
 
-from pconv_deploy.engines import trt_api
 from pconv_deploy.engines.build import BuildError, build_engine, plan_build, polygraphy_loaders
 from pconv_deploy.engines.profiles import ShapeRange
 from pconv_deploy.engines.sidecar import read_sidecar
@@ -235,27 +233,6 @@ def test_create_config_sets_the_documented_builder_calls_with_tensorrt_11_enums(
         mock.call.set_shape("image", [1, 3, 32, 32], [2, 3, 64, 64], [4, 3, 128, 128]),
         mock.call.set_shape("mask", [1, 1, 32, 32], [2, 1, 64, 64], [4, 1, 128, 128]),
     ]  # both inputs in every profile
-
-
-@pytest.fixture
-def recorded_build(monkeypatch):
-    """The build with TensorRT's engine builder autospec'd from Polygraphy's loader and a simulated GPU."""
-    import polygraphy.backend.trt as ptrt
-    from polygraphy.exception import PolygraphyException
-
-    sim = SimulatedGpu()
-    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt_lean)  # import_tensorrt(builder=True) finds "tensorrt"
-    monkeypatch.setattr(trt_api, "cuda_runtime", lambda: sim.cuda)
-    state = {"fail": False}
-
-    def engine_bytes(network, config=None, save_timing_cache=None):
-        if state["fail"]:
-            return lambda: (_ for _ in ()).throw(PolygraphyException("Could not parse the network\nmore detail"))
-        return lambda: b"serialised engine"
-
-    loader = mock.create_autospec(ptrt.EngineBytesFromNetwork, side_effect=engine_bytes)
-    monkeypatch.setattr(ptrt, "EngineBytesFromNetwork", loader)
-    return SimpleNamespace(loader=loader, state=state, gpu=sim)
 
 
 def test_build_wiring(recorded_build, tmp_path):

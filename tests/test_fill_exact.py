@@ -11,65 +11,16 @@ window that filled each hole pixel is known and the context around that pixel is
 (long holes are split into several windows, each filling only its own piece).
 """
 
-import threading
-
 import cv2
 import numpy as np
 import pytest
+from helpers.images import CoordinateBackend, H, W, coordinate_image, holes
 from PIL import Image
 
 from pconv_deploy.runtime import Inpainter
 from pconv_deploy.runtime.pipeline import run_folder
 
-H, W = 224, 256  # multiples of the backend's 16: no padding, so every input is linear in (y, x)
 MARGIN = 24
-
-
-class CoordinateBackend:
-    """Fills holes with the affine fit (least squares over known pixels) of each channel against (y, x)."""
-
-    name = "coordinates"
-    multiple = 16
-    metadata: dict[str, str] = {}
-    bytes_per_pixel = 64
-
-    def __init__(self, tag: bool = False) -> None:
-        self.seen: list[tuple[float, float, int, int, float, float]] = []  # (y0, x0, h, w, step, blue) per window
-        self.lock = threading.Lock()
-        self.tag = tag  # blue in the holes = 1 + the window's index in seen (red and green stay exact)
-
-    def run(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        out = image.copy()
-        n, _, h, w = image.shape
-        yy, xx = np.mgrid[:h, :w].astype(np.float64)
-        for i in range(n):
-            known = mask[i, 0] > 0.5
-            design = np.column_stack([yy[known], xx[known], np.ones(known.sum())])
-            coef = [np.linalg.lstsq(design, image[i, c][known].astype(np.float64), rcond=None)[0] for c in range(3)]
-            for c in range(3):
-                out[i, c][~known] = (coef[c][0] * yy + coef[c][1] * xx + coef[c][2])[~known]
-            # red = x / 255 and green = y / 255 in the image: the fit says where this window sits and its scale.
-            with self.lock:
-                self.seen.append((coef[1][2] * 255, coef[0][2] * 255, h, w, coef[0][1] * 255, coef[2][2] * 255))
-                if self.tag:
-                    out[i, 2][~known] = len(self.seen) / 255
-        return np.clip(out, 0, 1)
-
-
-def coordinate_image(blue: int) -> np.ndarray:
-    yy, xx = np.mgrid[:H, :W]
-    return np.dstack([xx, yy, np.full((H, W), blue)]).astype(np.uint8)
-
-
-def holes(seed: int) -> np.ndarray:
-    """Two blobs far apart and a stroke, away from the border (bicubic upscaling clamps at the border)."""
-    rng = np.random.default_rng(seed)
-    m = np.zeros((H, W), np.uint8)
-    y, x = rng.integers(12, 40, 2)
-    m[y : y + 10, x : x + 18] = 1
-    cv2.line(m, (int(rng.integers(150, 200)), 150), (int(rng.integers(200, 236)), 200), 1, 5)
-    cv2.circle(m, (200, 50), 8, 1, -1)
-    return m > 0
 
 
 def hole_boxes(hole: np.ndarray) -> list[tuple[int, int, int, int]]:

@@ -7,12 +7,12 @@ files were made (which pixels are transparent, which are strokes), not from the 
 from __future__ import annotations
 
 import io
-import struct
 import threading
 import warnings
 
 import numpy as np
 import pytest
+from helpers.images import neutral_cmyk_profile
 from PIL import Image
 
 from pconv_deploy.runtime.images import InputError, own_pixel_limit, read_image, read_mask
@@ -92,43 +92,6 @@ def test_plain_rgb_has_no_alpha(tmp_path):
 
 
 # --- CMYK and ICC profiles (defect 7) ---------------------------------------------------------------
-
-
-def _s15(x: float) -> bytes:
-    return struct.pack(">i", round(x * 65536))
-
-
-def _lut16(inputs: int, outputs: int, clut: list[int]) -> bytes:
-    head = b"mft2" + bytes(4) + bytes([inputs, outputs, 2, 0]) + b"".join(_s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    ramp_in, ramp_out = [0, 65535] * inputs, [0, 65535] * outputs
-    return head + struct.pack(f">HH{len(ramp_in)}H{len(clut)}H{len(ramp_out)}H", 2, 2, *ramp_in, *clut, *ramp_out)
-
-
-def neutral_cmyk_profile() -> bytes:
-    """A valid ICC v2 CMYK printer profile in which every colour is neutral: L* = 100 (1 - K), a* = b* = 0.
-
-    Converting through it gives grey pixels whose level depends on K alone; Pillow's plain
-    CMYK -> RGB formula gives colours. So the output shows which of the two ran.
-    """
-    a2b = [v for i in range(16) for v in ((0 if i & 1 else 0xFF00), 0x8000, 0x8000)]  # (C, M, Y, K) corners
-    b2a = [v for i in range(8) for v in (0, 0, 0, 0 if (i >> 2) & 1 else 65535)]  # (L, a, b) corners
-    text = b"neutral CMYK test\0"
-    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
-    white = _s15(0.9642) + _s15(1.0) + _s15(0.8249)
-    tags = [
-        (b"desc", desc),
-        (b"wtpt", b"XYZ " + bytes(4) + white),
-        (b"cprt", b"text" + bytes(4) + b"none\0"),
-        (b"A2B0", _lut16(4, 3, a2b)),
-        (b"B2A0", _lut16(3, 4, b2a)),
-    ]
-    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
-    for sig, body in tags:
-        table += sig + struct.pack(">II", offset + len(data), len(body))
-        data += body + bytes(-len(body) % 4)
-    header = struct.pack(">I4xI", offset + len(data), 0x02100000) + b"prtrCMYKLab " + bytes(12) + b"acsp"
-    header += bytes(28) + white
-    return header + bytes(128 - len(header)) + struct.pack(">I", len(tags)) + table + data
 
 
 def test_cmyk_jpeg_is_converted_through_its_profile(tmp_path):

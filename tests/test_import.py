@@ -17,7 +17,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from helpers.reference import make_project_unet, project_inpaint, sha256_of
+from helpers.reference import (
+    CASES,
+    SCALE,
+    make_project_unet,
+    mmengine_message_hub,
+    project_inpaint,
+    save_as_the_project,
+    sha256_of,
+    train_like_the_project,
+)
 from typer.testing import CliRunner
 
 from pconv_deploy.cli import app
@@ -25,81 +34,7 @@ from pconv_deploy.model import load_checkpoint
 from pconv_deploy.model.checkpoint import read_metadata
 from pconv_deploy.model.importers import ImportCheckpointError, import_checkpoint
 
-SCALE = 0.125  # 8, 16, 32, 64, 64, ... channels
 # (project, levels, H, W): sides that are not 256, at the projects' own level counts
-CASES = {
-    "xiefan-guo": (7, 384, 256),
-    "naoto0804": (8, 512, 256),
-    "mmagic": (7, 128, 384),
-}
-
-
-def _train_like_the_project(project: str, net, levels: int):
-    """BatchNorm statistics from training-mode passes, and Adam steps (the optimizer state to save).
-
-    At the smallest size the levels allow, with batch 2 (enough for BatchNorm at the 1x1 bottleneck).
-    """
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None  # cumulative average: running stats are those of the passes below
-    gen = torch.Generator().manual_seed(1)
-    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=2e-4)
-    size = 2**levels
-    net.train()
-    for _ in range(2):
-        image = torch.rand(2, 3, size, 2 * size, generator=gen)
-        mask = (torch.rand(2, 1, size // 8, size // 4, generator=gen) > 0.3).float()
-        mask = mask.repeat_interleave(8, 2).repeat_interleave(8, 3)
-        optimizer.zero_grad()
-        project_inpaint(project, net, image, mask).abs().mean().backward()
-        optimizer.step()
-    return net.eval(), optimizer
-
-
-def _mmengine_message_hub() -> dict:
-    """What mmengine's Runner.save_checkpoint puts under 'message_hub': MessageHub.state_dict(), whose
-    log scalars are mmengine.logging.history_buffer.HistoryBuffer objects holding numpy arrays. Pickled
-    from a stand-in class under that module name; mmengine itself is not installed (nor needed to load)."""
-    import sys
-    import types
-
-    name = "mmengine.logging.history_buffer"
-    module = sys.modules.get(name)
-    if module is None:
-        module = types.ModuleType(name)
-
-        class HistoryBuffer:
-            def __init__(self, values) -> None:
-                self.max_length = 1000000
-                self._log_history = np.asarray(values, dtype=np.float64)
-                self._count_history = np.ones(len(values), dtype=np.int64)
-
-        HistoryBuffer.__module__, HistoryBuffer.__qualname__ = name, "HistoryBuffer"
-        module.HistoryBuffer = HistoryBuffer
-        for parent in ("mmengine", "mmengine.logging"):
-            sys.modules.setdefault(parent, types.ModuleType(parent))
-        sys.modules[name] = module
-    scalars = {"train/lr": module.HistoryBuffer([5e-5, 5e-5]), "train/loss": module.HistoryBuffer([0.9, 0.8])}
-    runtime = {"iter": 500000, "max_iters": 500000, "epoch": 0, "last_ckpt": "/work_dirs/iter_500000.pth"}
-    return {"log_scalars": scalars, "runtime_info": runtime, "resumed_keys": {"iter": False}}
-
-
-def _save_as_the_project(project: str, net, optimizer, path: Path) -> Path:
-    """torch.save with each project's own dictionary layout."""
-    state = net.state_dict()
-    if project == "xiefan-guo":  # train.py: {'n_iter': epoch + 1, 'generator': generator.state_dict()}
-        torch.save({"n_iter": 501, "generator": state}, path)
-    elif project == "naoto0804":  # util/io.py save_ckpt: n_iter, then 'model', then 'optimizer'
-        torch.save({"n_iter": 1_000_000, "model": state, "optimizer": optimizer.state_dict()}, path)
-    else:  # mmengine Runner.save_checkpoint: meta, state_dict of PConvInpaintor (generator + loss), message_hub,
-        full = {f"generator.{k}": v for k, v in state.items()}
-        full["loss_percep.vgg.vgg_layers.0.weight"] = torch.randn(64, 3, 3, 3)  # the VGG of its perceptual loss
-        full["loss_percep.vgg.vgg_layers.0.bias"] = torch.randn(64)
-        meta = {"mmengine_version": "0.10.4", "time": "20240101_000000", "epoch": 0, "iter": 500000, "seed": 42}
-        meta |= {"cfg": "model = dict(type='PConvInpaintor')", "experiment_name": "pconv_stage2_4xb2_places-256x256"}
-        hub = _mmengine_message_hub()  # and the optimizer (OptimWrapper.state_dict() is the optimizer's)
-        torch.save({"meta": meta, "state_dict": full, "message_hub": hub, "optimizer": optimizer.state_dict()}, path)
-    return path
 
 
 def stroke_masks(n: int, h: int, w: int, seed: int) -> torch.Tensor:
@@ -130,9 +65,9 @@ def imported(request, tmp_path_factory):
     project = request.param
     levels, h, w = CASES[project]
     torch.manual_seed({"xiefan-guo": 0, "naoto0804": 1, "mmagic": 2}[project])
-    net, optimizer = _train_like_the_project(project, make_project_unet(project, levels, SCALE), levels)
+    net, optimizer = train_like_the_project(project, make_project_unet(project, levels, SCALE), levels)
     folder = tmp_path_factory.mktemp(project)
-    source = _save_as_the_project(project, net, optimizer, folder / "model_500.pth")
+    source = save_as_the_project(project, net, optimizer, folder / "model_500.pth")
     result = import_checkpoint(source, folder / "imported.safetensors")
     assert result.format == project and result.detected
     gen = torch.Generator().manual_seed(3)
@@ -310,7 +245,7 @@ def test_pickle_that_would_run_code_is_refused_and_does_not_run(good_source, tmp
     marker.unlink()
     # mmengine's training logs are loaded as inert placeholders, but never beside anything else
     mixed = tmp_path / "mixed.pth"
-    hub = _mmengine_message_hub()
+    hub = mmengine_message_hub()
     torch.save({"state_dict": state["generator"], "message_hub": hub, "hook": _WouldRunCode(marker)}, mixed)
     message = _fails(mixed, tmp_path, "refused")
     assert "builtins.exec" in message and "HistoryBuffer" not in message and not marker.exists()
@@ -417,7 +352,7 @@ def test_bias_before_batchnorm_is_folded_into_the_running_mean(tmp_path):
     for module in net.modules():
         if hasattr(module, "bn") and module.conv.bias is None:
             module.conv.bias = torch.nn.Parameter(torch.empty(module.conv.out_channels).uniform_(-1, 1))
-    net, _ = _train_like_the_project("xiefan-guo", net, levels)
+    net, _ = train_like_the_project("xiefan-guo", net, levels)
     assert "ec_images_2.conv.bias" in net.state_dict() and "dc_images_2.conv.bias" in net.state_dict()
     torch.save({"n_iter": 1, "generator": net.state_dict()}, tmp_path / "biased.pth")
     result = import_checkpoint(tmp_path / "biased.pth", tmp_path / "biased.safetensors")
@@ -450,7 +385,7 @@ def test_naoto_2018_layout_with_a_bias_on_every_conv(tmp_path):
         if hasattr(module, "conv") and hasattr(module.conv, "input_conv") and module.conv.input_conv.bias is None:
             bias = torch.empty(module.conv.input_conv.out_channels).uniform_(-1, 1)
             module.conv.input_conv.bias = torch.nn.Parameter(bias)
-    net, _ = _train_like_the_project("naoto0804", net, levels)
+    net, _ = train_like_the_project("naoto0804", net, levels)
     old = {}
     for key, value in net.state_dict().items():
         old[key.replace(".input_conv.", ".conv2d.").replace(".mask_conv.", ".mask2d.")] = value

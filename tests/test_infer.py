@@ -10,22 +10,13 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from helpers.images import save, save_mask, strokes
 from PIL import Image
-from test_runtime import strokes
 
 
 def pconv(*args, timeout=300):
     cmd = [sys.executable, "-m", "pconv_deploy.cli", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def save(path, array):
-    Image.fromarray(array).save(path)
-    return path
-
-
-def save_mask(path, hole):
-    return save(path, hole.astype(np.uint8) * 255)
 
 
 def tree_digest(folder):

@@ -7,8 +7,8 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers.images import CoordinateBackend, coordinate_image, holes
 from PIL import Image
-from test_fill_exact import CoordinateBackend, coordinate_image, holes
 
 from pconv_deploy.errors import PConvError
 from pconv_deploy.runtime import Inpainter

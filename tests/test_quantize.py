@@ -12,7 +12,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 from PIL import Image
-from test_engines_build import recorded_build  # noqa: F401  (a fixture: TensorRT's builder autospec'd)
 
 from pconv_deploy.contract import PRECISIONS
 from pconv_deploy.engines.build import BuildError, plan_build
@@ -295,7 +294,7 @@ def s8_onnx(small_onnx, photos, tmp_path_factory):
     return path
 
 
-def test_tensorrt_int8_build_wiring(recorded_build, s8_onnx, tmp_path):  # noqa: F811
+def test_tensorrt_int8_build_wiring(recorded_build, s8_onnx, tmp_path):
     """build-engine on the Q/DQ file, against the real tensorrt_lean enums and Polygraphy's loaders:
     strongly typed, no INT8 or FP16 builder flag (TensorRT 11 removed them), sidecar precision int8."""
     from pconv_deploy.engines.build import build_engine
@@ -349,8 +348,7 @@ def test_imported_checkpoint_to_int8(photos, tmp_path):
     its tanh output saturates (FP32 hole L1 ~120), so INT8 flips pixels between 0 and 1: the quality check
     must say so, with its numbers, rather than pass it."""
     import torch
-    from helpers.reference import make_project_unet
-    from test_import import CASES, SCALE, _save_as_the_project, _train_like_the_project
+    from helpers.reference import CASES, SCALE, make_project_unet, save_as_the_project, train_like_the_project
 
     from pconv_deploy.export.onnx_export import export_checkpoint
     from pconv_deploy.export.parity import ParityError
@@ -358,8 +356,8 @@ def test_imported_checkpoint_to_int8(photos, tmp_path):
 
     levels = CASES["xiefan-guo"][0]
     torch.manual_seed(0)
-    net, optimizer = _train_like_the_project("xiefan-guo", make_project_unet("xiefan-guo", levels, SCALE), levels)
-    source = _save_as_the_project("xiefan-guo", net, optimizer, tmp_path / "model_500.pth")
+    net, optimizer = train_like_the_project("xiefan-guo", make_project_unet("xiefan-guo", levels, SCALE), levels)
+    source = save_as_the_project("xiefan-guo", net, optimizer, tmp_path / "model_500.pth")
     imported = import_checkpoint(source, tmp_path / "imported.safetensors")
     cal = CalibrationSet(find_photos(photos), 2**levels * 2)
     path = export_checkpoint(imported.path, tmp_path / "int8.onnx", precision="int8", calibration=cal, check=False).path

@@ -10,21 +10,12 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from helpers.images import strokes
 
 from pconv_deploy.errors import PConvError
 from pconv_deploy.runtime import Inpainter, load_backend
 from pconv_deploy.runtime.inpainter import align_window, hole_windows
 from pconv_deploy.runtime.tiles import plan_windows
-
-
-def strokes(h: int, w: int, seed: int = 0, n: int = 4) -> np.ndarray:
-    """Random brush strokes, True = hole (as in the paper's irregular masks)."""
-    rng = np.random.default_rng(seed)
-    m = np.zeros((h, w), np.uint8)
-    for _ in range(n):
-        (x0, y0), (x1, y1) = rng.integers(0, [w, h], size=(2, 2))
-        cv2.line(m, (int(x0), int(y0)), (int(x1), int(y1)), 255, int(rng.integers(4, 16)))
-    return m > 0
 
 
 @pytest.fixture(scope="module")

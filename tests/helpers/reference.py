@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import torch
 
 
 def partial_conv_bruteforce(x, mask, weight, bias, stride, padding):
@@ -197,3 +200,83 @@ def project_inpaint(project: str, net, image, mask):
         x = (image * 255 - 127.5) / 127.5
         return (net.project_forward(x * mask3, mask3) * 127.5 + 127.5) / 255
     return net.project_forward(image * mask3, mask3)
+
+
+# --- Checkpoints as each project's own training writes them ---------------------------------------
+
+SCALE = 0.125  # 8, 16, 32, 64, 64, ... channels
+
+
+CASES = {
+    "xiefan-guo": (7, 384, 256),
+    "naoto0804": (8, 512, 256),
+    "mmagic": (7, 128, 384),
+}
+
+
+def train_like_the_project(project: str, net, levels: int):
+    """BatchNorm statistics from training-mode passes, and Adam steps (the optimizer state to save).
+
+    At the smallest size the levels allow, with batch 2 (enough for BatchNorm at the 1x1 bottleneck).
+    """
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: running stats are those of the passes below
+    gen = torch.Generator().manual_seed(1)
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=2e-4)
+    size = 2**levels
+    net.train()
+    for _ in range(2):
+        image = torch.rand(2, 3, size, 2 * size, generator=gen)
+        mask = (torch.rand(2, 1, size // 8, size // 4, generator=gen) > 0.3).float()
+        mask = mask.repeat_interleave(8, 2).repeat_interleave(8, 3)
+        optimizer.zero_grad()
+        project_inpaint(project, net, image, mask).abs().mean().backward()
+        optimizer.step()
+    return net.eval(), optimizer
+
+
+def save_as_the_project(project: str, net, optimizer, path: Path) -> Path:
+    """torch.save with each project's own dictionary layout."""
+    state = net.state_dict()
+    if project == "xiefan-guo":  # train.py: {'n_iter': epoch + 1, 'generator': generator.state_dict()}
+        torch.save({"n_iter": 501, "generator": state}, path)
+    elif project == "naoto0804":  # util/io.py save_ckpt: n_iter, then 'model', then 'optimizer'
+        torch.save({"n_iter": 1_000_000, "model": state, "optimizer": optimizer.state_dict()}, path)
+    else:  # mmengine Runner.save_checkpoint: meta, state_dict of PConvInpaintor (generator + loss), message_hub,
+        full = {f"generator.{k}": v for k, v in state.items()}
+        full["loss_percep.vgg.vgg_layers.0.weight"] = torch.randn(64, 3, 3, 3)  # the VGG of its perceptual loss
+        full["loss_percep.vgg.vgg_layers.0.bias"] = torch.randn(64)
+        meta = {"mmengine_version": "0.10.4", "time": "20240101_000000", "epoch": 0, "iter": 500000, "seed": 42}
+        meta |= {"cfg": "model = dict(type='PConvInpaintor')", "experiment_name": "pconv_stage2_4xb2_places-256x256"}
+        hub = mmengine_message_hub()  # and the optimizer (OptimWrapper.state_dict() is the optimizer's)
+        torch.save({"meta": meta, "state_dict": full, "message_hub": hub, "optimizer": optimizer.state_dict()}, path)
+    return path
+
+
+def mmengine_message_hub() -> dict:
+    """What mmengine's Runner.save_checkpoint puts under 'message_hub': MessageHub.state_dict(), whose
+    log scalars are mmengine.logging.history_buffer.HistoryBuffer objects holding numpy arrays. Pickled
+    from a stand-in class under that module name; mmengine itself is not installed (nor needed to load)."""
+    import sys
+    import types
+
+    name = "mmengine.logging.history_buffer"
+    module = sys.modules.get(name)
+    if module is None:
+        module = types.ModuleType(name)
+
+        class HistoryBuffer:
+            def __init__(self, values) -> None:
+                self.max_length = 1000000
+                self._log_history = np.asarray(values, dtype=np.float64)
+                self._count_history = np.ones(len(values), dtype=np.int64)
+
+        HistoryBuffer.__module__, HistoryBuffer.__qualname__ = name, "HistoryBuffer"
+        module.HistoryBuffer = HistoryBuffer
+        for parent in ("mmengine", "mmengine.logging"):
+            sys.modules.setdefault(parent, types.ModuleType(parent))
+        sys.modules[name] = module
+    scalars = {"train/lr": module.HistoryBuffer([5e-5, 5e-5]), "train/loss": module.HistoryBuffer([0.9, 0.8])}
+    runtime = {"iter": 500000, "max_iters": 500000, "epoch": 0, "last_ckpt": "/work_dirs/iter_500000.pth"}
+    return {"log_scalars": scalars, "runtime_info": runtime, "resumed_keys": {"iter": False}}

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 import skimage.data
+from helpers.images import save, save_mask
 from PIL import Image
-from test_infer import save, save_mask
 
 
 def make_folder(root, count, size, mask_hole):

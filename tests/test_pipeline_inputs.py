@@ -17,8 +17,8 @@ import warnings
 import numpy as np
 import pytest
 import skimage.data
+from helpers.images import neutral_cmyk_profile
 from PIL import Image
-from test_images import neutral_cmyk_profile
 
 from pconv_deploy.cli import main
 
