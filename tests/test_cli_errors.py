@@ -235,27 +235,11 @@ def test_bad_arguments_one_line_nothing_written(case, bad, small_checkpoint, sma
 
 def _engine_beside(folder: Path, onnx_path: Path) -> Path:
     """An engine file (placeholder bytes: no TensorRT here) and the sidecar build-engine writes for it."""
-    import onnx
-
-    from pconv_deploy.contract import file_sha256
-    from pconv_deploy.engines.profiles import default_profiles
-    from pconv_deploy.engines.sidecar import make_sidecar, write_sidecar
+    from helpers.engines_onnx import write_valid_sidecar
 
     engine = folder / "model.engine"
     engine.write_bytes(b"not a real engine")
-    meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
-    data = make_sidecar(
-        onnx_path=onnx_path,
-        onnx_sha256=file_sha256(onnx_path),
-        engine_path=engine,
-        metadata=meta,
-        profiles=default_profiles(int(meta["pconv.multiple"])),
-        tensorrt_version="10.9.0.34",
-        gpu_name="NVIDIA L4",
-        compute_capability="8.9",
-        version_compatible=False,
-    )
-    write_sidecar(engine, data)
+    write_valid_sidecar(engine, onnx_path)
     return engine
 
 

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from helpers.engines_onnx import write_valid_sidecar
 from helpers.images import strokes
 
 from pconv_deploy.errors import PConvError
@@ -111,29 +112,6 @@ def test_torch_and_onnxruntime_agree(small_checkpoint, small_onnx):
     x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
     m = (np.random.default_rng(1).random((2, 1, 64, 64)) > 0.3).astype(np.float32)
     assert np.abs(ort.backend.run(x, m) - ref.backend.run(x, m)).max() <= 1e-4
-
-
-def write_valid_sidecar(engine, onnx_path) -> None:
-    """The sidecar build-engine writes (the fallback validates it: same folder, same sha256)."""
-    import onnx
-
-    from pconv_deploy.contract import file_sha256
-    from pconv_deploy.engines.profiles import default_profiles
-    from pconv_deploy.engines.sidecar import make_sidecar, write_sidecar
-
-    meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
-    data = make_sidecar(
-        onnx_path=onnx_path,
-        onnx_sha256=file_sha256(onnx_path),
-        engine_path=engine,
-        metadata=meta,
-        profiles=default_profiles(int(meta["pconv.multiple"])),
-        tensorrt_version="10.9.0.34",
-        gpu_name="NVIDIA L4",
-        compute_capability="8.9",
-        version_compatible=False,
-    )
-    write_sidecar(engine, data)
 
 
 def test_engine_falls_back_to_sidecar_onnx(small_onnx, tmp_path):
