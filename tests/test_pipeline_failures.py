@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import skimage.data
+from helpers.cli import infer_command
 from helpers.images import save, save_mask
 from PIL import Image
 
@@ -26,24 +27,6 @@ def make_folder(root, count, size, mask_hole):
     hole = np.zeros((h, w), bool)
     hole[mask_hole] = True
     return images, save_mask(root / "mask.png", hole)
-
-
-def infer_cmd(images, mask, out, model, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "pconv_deploy.cli",
-        "infer",
-        "--images",
-        str(images),
-        "--masks",
-        str(mask),
-        "--output",
-        str(out),
-        "--model",
-        str(model),
-        *map(str, extra),
-    ]
 
 
 def wait_for_outputs(proc, out, count, timeout=120):
@@ -76,7 +59,9 @@ def test_killed_run_resumes_without_redoing(sig, small_onnx, tmp_path):
     count, size = 150, (256, 320)
     images, mask = make_folder(tmp_path, count, size, np.s_[40:90, 50:120])
     out = tmp_path / "out"
-    cmd = infer_cmd(images, mask, out, small_onnx, "--batch-size", 1, "--workers", 1, "--strategy", "full")
+    cmd = infer_command(
+        images, mask, out, "--model", small_onnx, "--batch-size", 1, "--workers", 1, "--strategy", "full"
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_outputs(proc, out, 3)
     proc.send_signal(sig)
@@ -115,7 +100,7 @@ def test_peak_memory_flat_over_folder_size(small_onnx, tmp_path):
     peaks = {}
     for count in (50, 300):
         images, mask = make_folder(tmp_path / str(count), count, (80, 96), np.s_[20:50, 30:70])
-        cmd = infer_cmd(images, mask, tmp_path / f"out{count}", small_onnx, "--batch-size", 4)
+        cmd = infer_command(images, mask, tmp_path / f"out{count}", "--model", small_onnx, "--batch-size", 4)
         r = subprocess.run([sys.executable, "-c", PEAK_RSS, *cmd], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         peaks[count] = int(r.stdout.strip()) / 1024  # MiB

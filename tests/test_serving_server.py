@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.cli import infer_command
 from helpers.serving import START_SECONDS, Served, free_ports, serving
 from PIL import Image
 
@@ -41,22 +42,6 @@ def make_folder(root: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
         hole[y : y + 24, x : x + 24] = 255
         Image.fromarray(hole).save(masks / f"p{i:03d}.png")
     return images, masks
-
-
-def infer_command(images: Path, masks: Path, output: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pconv_deploy.cli",
-        "infer",
-        "--images",
-        str(images),
-        "--masks",
-        str(masks),
-        "--output",
-        str(output),
-        *args,
-    ]
 
 
 def run_infer(*command_args: str | Path) -> subprocess.CompletedProcess:

@@ -19,6 +19,12 @@ def pconv(
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=environment, timeout=timeout)
 
 
+def infer_command(images: Path, masks: Path, output: Path, *args: object) -> list[str]:
+    """The argv of `pconv infer` on a folder job, for tests that run it as a background process."""
+    command = [sys.executable, "-m", "pconv_deploy.cli", "infer", "--images", str(images), "--masks", str(masks)]
+    return [*command, "--output", str(output), *map(str, args)]
+
+
 def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
     """The console script in-process: its exit code and stderr. Any escaping exception fails the test."""
     from pconv_deploy.cli import main
