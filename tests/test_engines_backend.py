@@ -26,7 +26,7 @@ from PIL import Image
 
 from pconv_deploy.engines import trt_api
 from pconv_deploy.engines.profiles import ShapeRange
-from pconv_deploy.engines.sidecar import SidecarError, make_sidecar, write_sidecar
+from pconv_deploy.engines.sidecar import Sidecar, SidecarError
 from pconv_deploy.errors import PConvError
 from pconv_deploy.runtime.tensorrt_backend import TensorRTBackend, TensorRTUnavailable, tensorrt_readiness
 
@@ -54,7 +54,7 @@ def engine_with_sidecar(
     onnx_path = write_contract_onnx(folder / "model.onnx", contract_metadata(**metadata))
     engine = folder / "model.engine"
     engine.write_bytes(b"placeholder engine")
-    sidecar = make_sidecar(
+    Sidecar.new(
         onnx_path=onnx_path,
         onnx_sha256=file_sha256(onnx_path),
         engine_path=engine,
@@ -64,8 +64,7 @@ def engine_with_sidecar(
         gpu_name=gpu[0],
         compute_capability=gpu[1],
         version_compatible=version_compatible,
-    )
-    write_sidecar(engine, sidecar)
+    ).write(engine)
     return engine
 
 
@@ -144,8 +143,8 @@ def test_runtime_module_needs_neither_torch_nor_onnx(tmp_path):
 import sys
 sys.modules["torch"] = None; sys.modules["onnx"] = None  # any import of them now fails
 from pconv_deploy.runtime.tensorrt_backend import TensorRTBackend, tensorrt_readiness
-from pconv_deploy.engines.sidecar import read_sidecar
-assert read_sidecar({str(engine)!r})["metadata"]["pconv.multiple"] == "32"
+from pconv_deploy.engines.sidecar import Sidecar
+assert Sidecar.read({str(engine)!r}).metadata["pconv.multiple"] == "32"
 print(tensorrt_readiness().usable)
 try:
     TensorRTBackend({str(engine)!r})
@@ -215,6 +214,33 @@ def test_run_selects_profiles_splits_batches_and_copies_back(gpu, tmp_path):
     assert gpu.check_all_calls() > 150  # every TensorRT and CUDA call held to the real signatures
     # and no call the adapter makes escaped that check (the error-name lookups run on real errors only)
     assert used_calls("engines/trt_api.py") - gpu.called() == {"cudaGetErrorName", "cudaGetErrorString"}
+
+
+def test_the_backend_and_triton_repo_share_one_read_of_the_sidecar(gpu, tmp_path, monkeypatch):
+    """Each reads ``<engine>.json`` once and parses its profiles once (`Sidecar.read`), and both get the same ones."""
+    from pconv_deploy.serving.options import RepositoryOptions
+    from pconv_deploy.serving.repository import write_triton_repo
+
+    engine = engine_with_sidecar(tmp_path)
+    reads, parsed = [], []
+    read, parse = Sidecar.read.__func__, ShapeRange.from_input_shapes.__func__
+    monkeypatch.setattr(Sidecar, "read", classmethod(lambda cls, path: reads.append(read(cls, path)) or reads[-1]))
+    monkeypatch.setattr(
+        ShapeRange,
+        "from_input_shapes",
+        classmethod(lambda cls, *a, **k: parsed.append(parse(cls, *a, **k)) or parsed[-1]),
+    )
+    backend = TensorRTBackend(engine)
+    assert (len(reads), parsed) == (1, PROFILES)  # one read, each profile parsed once
+    assert backend.profiles is reads[0].profiles and backend.profiles == tuple(PROFILES)
+    assert backend.metadata == reads[0].metadata and backend.multiple == reads[0].multiple == 32
+    with pytest.raises(PConvError, match=r"model.engine: its profiles accept batches up to 1, not --max-batch-size 2"):
+        write_triton_repo(RepositoryOptions(model=engine, repo=tmp_path / "repo", max_batch_size=2))
+    assert (len(reads), parsed) == (2, PROFILES * 2)  # triton-repo: one read too
+    assert reads[1] == reads[0]  # the same profiles (batches up to 4 and 1: Triton may send 1) and contract
+    folder = write_triton_repo(RepositoryOptions(model=engine, repo=tmp_path / "repo", max_batch_size=1))
+    assert (folder / "config.pbtxt").read_text().count('string_value: "32"') == 1  # pconv.multiple, from that read
+    backend.close()
 
 
 def test_the_device_index_is_used_on_every_thread_and_checked_against_the_sidecar(gpu, tmp_path):

@@ -20,7 +20,7 @@ from helpers.engines_onnx import contract_metadata, write_contract_onnx
 
 from pconv_deploy.engines.build import BuildError, build_engine, plan_build, polygraphy_loaders
 from pconv_deploy.engines.profiles import ShapeRange
-from pconv_deploy.engines.sidecar import read_sidecar
+from pconv_deploy.engines.sidecar import Sidecar
 from pconv_deploy.engines.trt_api import TensorRTUnavailable
 from pconv_deploy.errors import PConvError
 
@@ -248,13 +248,13 @@ def test_build_wiring(recorded_build, tmp_path):
     assert (network.strongly_typed, config.version_compatible, config.exclude_lean_runtime) == (True, True, None)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.engine", "m.engine.json"]  # no temp left
     assert (tmp_path / "out" / "m.engine").read_bytes() == b"serialised engine"
-    assert read_sidecar(tmp_path / "out" / "m.engine") == sidecar
-    assert (sidecar["gpu_name"], sidecar["compute_capability"], sidecar["tensorrt_version"]) == (
+    assert Sidecar.read(tmp_path / "out" / "m.engine") == sidecar
+    assert (sidecar.gpu_name, sidecar.compute_capability, sidecar.tensorrt_version) == (
         "NVIDIA L4",
         "8.9",
         tensorrt_lean.__version__,
     )
-    assert (sidecar["precision"], sidecar["onnx_file"], sidecar["version_compatible"]) == ("fp16", "m.onnx", True)
+    assert (sidecar.precision, sidecar.onnx_file, sidecar.version_compatible) == ("fp16", "m.onnx", True)
     assert [name for name, *_ in recorded_build.gpu.calls] == [
         "cudaGetDeviceCount",
         "cudaSetDevice",

@@ -298,14 +298,14 @@ def test_tensorrt_int8_build_wiring(recorded_build, s8_onnx, tmp_path):
     """build-engine on the Q/DQ file, against the real tensorrt_lean enums and Polygraphy's loaders:
     strongly typed, no INT8 or FP16 builder flag (TensorRT 11 removed them), sidecar precision int8."""
     from pconv_deploy.engines.build import build_engine
-    from pconv_deploy.engines.sidecar import read_sidecar
+    from pconv_deploy.engines.sidecar import Sidecar
 
     plan = plan_build(s8_onnx, tmp_path / "out" / "m.engine", precision="int8")
     sidecar = build_engine(plan, device=0)
     (call,) = recorded_build.loader.mock_calls
     (network,), config = call.args, call.kwargs["config"]
     assert network.strongly_typed and not config.int8 and not config.fp16 and config.calibrator is None
-    assert sidecar["precision"] == "int8" == read_sidecar(tmp_path / "out" / "m.engine")["metadata"]["pconv.precision"]
+    assert sidecar.precision == "int8" == Sidecar.read(tmp_path / "out" / "m.engine").metadata["pconv.precision"]
 
 
 def test_s8_for_tensorrt_and_build_engine_rules(s8_onnx, cli_int8, small_onnx, tmp_path):

@@ -10,7 +10,7 @@ from helpers.reference import sha256_of as file_sha256
 from tritonclient.grpc import model_config_pb2
 
 from pconv_deploy.engines.profiles import ShapeRange
-from pconv_deploy.engines.sidecar import make_sidecar, write_sidecar
+from pconv_deploy.engines.sidecar import Sidecar
 from pconv_deploy.errors import PConvError
 from pconv_deploy.serving.options import RepositoryOptions
 from pconv_deploy.serving.repository import write_triton_repo
@@ -52,7 +52,7 @@ def test_engine_repository_respects_profiles(tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"engine bytes (never deserialised here)")
     profiles = [ShapeRange((1, 32, 32), (2, 64, 64), (4, 128, 128)), ShapeRange((1, 64, 64), (4, 64, 64), (8, 64, 64))]
-    sidecar = make_sidecar(
+    Sidecar.new(
         onnx_path=onnx_path,
         onnx_sha256=file_sha256(onnx_path),
         engine_path=engine,
@@ -62,8 +62,7 @@ def test_engine_repository_respects_profiles(tmp_path):
         gpu_name="NVIDIA L4",
         compute_capability="8.9",
         version_compatible=False,
-    )
-    write_sidecar(engine, sidecar)
+    ).write(engine)
     with pytest.raises(PConvError, match="accept batches up to 4"):
         write(engine, tmp_path / "repo", max_batch_size=8)
     assert not (tmp_path / "repo" / "pconv").exists()
@@ -231,7 +230,7 @@ def test_engine_sidecar_metadata_is_escaped_too(tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"engine bytes")
     hostile = HOSTILE_VALUES[0]
-    sidecar = make_sidecar(
+    Sidecar.new(
         onnx_path=onnx_path,
         onnx_sha256=file_sha256(onnx_path),
         engine_path=engine,
@@ -241,8 +240,7 @@ def test_engine_sidecar_metadata_is_escaped_too(tmp_path):
         gpu_name="NVIDIA L4",
         compute_capability="8.9",
         version_compatible=False,
-    )
-    write_sidecar(engine, sidecar)
+    ).write(engine)
     config = parse(write(engine, tmp_path / "repo", max_batch_size=4))
     assert config.parameters["pconv.producer"].string_value == hostile and config.backend == ""
     assert "EXECUTION_ENV_PATH" not in config.parameters

@@ -153,18 +153,24 @@ def test_sidecar_describes_the_build(engine, onnx_models):
     import tensorrt as trt
     from helpers.reference import sha256_of as file_sha256
 
-    from pconv_deploy.engines.sidecar import read_sidecar
+    from pconv_deploy.engines.profiles import ShapeRange
+    from pconv_deploy.engines.sidecar import Sidecar
     from pconv_deploy.engines.trt_api import use_device
 
     precision, path = engine
-    data = read_sidecar(path)
+    sidecar = Sidecar.read(path)
     gpu = use_device(0)
-    assert (data["precision"], data["tensorrt_version"]) == (precision, trt.__version__)
-    assert (data["gpu_name"], data["compute_capability"]) == (gpu.name, gpu.compute_capability)
-    assert data["onnx_file"] == f"small-{precision}.onnx"
-    assert data["onnx_sha256"] == file_sha256(onnx_models[precision])
-    assert data["metadata"]["pconv.precision"] == precision
-    assert data["profiles"][0]["image"] == [[1, 3, 64, 64], [2, 3, 128, 128], [4, 3, 256, 256]]
+    assert (sidecar.precision, sidecar.tensorrt_version) == (precision, trt.__version__)
+    assert (sidecar.gpu_name, sidecar.compute_capability) == (gpu.name, gpu.compute_capability)
+    assert sidecar.onnx_file == f"small-{precision}.onnx"
+    assert sidecar.onnx_sha256 == file_sha256(onnx_models[precision])
+    assert sidecar.metadata["pconv.precision"] == precision
+    assert sidecar.profiles == (ShapeRange((1, 64, 64), (2, 128, 128), (4, 256, 256)),)
+    assert json.loads(path.with_name(path.name + ".json").read_text())["profiles"][0]["image"] == [
+        [1, 3, 64, 64],
+        [2, 3, 128, 128],
+        [4, 3, 256, 256],
+    ]
     assert (path.parent / "timing.cache").stat().st_size > 0
 
 

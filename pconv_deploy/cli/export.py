@@ -190,8 +190,6 @@ def build_engine_command(
         exclude_lean_runtime=exclude_lean_runtime,
     )
     sidecar = build_engine(plan, device=device)
-    typer.echo(
-        f"wrote {plan.output} ({sidecar['precision']}, TensorRT {sidecar['tensorrt_version']}, {sidecar['gpu_name']})"
-    )
+    typer.echo(f"wrote {plan.output} ({sidecar.precision}, TensorRT {sidecar.tensorrt_version}, {sidecar.gpu_name})")
     for i, profile in enumerate(plan.profiles):
         typer.echo(f"  profile {i}: {profile}")

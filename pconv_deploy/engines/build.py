@@ -48,12 +48,7 @@ from typing import Any
 
 from pconv_deploy.contract import INPUT_NAMES, ONNX_SUFFIX, OUTPUT_NAMES, file_sha256
 from pconv_deploy.engines.profiles import ShapeRange, make_profiles
-from pconv_deploy.engines.sidecar import (
-    check_contract_metadata,
-    make_sidecar,
-    sidecar_path,
-    write_sidecar,
-)
+from pconv_deploy.engines.sidecar import Sidecar, check_contract_metadata, sidecar_path
 from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.files import write_bytes_atomic
 
@@ -185,7 +180,7 @@ def polygraphy_loaders(plan: BuildPlan, trt: Any) -> tuple[Any, Any]:
     return network, config
 
 
-def build_engine(plan: BuildPlan, device: int = 0) -> dict[str, Any]:
+def build_engine(plan: BuildPlan, device: int = 0) -> Sidecar:
     """Build and write ``plan.output`` and its sidecar; returns the sidecar. Needs the full TensorRT and a GPU."""
     from pconv_deploy.engines.trt_api import import_tensorrt, use_device
 
@@ -203,7 +198,7 @@ def build_engine(plan: BuildPlan, device: int = 0) -> dict[str, Any]:
         serialised = EngineBytesFromNetwork(network, config=config, save_timing_cache=cache)()
     except PolygraphyException as e:  # Polygraphy has logged the details already
         raise BuildError(f"{plan.onnx_path}: TensorRT build failed: {first_line(e)}") from None
-    sidecar = make_sidecar(
+    sidecar = Sidecar.new(
         onnx_path=plan.onnx_path,
         onnx_sha256=onnx_sha256,
         engine_path=plan.output,
@@ -219,5 +214,5 @@ def build_engine(plan: BuildPlan, device: int = 0) -> dict[str, Any]:
     # Never leave a new engine beside an old sidecar: drop the sidecar, write the engine, write the sidecar.
     sidecar_path(plan.output).unlink(missing_ok=True)
     write_bytes_atomic(plan.output, memoryview(serialised))
-    write_sidecar(plan.output, sidecar)
+    sidecar.write(plan.output)
     return sidecar

@@ -330,6 +330,6 @@ def tensorrt_unavailable() -> str | None:
 
 def engine_source_onnx(engine: Path) -> Path:
     """The ONNX file an engine was built from: its sidecar validated, the file beside the engine and unchanged."""
-    from pconv_deploy.engines.sidecar import source_onnx
+    from pconv_deploy.engines.sidecar import Sidecar
 
-    return source_onnx(engine)
+    return Sidecar.read(engine).source_onnx(engine)

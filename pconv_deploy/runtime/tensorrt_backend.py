@@ -14,13 +14,14 @@ device (``no CUDA GPU`` here) and the sidecar's GPU -> deserialisation -> the en
 from __future__ import annotations
 
 import queue
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from pconv_deploy.contract import CHANNELS, IMAGE, INPUT_NAMES, MASK, OUTPUT_NAMES
 from pconv_deploy.engines.profiles import ShapeRange, format_shape, max_batch, select_profile
-from pconv_deploy.engines.sidecar import check_gpu, check_runtime, read_sidecar
+from pconv_deploy.engines.sidecar import Sidecar
 from pconv_deploy.engines.trt_api import (
     EngineContext,
     LoadedEngine,
@@ -36,7 +37,7 @@ from pconv_deploy.errors import PConvError
 __all__ = ["Readiness", "TensorRTBackend", "TensorRTUnavailable", "plan_batches", "tensorrt_readiness"]
 
 
-def plan_batches(profiles: list[ShapeRange], batch: int, height: int, width: int) -> list[tuple[int, int, int]]:
+def plan_batches(profiles: Sequence[ShapeRange], batch: int, height: int, width: int) -> list[tuple[int, int, int]]:
     """[(start, stop, profile index)]: the whole batch if a profile takes it, else chunks of the
     largest batch a profile takes at this size. Raises when a chunk fits no profile."""
 
@@ -91,12 +92,12 @@ class TensorRTBackend:
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
             raise PConvError(f"{self.engine_path}: no such engine file")
-        sidecar = read_sidecar(self.engine_path)
-        check_runtime(sidecar, self.engine_path, tensorrt_version=trt.version, lean=trt.lean)
-        self.sidecar, self.device, self.tensorrt = sidecar, device, trt
-        self.metadata: dict[str, str] = dict(sidecar["metadata"])
-        self.multiple = int(self.metadata["pconv.multiple"])
-        self.profiles = [ShapeRange.from_input_shapes(p) for p in sidecar["profiles"]]
+        self.sidecar = Sidecar.read(self.engine_path)  # read and checked once; everything below uses it
+        self.sidecar.check_runtime(self.engine_path, tensorrt_version=trt.version, lean=trt.lean)
+        self.device, self.tensorrt = device, trt
+        self.metadata: dict[str, str] = dict(self.sidecar.metadata)
+        self.multiple = self.sidecar.multiple
+        self.profiles = self.sidecar.profiles
         self.max_batch = max(p.max[0] for p in self.profiles)  # the runtime batches up to this
 
         self._loaded = self._deserialise()
@@ -110,10 +111,10 @@ class TensorRTBackend:
     def _deserialise(self) -> LoadedEngine:
         """The GPU starts here: the device (no CUDA GPU -> one line), its match with the sidecar, then TensorRT."""
         gpu = use_device(self.device)
-        check_gpu(self.sidecar, self.engine_path, gpu_name=gpu.name, compute_capability=gpu.compute_capability)
+        self.sidecar.check_gpu(self.engine_path, gpu_name=gpu.name, compute_capability=gpu.compute_capability)
         try:
             return deserialise_engine(
-                self.tensorrt, self.engine_path.read_bytes(), host_code_allowed=self.sidecar["version_compatible"]
+                self.tensorrt, self.engine_path.read_bytes(), host_code_allowed=self.sidecar.version_compatible
             )
         except PConvError as e:
             raise PConvError(f"{self.engine_path}: {e}") from None

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from pconv_deploy.contract import CHANNELS, ENGINE_SUFFIXES, INPUT_NAMES, OUTPUT_NAMES, contract_levels
+from pconv_deploy.engines.sidecar import Sidecar
 from pconv_deploy.errors import PConvError, first_line
 from pconv_deploy.files import fsync_dir, stale_temps, temp_path, write_text_atomic
 from pconv_deploy.serving.options import (
@@ -34,12 +35,8 @@ def platform_of(is_engine: bool) -> str:
     return "tensorrt_plan" if is_engine else "onnxruntime_onnx"
 
 
-def model_metadata(model: Path) -> dict[str, str]:
-    """The ``pconv.*`` contract metadata: from the ONNX file, or from an engine's sidecar JSON."""
-    if model.suffix in ENGINE_SUFFIXES:
-        from pconv_deploy.engines.sidecar import read_sidecar
-
-        return dict(read_sidecar(model)["metadata"])
+def onnx_model_metadata(model: Path) -> dict[str, str]:
+    """The ``pconv.*`` contract metadata of an ONNX file (an engine's comes from its `Sidecar`)."""
     import onnxruntime as ort
 
     try:
@@ -57,11 +54,9 @@ def model_metadata(model: Path) -> dict[str, str]:
     return meta
 
 
-def engine_max_batch(engine: Path) -> int:
+def engine_max_batch(sidecar: Sidecar) -> int:
     """The largest batch every optimization profile accepts (Triton may send any batch up to it)."""
-    from pconv_deploy.engines.sidecar import read_sidecar, validate_sidecar
-
-    return min(profile.max[0] for profile in validate_sidecar(read_sidecar(engine), str(engine)))
+    return min(profile.max[0] for profile in sidecar.profiles)
 
 
 def pbtxt_string(text: str, what: str) -> str:
@@ -127,8 +122,9 @@ def write_triton_repo(options: RepositoryOptions) -> Path:
     if not model.is_file():
         raise PConvError(f"{model}: no such model file")
     is_engine = model.suffix in ENGINE_SUFFIXES
-    meta = model_metadata(model)
-    if is_engine and options.max_batch_size > (limit := engine_max_batch(model)):
+    sidecar = Sidecar.read(model) if is_engine else None  # an engine's contract and profiles, read once
+    meta = dict(sidecar.metadata) if sidecar is not None else onnx_model_metadata(model)
+    if sidecar is not None and options.max_batch_size > (limit := engine_max_batch(sidecar)):
         raise PConvError(
             f"{model}: its profiles accept batches up to {limit}, not --max-batch-size {options.max_batch_size}"
         )

@@ -63,10 +63,10 @@ def write_valid_sidecar(engine: Path, onnx_path: Path) -> None:
     """The sidecar build-engine writes (the fallback validates it: same folder, same sha256)."""
     from pconv_deploy.contract import file_sha256
     from pconv_deploy.engines.profiles import default_profiles
-    from pconv_deploy.engines.sidecar import make_sidecar, write_sidecar
+    from pconv_deploy.engines.sidecar import Sidecar
 
     meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
-    data = make_sidecar(
+    Sidecar.new(
         onnx_path=onnx_path,
         onnx_sha256=file_sha256(onnx_path),
         engine_path=engine,
@@ -76,5 +76,4 @@ def write_valid_sidecar(engine: Path, onnx_path: Path) -> None:
         gpu_name="NVIDIA L4",
         compute_capability="8.9",
         version_compatible=False,
-    )
-    write_sidecar(engine, data)
+    ).write(engine)
