@@ -17,8 +17,8 @@ import pytest
 from helpers.images import CoordinateBackend, H, W, coordinate_image, holes
 from PIL import Image
 
-from pconv_deploy.runtime import Inpainter
-from pconv_deploy.runtime.pipeline import run_folder
+from pconv_deploy.runtime import Inpainter, InpaintOptions
+from pconv_deploy.runtime.pipeline import FolderOptions, run_folder
 
 MARGIN = 24
 
@@ -68,7 +68,7 @@ def fill_tagged(hole: np.ndarray, margin: int = MARGIN) -> tuple[CoordinateBacke
     """Crop-inpaint the coordinate image (blue 0) with a tagging backend: (backend, output)."""
     image = coordinate_image(0)
     backend = CoordinateBackend(tag=True)
-    inpainter = Inpainter(backend, strategy="crop", max_side=4096)
+    inpainter = Inpainter(backend, InpaintOptions(strategy="crop", max_side=4096))
     inpainter.margin = margin
     [out] = inpainter.inpaint([image], [hole])
     assert np.array_equal(out[~hole], image[~hole])
@@ -79,7 +79,9 @@ def fill_tagged(hole: np.ndarray, margin: int = MARGIN) -> tuple[CoordinateBacke
 @pytest.mark.parametrize("strategy", ["crop", "full", "resize"])
 def test_every_hole_pixel_gets_its_own_fill(strategy):
     backend = CoordinateBackend()
-    inpainter = Inpainter(backend, batch_size=2, strategy=strategy, max_side=128 if strategy == "resize" else 1024)
+    inpainter = Inpainter(
+        backend, InpaintOptions(batch_size=2, strategy=strategy, max_side=128 if strategy == "resize" else 1024)
+    )
     inpainter.margin = MARGIN
     images = [coordinate_image(40 * k) for k in range(3)]
     masks = [holes(k) for k in range(3)]
@@ -108,9 +110,9 @@ def test_folder_job_pastes_each_fill_into_its_own_image(tmp_path):
         Image.fromarray(hole.astype(np.uint8) * 255).save(tmp_path / "masks" / f"p{k}.png")
         expected[f"p{k}.png"] = image
     backend = CoordinateBackend()
-    inpainter = Inpainter(backend, batch_size=3, inflight=2)
-    inpainter.margin = MARGIN
-    report = run_folder(inpainter, tmp_path / "images", tmp_path / "masks", tmp_path / "out", progress=False)
+    inpainter = Inpainter(backend, InpaintOptions(batch_size=3, inflight=2, margin=MARGIN))
+    folder = FolderOptions(images=tmp_path / "images", masks=tmp_path / "masks", output=tmp_path / "out")
+    report = run_folder(inpainter, folder, progress=False)
     assert report.count("ok") == 5, [f.error for f in report.files]
     for name, image in expected.items():
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / name)), image), name
@@ -125,8 +127,7 @@ def test_overlapping_windows_fill_each_hole_from_its_own_window():
     hole[150:156, 150:156] = 1
     hole = hole > 0
     backend = CoordinateBackend()
-    inpainter = Inpainter(backend, strategy="crop")
-    inpainter.margin = MARGIN
+    inpainter = Inpainter(backend, InpaintOptions(strategy="crop", margin=MARGIN))
     job = inpainter.plan(coordinate_image(0), hole)
     assert len(job.tiles) >= 2 and any(tile.paste is not None for tile in job.tiles)
     [out] = inpainter.inpaint([coordinate_image(0)], [hole])

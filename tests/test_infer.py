@@ -340,3 +340,119 @@ def test_hole_larger_than_trained_warns_naming_the_convention(small_onnx, tmp_pa
     lines = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("warning:")]
     assert r.returncode == 0 and len(lines) == 1 and "normal.png" in lines[0]  # edge: 40 % black
     assert "--mask-convention hole-white" in lines[0]
+
+
+# The Python API behind the command: pconv_deploy.infer ---------------------------------------------
+def test_the_api_writes_what_the_command_writes(photos, small_onnx, tmp_path, monkeypatch, capsys):
+    """``infer(InferOptions(...))`` with the command's settings writes the same bytes and the same report."""
+    from helpers.cli import run_cli
+
+    from pconv_deploy.infer import FolderOptions, InferOptions, InpaintOptions, infer
+    from pconv_deploy.runtime.pipeline import write_report
+
+    (photos / "masks" / "orphan.png").write_bytes((photos / "masks" / "chelsea.png").read_bytes())
+    try:
+        flags = ["--model", small_onnx, "--backend", "onnxruntime", "--batch-size", 3, "--margin", 40]
+        args = ["infer", "--images", photos / "images", "--masks", photos / "masks", "--output", tmp_path / "cli"]
+        code, err = run_cli([*map(str, args + flags), "--report", str(tmp_path / "cli.json")], monkeypatch, capsys)
+        assert code == 0, err
+        folder = FolderOptions(images=photos / "images", masks=photos / "masks", output=tmp_path / "api")
+        inpaint = InpaintOptions(batch_size=3, margin=40)
+        options = InferOptions(model=small_onnx, backend="onnxruntime", folder=folder, inpaint=inpaint)
+        report = infer(options, progress=False)
+    finally:
+        (photos / "masks" / "orphan.png").unlink()
+    assert tree_digest(tmp_path / "api") == tree_digest(tmp_path / "cli") and len(tree_digest(tmp_path / "api")) == 5
+    ours = json.loads(write_report(report, tmp_path / "api.json").read_text())
+    theirs = json.loads((tmp_path / "cli.json").read_text())
+    for data in (ours, theirs):
+        data.pop("seconds"), data.pop("peak_memory_bytes"), data.pop("memory_limit_bytes")  # of this moment
+        for f in data["files"]:
+            f["output"] = f["output"].rsplit("/", 1)[1]
+    assert ours == theirs
+    assert ours["model"] == str(small_onnx) and ours["warnings"] == [
+        f"mask {photos / 'masks' / 'orphan.png'} has no image in {photos / 'images'}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"model": True, "servers": ("http://127.0.0.1:1",)}, "give exactly one of a model"),
+        ({}, "give exactly one of a model"),
+        ({"model": True, "threads": 0}, "threads must be >= 1, got 0"),
+        ({"model": True, "server_wait": -1}, "server_wait must be >= 0 seconds, got -1"),
+    ],
+)
+def test_infer_options_check_themselves(fields, message, small_onnx, tmp_path):
+    from pconv_deploy.errors import UsageError
+    from pconv_deploy.infer import FolderOptions, InferOptions
+
+    folder = FolderOptions(images=tmp_path, masks=tmp_path, output=tmp_path / "out")
+    with pytest.raises(UsageError) as caught:
+        InferOptions(folder=folder, **(fields | ({"model": small_onnx} if "model" in fields else {})))
+    assert str(caught.value).startswith(message) and caught.value.exit_code == 2
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"strategy": "tile"}, "unknown strategy 'tile': choose one of crop, resize, full"),
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"max_side": 0}, "max_side must be >= 1, got 0"),
+        ({"inflight": 0}, "inflight must be >= 1, got 0"),
+        ({"margin": -1}, "margin must be >= 0, got -1"),
+        ({"memory_limit": "6GiB"}, "memory_limit must be bytes >= 1, None or 'auto', got '6GiB'"),
+        ({"memory_limit": 0}, "memory_limit must be bytes >= 1"),
+    ],
+)
+def test_inpaint_options_check_themselves(fields, message):
+    from pconv_deploy.errors import UsageError
+    from pconv_deploy.infer import InpaintOptions
+
+    with pytest.raises(UsageError) as caught:
+        InpaintOptions(**fields)
+    assert str(caught.value).startswith(message) and caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"mask_convention": "white"}, "unknown mask convention 'white': choose one of hole-white, hole-black"),
+        ({"workers": 0}, "workers and max_pixels must be >= 1, got 0 and"),
+        ({"max_pixels": 0}, "workers and max_pixels must be >= 1, got 2 and 0"),
+    ],
+)
+def test_folder_options_check_themselves(fields, message, tmp_path):
+    from pconv_deploy.errors import UsageError
+    from pconv_deploy.infer import FolderOptions
+
+    with pytest.raises(UsageError) as caught:
+        FolderOptions(images=tmp_path, masks=tmp_path, output=tmp_path, **fields)
+    assert str(caught.value).startswith(message)
+
+
+def test_the_command_defaults_are_the_options_defaults():
+    """Each `pconv infer` flag's default is its option's default (spelled twice, checked here)."""
+    import dataclasses
+    import inspect
+
+    from pconv_deploy.cli.infer import infer as command
+    from pconv_deploy.infer import FolderOptions, InferOptions, InpaintOptions
+    from pconv_deploy.runtime.outputs import OutputSettings
+
+    flags = {name: getattr(p.default, "value", p.default) for name, p in inspect.signature(command).parameters.items()}
+    renamed = {"format": "output_format", "precision": "inference_precision", "servers": "server"}
+    checked = []
+    for options in (InferOptions, InpaintOptions, FolderOptions, OutputSettings):
+        for field in dataclasses.fields(options):
+            flag = renamed.get(field.name, field.name)
+            if (
+                flag in flags
+                and field.default is not dataclasses.MISSING
+                and flag not in ("inflight", "server", "memory_limit")
+            ):
+                assert flags[flag] == field.default, f"--{flag.replace('_', '-')}: {flags[flag]} != {field.default}"
+                checked.append(flag)
+    assert len(checked) >= 14, checked

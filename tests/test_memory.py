@@ -11,7 +11,7 @@ from helpers.images import CoordinateBackend, coordinate_image, holes
 from PIL import Image
 
 from pconv_deploy.errors import PConvError
-from pconv_deploy.runtime import Inpainter
+from pconv_deploy.runtime import Inpainter, InpaintOptions
 from pconv_deploy.runtime.memory import (
     CALL_OVERHEAD,
     INFERENCE_SHARE,
@@ -19,7 +19,7 @@ from pconv_deploy.runtime.memory import (
     current_rss,
     parse_memory,
 )
-from pconv_deploy.runtime.pipeline import run_folder
+from pconv_deploy.runtime.pipeline import FolderOptions, run_folder
 
 MEASURE = """
 import sys, numpy as np
@@ -97,13 +97,12 @@ def test_batches_are_formed_against_the_budget():
     backend = CountingBackend()
     images = [coordinate_image(10 * k) for k in range(6)]
     masks = [holes(k) for k in range(6)]
-    unbounded = Inpainter(backend, batch_size=4, strategy="full", memory_limit=None)
+    unbounded = Inpainter(backend, InpaintOptions(batch_size=4, strategy="full", memory_limit=None))
     unbounded.inpaint(images, masks)
     assert backend.batches == [4, 2]
     backend.batches.clear()
-    two_images = Inpainter(
-        backend, batch_size=4, strategy="full", memory_limit=limit_for_pixels(2 * 224 * 256, backend)
-    )
+    limit = limit_for_pixels(2 * 224 * 256, backend)
+    two_images = Inpainter(backend, InpaintOptions(batch_size=4, strategy="full", memory_limit=limit))
     two_images.inpaint(images, masks)
     assert backend.batches == [2, 2, 2]
 
@@ -119,8 +118,9 @@ def test_too_large_alone_fails_that_file_and_the_rest_runs(tmp_path):
         Image.fromarray(coordinate_image(k)).save(tmp_path / "images" / f"small{k}.png")
         Image.fromarray(holes(k).astype(np.uint8) * 255).save(tmp_path / "masks" / f"small{k}.png")
     limit = limit_for_pixels(2 * 224 * 256, backend)
-    inpainter = Inpainter(backend, strategy="full", memory_limit=limit)
-    report = run_folder(inpainter, tmp_path / "images", tmp_path / "masks", tmp_path / "out", progress=False)
+    inpainter = Inpainter(backend, InpaintOptions(strategy="full", memory_limit=limit))
+    folder = FolderOptions(images=tmp_path / "images", masks=tmp_path / "masks", output=tmp_path / "out")
+    report = run_folder(inpainter, folder, progress=False)
     by_name = {f.image.rsplit("/", 1)[1]: f for f in report.files}
     assert by_name["small0.png"].status == by_name["small1.png"].status == "ok"
     assert by_name["big.png"].status == "failed"

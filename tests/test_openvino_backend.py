@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("openvino")
 
 from pconv_deploy.errors import PConvError  # noqa: E402
-from pconv_deploy.runtime import Inpainter  # noqa: E402
+from pconv_deploy.runtime import Inpainter, InpaintOptions  # noqa: E402
 from pconv_deploy.runtime.backends import load_backend  # noqa: E402
 from pconv_deploy.runtime.openvino_backend import OpenVinoBackend, onnx_metadata  # noqa: E402
 
@@ -108,7 +108,7 @@ def test_reduced_precision_is_asked_for_and_close(small_onnx, precision):
     assert np.abs(out * mask - image * mask).max() <= 2**-10
     rgb = (image[0].transpose(1, 2, 0) * 255).astype(np.uint8)
     hole = mask[0, 0] == 0
-    [filled] = Inpainter(backend, strategy="full").inpaint([rgb], [hole])
+    [filled] = Inpainter(backend, InpaintOptions(strategy="full")).inpaint([rgb], [hole])
     assert np.array_equal(filled[~hole], rgb[~hole]) and not np.array_equal(filled[hole], rgb[hole])
 
 
@@ -229,8 +229,9 @@ def test_inpainter_full_strategy_on_openvino(small_onnx):
     image = rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)
     hole = np.zeros((80, 100), bool)
     hole[30:50, 20:70] = True
-    ours = Inpainter.from_path(small_onnx, backend="openvino", strategy="full", device="cpu").inpaint([image], [hole])
-    ort = Inpainter.from_path(small_onnx, backend="onnxruntime", strategy="full", device="cpu").inpaint([image], [hole])
+    full = InpaintOptions(strategy="full")
+    ours = Inpainter.from_path(small_onnx, full, backend="openvino", device="cpu").inpaint([image], [hole])
+    ort = Inpainter.from_path(small_onnx, full, backend="onnxruntime", device="cpu").inpaint([image], [hole])
     assert np.abs(ours[0].astype(int) - ort[0]).max() <= 1 and np.array_equal(ours[0][~hole], image[~hole])
 
 

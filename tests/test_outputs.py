@@ -12,14 +12,18 @@ import skimage.data
 from PIL import Image, ImageCms
 
 from pconv_deploy.errors import PConvError
-from pconv_deploy.runtime import Inpainter, load_backend
+from pconv_deploy.runtime import Inpainter, InpaintOptions, load_backend
 from pconv_deploy.runtime.outputs import OutputSettings, output_name
-from pconv_deploy.runtime.pipeline import run_folder
+from pconv_deploy.runtime.pipeline import FolderOptions, run_folder
+
+
+def job(images, masks, output, encoding=OutputSettings()) -> FolderOptions:
+    return FolderOptions(images=images, masks=masks, output=output, encoding=encoding)
 
 
 @pytest.fixture(scope="module")
 def inpainter(small_onnx):
-    return Inpainter(load_backend(small_onnx), batch_size=2)
+    return Inpainter(load_backend(small_onnx), InpaintOptions(batch_size=2))
 
 
 @pytest.fixture()
@@ -52,7 +56,7 @@ def png_zlib_level(path) -> int:
 
 def test_default_png_is_lossless_and_fast(inpainter, folder, tmp_path):
     images, mask, hole, icc = folder
-    report = run_folder(inpainter, images, mask, tmp_path / "out", progress=False)
+    report = run_folder(inpainter, job(images, mask, tmp_path / "out"), progress=False)
     assert report.count("ok") == 3 and report.output_format == "png"
     for source, name in (("cat.jpg", "cat.png"), ("tac.png", "tac.png"), ("upside.webp", "upside.png")):
         result, fmt, profile = decoded(tmp_path / "out" / name)
@@ -65,7 +69,7 @@ def test_default_png_is_lossless_and_fast(inpainter, folder, tmp_path):
 
 def test_png_level_is_applied(inpainter, folder, tmp_path):
     images, mask, _, _ = folder
-    run_folder(inpainter, images, mask, tmp_path / "out", progress=False, output_settings=OutputSettings(png_level=9))
+    run_folder(inpainter, job(images, mask, tmp_path / "out", OutputSettings(png_level=9)), progress=False)
     assert png_zlib_level(tmp_path / "out" / "cat.png") == 3
 
 
@@ -73,7 +77,7 @@ def test_png_level_is_applied(inpainter, folder, tmp_path):
 def test_lossy_and_same_formats(inpainter, folder, tmp_path, fmt):
     images, mask, hole, icc = folder
     out = tmp_path / "out"
-    report = run_folder(inpainter, images, mask, out, progress=False, output_settings=OutputSettings(fmt, 90))
+    report = run_folder(inpainter, job(images, mask, out, OutputSettings(fmt, 90)), progress=False)
     assert report.count("ok") == 3, [f.error for f in report.files]
     expected = {
         "jpg": {"cat.jpg": "JPEG", "tac.jpg": "JPEG", "upside.jpg": "JPEG"},
@@ -96,7 +100,7 @@ def test_lossy_and_same_formats(inpainter, folder, tmp_path, fmt):
 
 def test_lossless_webp_at_quality_100(inpainter, folder, tmp_path):
     images, mask, hole, _ = folder
-    run_folder(inpainter, images, mask, tmp_path / "out", progress=False, output_settings=OutputSettings("webp", 100))
+    run_folder(inpainter, job(images, mask, tmp_path / "out", OutputSettings("webp", 100)), progress=False)
     result, _, _ = decoded(tmp_path / "out" / "tac.webp")
     original, _, _ = decoded(images / "tac.png")
     assert np.array_equal(result[~hole], original[~hole])
@@ -112,12 +116,7 @@ def test_alpha_to_jpeg_fails_that_file_before_inference(inpainter, tmp_path):
     hole[10:40, 10:40] = 255
     Image.fromarray(hole).save(tmp_path / "mask.png")
     report = run_folder(
-        inpainter,
-        images,
-        tmp_path / "mask.png",
-        tmp_path / "out",
-        progress=False,
-        output_settings=OutputSettings("jpg"),
+        inpainter, job(images, tmp_path / "mask.png", tmp_path / "out", OutputSettings("jpg")), progress=False
     )
     by_name = {f.image.rsplit("/", 1)[1]: f for f in report.files}
     assert by_name["plain.png"].status == "ok"

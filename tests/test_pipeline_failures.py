@@ -117,8 +117,8 @@ def test_padding_and_cropping_overlap_the_backend_call(small_onnx, tmp_path):
     """
     import threading
 
-    from pconv_deploy.runtime import Inpainter, load_backend
-    from pconv_deploy.runtime.pipeline import run_folder
+    from pconv_deploy.runtime import Inpainter, InpaintOptions, load_backend
+    from pconv_deploy.runtime.pipeline import FolderOptions, run_folder
 
     images, mask = make_folder(tmp_path, 8, (256, 256), (slice(40, 90), slice(30, 120)))
     backend = load_backend(small_onnx, "onnxruntime", "cpu")
@@ -132,7 +132,7 @@ def test_padding_and_cropping_overlap_the_backend_call(small_onnx, tmp_path):
         return out
 
     backend.run = timed_run
-    inpainter = Inpainter(backend, batch_size=1, strategy="full")
+    inpainter = Inpainter(backend, InpaintOptions(batch_size=1, strategy="full"))
     real_pad = inpainter.pad_batch
 
     def timed_pad(tiles, shape):
@@ -140,7 +140,7 @@ def test_padding_and_cropping_overlap_the_backend_call(small_onnx, tmp_path):
         return real_pad(tiles, shape)
 
     inpainter.pad_batch = timed_pad
-    report = run_folder(inpainter, images, mask, tmp_path / "out", progress=False)
+    report = run_folder(inpainter, FolderOptions(images=images, masks=mask, output=tmp_path / "out"), progress=False)
     assert report.count("ok") == 8 and len(calls) == 8 and len(pads) == 8
     assert all(name.startswith("pconv-infer") for *_, name in calls)
     assert not any(name.startswith("pconv-infer") for _, name in pads)

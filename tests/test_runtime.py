@@ -14,14 +14,14 @@ from helpers.engines_onnx import write_valid_sidecar
 from helpers.images import strokes
 
 from pconv_deploy.errors import PConvError
-from pconv_deploy.runtime import Inpainter, load_backend
+from pconv_deploy.runtime import Inpainter, InpaintOptions, load_backend
 from pconv_deploy.runtime.inpainter import align_window, hole_windows
 from pconv_deploy.runtime.tiles import plan_windows
 
 
 @pytest.fixture(scope="module")
 def onnx_inpainter(small_onnx):
-    return Inpainter.from_path(small_onnx, batch_size=2)
+    return Inpainter.from_path(small_onnx, InpaintOptions(batch_size=2))
 
 
 def test_onnx_backend_contract(small_onnx):
@@ -94,7 +94,7 @@ def test_large_photo_crop_is_bounded_and_native(onnx_inpainter):
     job = onnx_inpainter.plan(big, hole)
     [tile] = job.tiles
     assert not tile.resized and max(tile.rgb.shape[:2]) <= 512
-    resize = Inpainter(onnx_inpainter.backend, strategy="resize", max_side=512)
+    resize = Inpainter(onnx_inpainter.backend, InpaintOptions(strategy="resize", max_side=512))
     [tile] = resize.plan(big, hole).tiles
     assert tile.resized and max(tile.rgb.shape[:2]) == 512
     out = resize.inpaint([big], [hole])[0]
@@ -226,9 +226,9 @@ def test_inpainter_keeps_within_its_memory_budget(small_onnx):
     from pconv_deploy.runtime.inpainter import KEEP_SHARE
 
     backend = load_backend(small_onnx, "onnxruntime", "cpu")
-    inpainter = Inpainter(backend, memory_limit=8 * 2**30)
+    inpainter = Inpainter(backend, InpaintOptions(memory_limit=8 * 2**30))
     assert backend.keep_bytes == inpainter.inference_budget // KEEP_SHARE > 0
-    Inpainter(backend, memory_limit=None)
+    Inpainter(backend, InpaintOptions(memory_limit=None))
     assert backend.keep_bytes is None
 
 
@@ -247,3 +247,21 @@ def test_pad_batch_is_numpy_symmetric_padding(small_onnx):
         expected = np.pad(tiles[0].rgb * known[..., None], (*pad, (0, 0)), mode="symmetric")
         assert np.array_equal(image[0], expected.transpose(2, 0, 1) * np.float32(1 / 255))
         assert np.array_equal(mask[0, 0], np.pad(known, pad, mode="symmetric").astype(np.float32))
+
+
+def test_fills_are_returned_in_tile_order_and_finish_takes_one_per_tile(small_onnx):
+    """run_tiles returns each tile's own fill even when batching regroups tiles of several sizes."""
+    from pconv_deploy.runtime.tiles import Job
+
+    inpainter = Inpainter(load_backend(small_onnx, "onnxruntime", "cpu"), InpaintOptions(batch_size=2, strategy="full"))
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((64, 64), (96, 64), (64, 64), (96, 64))]
+    holes = [rng.random(image.shape[:2]) > 0.8 for image in images]
+    jobs = [inpainter.plan(image, hole) for image, hole in zip(images, holes)]
+    tiles = [tile for job in jobs for tile in job.tiles]  # sizes a, b, a, b: two batches, each regrouped
+    fills = inpainter.run_tiles(tiles)
+    for job, fill in zip(jobs, fills):
+        [alone] = inpainter.run_tiles(job.tiles)
+        assert np.array_equal(fill, alone)
+    with pytest.raises(ValueError, match="1 fills for 0 tiles"):
+        Job(images[0], holes[0]).finish(fills[:1])

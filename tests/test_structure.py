@@ -178,7 +178,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pconv_deploy.engines",),
     ("pconv_deploy.runtime",),
     ("pconv_deploy.serving", "pconv_deploy.serve", "pconv_deploy.triton", "pconv_deploy.train"),
-    ("pconv_deploy.bench", "pconv_deploy.app", "pconv_deploy.doctor"),
+    ("pconv_deploy.bench", "pconv_deploy.app", "pconv_deploy.doctor", "pconv_deploy.infer"),
     ("pconv_deploy.paths", "pconv_deploy.cli"),
 )
 MAX_MODULE_LINES = 400

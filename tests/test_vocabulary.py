@@ -34,9 +34,11 @@ def test_every_inference_precision_is_known_to_load_backend(precision, small_onn
 
 @pytest.mark.parametrize("strategy", contract.STRATEGIES)
 def test_every_strategy_inpaints(strategy, small_onnx):
-    from pconv_deploy.runtime import Inpainter, load_backend
+    from pconv_deploy.runtime import Inpainter, InpaintOptions, load_backend
 
-    inpainter = Inpainter(load_backend(small_onnx, "onnxruntime", "cpu"), strategy=strategy, memory_limit=None)
+    inpainter = Inpainter(
+        load_backend(small_onnx, "onnxruntime", "cpu"), InpaintOptions(strategy=strategy, memory_limit=None)
+    )
     image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     hole = np.zeros((70, 90), bool)  # the API's masks: True = hole
     hole[20:30, 40:60] = True

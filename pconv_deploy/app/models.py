@@ -13,17 +13,15 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from pconv_deploy.contract import STRATEGIES
 from pconv_deploy.errors import PConvError
-from pconv_deploy.runtime import Inpainter, load_backend
+from pconv_deploy.runtime import Inpainter, InpaintOptions, load_backend
 from pconv_deploy.runtime.images import DEFAULT_MAX_PIXELS, Picture
 from pconv_deploy.runtime.outputs import DEFAULT_PNG_LEVEL, encode_png
-from pconv_deploy.runtime.tiles import CROP_MARGIN
 
 DEFAULT_MAX_UPLOAD = 128 * 2**20  # bytes of one request body (photo + mask)
 
@@ -40,18 +38,12 @@ class AppOptions:
     backend: str = "auto"
     device: str = "auto"
     threads: int | None = None
-    strategy: str = "crop"
-    max_side: int = 1024
-    margin: int = CROP_MARGIN
-    batch_size: int = 4
-    memory_limit: int | None | str = "auto"
+    inpaint: InpaintOptions = InpaintOptions()  # as `pconv infer`'s; inflight is set per model
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_upload: int = DEFAULT_MAX_UPLOAD
     png_level: int = DEFAULT_PNG_LEVEL
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise PConvError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
         if self.max_pixels < 1 or self.max_upload < 1:
             raise PConvError("--max-pixels and --max-upload must be >= 1")
 
@@ -125,9 +117,8 @@ class ModelSet:
             raise PConvError("no model to serve: give --model FILE or --server URL")
 
     def add(self, name: str, source: str, backend: object, inflight: int) -> None:
-        o = self.options
         wrapped = CountingBackend(backend, self.progress)
-        inpainter = Inpainter(wrapped, o.batch_size, o.strategy, o.max_side, o.margin, inflight, o.memory_limit)
+        inpainter = Inpainter(wrapped, replace(self.options.inpaint, inflight=inflight))
         self.inpainters[name] = inpainter
         self.sources[name] = source
 
@@ -149,8 +140,7 @@ class ModelSet:
             job = inpainter.plan(picture.pixels, hole)
             self.progress.start(name, len(job.tiles))
             try:
-                inpainter.run_tiles(job.tiles)
-                pixels = picture.merged(job.finish())
+                pixels = picture.merged(job.finish(inpainter.run_tiles(job.tiles)))
                 seconds = time.monotonic() - started
             finally:
                 self.progress.stop()

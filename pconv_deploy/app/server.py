@@ -68,7 +68,7 @@ def create_app(models: ModelSet):
             "examples": list(examples),
             "max_upload_bytes": options.max_upload,
             "max_pixels": options.max_pixels,
-            "strategy": options.strategy,
+            "strategy": options.inpaint.strategy,
         }
 
     @app.get("/api/examples/{name}")

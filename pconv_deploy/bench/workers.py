@@ -179,8 +179,8 @@ def _photos() -> list[np.ndarray]:
 
 def measure_pipeline(spec: WorkerSpec) -> dict[str, Any]:
     """``run_folder`` (what ``pconv infer`` runs) against ``backend.run`` on the same batches."""
-    from pconv_deploy.runtime import Inpainter
-    from pconv_deploy.runtime.pipeline import run_folder
+    from pconv_deploy.runtime import Inpainter, InpaintOptions
+    from pconv_deploy.runtime.pipeline import FolderOptions, run_folder
 
     settings: BenchSettings = spec.settings
     if not spec.folder:
@@ -188,7 +188,8 @@ def measure_pipeline(spec: WorkerSpec) -> dict[str, Any]:
     count, batch, threads = settings.pipeline_images, settings.pipeline_batch, settings.threads
     folder = Path(spec.folder) / "pipeline"
     images, masks = photo_folder(folder, count)
-    inpainter = Inpainter.from_path(spec.files["ours"], "onnxruntime", batch, "full", device="cpu", threads=threads)
+    options = InpaintOptions(batch_size=batch, strategy="full")
+    inpainter = Inpainter.from_path(spec.files["ours"], options, backend="onnxruntime", device="cpu", threads=threads)
     image, mask = feeds(batch, 512)
     steps = -(-count // batch)
 
@@ -198,7 +199,8 @@ def measure_pipeline(spec: WorkerSpec) -> dict[str, Any]:
 
     def pipeline() -> None:
         out = folder / "out"
-        report = run_folder(inpainter, images, masks, out, overwrite=True, progress=False, echo=lambda _: None)
+        folder_options = FolderOptions(images=images, masks=masks, output=out, overwrite=True)
+        report = run_folder(inpainter, folder_options, progress=False, echo=lambda _: None)
         if report.count("ok") != count:
             failed = [f"{r.image}: {r.error}" for r in report.files if r.status == "failed"]
             raise PConvError(f"pipeline wrote {report.count('ok')} of {count} images {failed[:1]}")

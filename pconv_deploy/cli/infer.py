@@ -21,9 +21,16 @@ from pconv_deploy.cli.base import (
 from pconv_deploy.paths import check_folder_job, check_input_file
 
 if TYPE_CHECKING:
-    from pconv_deploy.runtime.backends import Backend
     from pconv_deploy.runtime.pipeline import Report
 
+# Helps too long for one line of the signature.
+MODEL_HELP = "Model: .onnx, TensorRT .engine/.plan, or .safetensors (torch). Default: the bundled model."
+BACKEND_HELP = "auto picks TensorRT, else ONNX Runtime CUDA, else CPU."
+STRATEGY_HELP = (
+    "crop: windows around holes at native size; resize: whole image downscaled; "
+    "full: whole image at native size (most memory)."
+)
+PRECISION_HELP = "OpenVINO computes in: auto = f32 (the file's numbers); bf16 / f16 faster, asked for only."
 OUTPUT_FORMAT_HELP = (
     "png: lossless, known pixels byte-identical. jpg, webp: lossy, so the KNOWN pixels are re-encoded too. "
     "same: each input's own format."
@@ -35,24 +42,13 @@ def infer(
     images: Annotated[Path, typer.Option(help="A folder of images (PNG, JPEG, WebP, BMP, TIFF) or one image file.")],
     masks: Annotated[Path, typer.Option(help="A folder of masks paired by file stem, or one mask for all images.")],
     output: Annotated[Path, typer.Option(help="Folder for OUTPUT/<stem>.<format> (same size as the input).")],
-    model: Annotated[
-        Path | None,
-        typer.Option(help="Model: .onnx, TensorRT .engine/.plan, or .safetensors (torch). Default: the bundled model."),
-    ] = None,
-    backend: Annotated[InferBackend, typer.Option(help="auto picks TensorRT, else ONNX Runtime CUDA, else CPU.")] = (
-        InferBackend["auto"]
-    ),
+    model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
+    backend: Annotated[InferBackend, typer.Option(help=BACKEND_HELP)] = InferBackend["auto"],
     batch_size: Annotated[int, typer.Option(min=1, help="Images (tiles) of equal padded size per run.")] = 4,
     mask_convention: Annotated[
         MaskConvention, typer.Option(help="hole-white: white (>= 128) marks the hole; hole-black: the inverse.")
     ] = MaskConvention["hole-white"],
-    strategy: Annotated[
-        Strategy,
-        typer.Option(
-            help="crop: windows around holes at native size; resize: whole image downscaled; "
-            "full: whole image at native size (most memory)."
-        ),
-    ] = Strategy["crop"],
+    strategy: Annotated[Strategy, typer.Option(help=STRATEGY_HELP)] = Strategy["crop"],
     max_side: Annotated[int, typer.Option(min=32, help="Longest side the network sees (crop and resize).")] = 1024,
     margin: Annotated[
         int, typer.Option(min=0, help="crop: context px around each hole (at least a quarter of its long side).")
@@ -69,10 +65,7 @@ def infer(
     inflight: Annotated[int | None, typer.Option(min=1, help="Batches at once [default: 1, 2 per --server].")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (cuda: that GPU or an error).")] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="CPU engine threads [default: all cores].")] = None,
-    inference_precision: Annotated[
-        InferencePrecision,
-        typer.Option(help="OpenVINO computes in: auto = f32 (the file's numbers); bf16 / f16 faster, asked for only."),
-    ] = InferencePrecision["auto"],
+    inference_precision: Annotated[InferencePrecision, typer.Option(help=PRECISION_HELP)] = InferencePrecision["auto"],
     memory_limit: Annotated[str | None, typer.Option(help="Memory for the run, e.g. 6GiB [default: 80% free].")] = None,
     output_format: Annotated[OutputFormat, typer.Option(help=OUTPUT_FORMAT_HELP)] = OutputFormat["png"],
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG / WebP quality (100: lossless WebP).")] = 95,
@@ -84,24 +77,45 @@ def infer(
     """
     import signal
 
-    from pconv_deploy.runtime import Inpainter
-    from pconv_deploy.runtime.pipeline import run_folder
+    from pconv_deploy.infer import INFLIGHT_PER_SERVER, FolderOptions, InferOptions, InpaintOptions, infer
+    from pconv_deploy.runtime.memory import parse_memory
+    from pconv_deploy.runtime.outputs import OutputSettings
 
     model = check_infer_inputs(images, masks, output, model=model, servers=server, report=report)
-    warnings = warn_orphan_masks(images, masks, report)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
-    remote = (server, server_model, server_wait)
-    local = (model, backend.value, device, threads, inference_precision.value)
-    model_backend = open_remote_backend(*remote) if server else open_local_backend(*local)
-    inflight = inflight or (2 * len(server) if server else 1)
-    limit, out_cfg = infer_settings(memory_limit, output_format.value, quality, png_level)
-    inpainter = Inpainter(model_backend, batch_size, strategy.value, max_side, margin, inflight, limit)
-    result = run_folder(
-        inpainter, images, masks, output, mask_convention.value, workers, overwrite, max_pixels, output_settings=out_cfg
+    warn_orphan_masks(images, masks, report)
+    folder = FolderOptions(
+        images=images,
+        masks=masks,
+        output=output,
+        mask_convention=mask_convention.value,
+        workers=workers,
+        overwrite=overwrite,
+        max_pixels=max_pixels,
+        encoding=OutputSettings(output_format.value, quality, png_level),
     )
-    result.model = str(model) if model else " ".join(server)
-    result.warnings = warnings
-    finish_infer(result, inpainter.backend.name, report)
+    inpaint = InpaintOptions(
+        batch_size=batch_size,
+        strategy=strategy.value,
+        max_side=max_side,
+        margin=margin,
+        inflight=inflight or (INFLIGHT_PER_SERVER * len(server) if server else 1),
+        memory_limit=parse_memory(memory_limit) if memory_limit else "auto",
+    )
+    options = InferOptions(
+        folder=folder,
+        inpaint=inpaint,
+        model=model,
+        backend=backend.value,
+        device=device,
+        threads=threads,
+        precision=inference_precision.value,
+        servers=tuple(server or ()),
+        server_model=server_model,
+        server_wait=server_wait,
+    )
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as cleanly as Ctrl-C
+    result = infer(options, announce=lambda line: typer.echo(line, err=True))
+    finish_infer(result, report)
 
 
 def check_infer_inputs(
@@ -125,14 +139,14 @@ def check_infer_inputs(
     return model
 
 
-def finish_infer(result: Report, backend_name: str, report: Path | None) -> None:
+def finish_infer(result: Report, report: Path | None) -> None:
     """The summary line first (never lost to a bad --report), the report, then the exit code."""
     from pconv_deploy.runtime.pipeline import write_report
 
     ok, skipped, failed = (result.count(s) for s in ("ok", "skipped", "failed"))
     rate = ok / result.seconds if result.seconds > 0 else 0.0
     summary = f"{ok} inpainted, {skipped} skipped (output exists), {failed} failed in {result.seconds:.1f} s"
-    typer.echo(f"{summary} ({rate:.3g} images/s, {backend_name})")
+    typer.echo(f"{summary} ({rate:.3g} images/s, {result.backend})")
     if report is not None:
         try:
             write_report(result, report)
@@ -146,36 +160,13 @@ def finish_infer(result: Report, backend_name: str, report: Path | None) -> None
         raise typer.Exit(1)
 
 
-def infer_settings(memory_limit: str | None, output_format: str, quality: int, png_level: int) -> tuple:
-    """``--memory-limit`` in bytes ("auto" when not given) and the output settings."""
-    from pconv_deploy.runtime.memory import parse_memory
-    from pconv_deploy.runtime.outputs import OutputSettings
-
-    return (parse_memory(memory_limit) if memory_limit else "auto"), OutputSettings(output_format, quality, png_level)
-
-
-def warn_orphan_masks(images: Path, masks: Path, report: Path | None) -> list[str]:
+def warn_orphan_masks(images: Path, masks: Path, report: Path | None) -> None:
     """One warning line per mask no image pairs with (the first MAX_WARNINGS, then a count); all go in the report."""
     from pconv_deploy.runtime.inputs import orphan_masks
 
-    warnings = [f"mask {m} has no image in {images}" for m in orphan_masks(images, masks)]
+    warnings = orphan_masks(images, masks)
     for line in warnings[:MAX_WARNINGS]:
         typer.echo(f"warning: {line}", err=True)
     if len(warnings) > MAX_WARNINGS:
         where = " (all in --report)" if report else ""
         typer.echo(f"warning: and {len(warnings) - MAX_WARNINGS} more masks without an image{where}", err=True)
-    return warnings
-
-
-def open_local_backend(model: Path, backend: str, device: str, threads: int | None, precision: str = "auto") -> Backend:
-    from pconv_deploy.runtime import load_backend
-
-    announce = lambda line: typer.echo(line, err=True)  # noqa: E731
-    return load_backend(model, backend, device, on_fallback=announce, threads=threads, precision=precision)
-
-
-def open_remote_backend(servers: list[str], model_name: str, wait: float = 0.0) -> Backend:
-    """The backend for `infer --server`: batches go to the Triton servers (thread-safe, retried across them)."""
-    from pconv_deploy.serving.client import TritonBackend
-
-    return TritonBackend(servers, model_name, wait=wait, on_wait=lambda line: typer.echo(line, err=True))

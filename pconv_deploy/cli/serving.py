@@ -139,6 +139,7 @@ def app_command(
     Paint the hole, inpaint, compare models side by side.
     """
     from pconv_deploy.app import AppOptions, run_app
+    from pconv_deploy.runtime.inpainter import InpaintOptions
     from pconv_deploy.runtime.memory import parse_memory
 
     models = tuple(model or ()) or (() if server else (bundled_checkpoint(),))
@@ -153,10 +154,12 @@ def app_command(
         backend=backend.value,
         device=device,
         threads=threads,
-        strategy=strategy.value,
-        max_side=max_side,
-        margin=margin,
-        memory_limit=parse_memory(memory_limit) if memory_limit else "auto",
+        inpaint=InpaintOptions(
+            strategy=strategy.value,
+            max_side=max_side,
+            margin=margin,
+            memory_limit=parse_memory(memory_limit) if memory_limit else "auto",
+        ),
         max_pixels=max_pixels,
         max_upload=parse_memory(max_upload),
     )

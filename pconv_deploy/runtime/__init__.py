@@ -9,6 +9,6 @@ Embedding in a service needs numpy + onnxruntime + Pillow only::
 
 from pconv_deploy.contract import STRATEGIES
 from pconv_deploy.runtime.backends import Backend, OnnxRuntimeBackend, load_backend
-from pconv_deploy.runtime.inpainter import Inpainter
+from pconv_deploy.runtime.inpainter import Inpainter, InpaintOptions
 
-__all__ = ["STRATEGIES", "Backend", "Inpainter", "OnnxRuntimeBackend", "load_backend"]
+__all__ = ["STRATEGIES", "Backend", "InpaintOptions", "Inpainter", "OnnxRuntimeBackend", "load_backend"]

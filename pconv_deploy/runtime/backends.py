@@ -204,6 +204,7 @@ def load_backend(
     model_path: str | Path,
     backend: str = "auto",
     device: str = "auto",
+    *,
     on_fallback: Callable[[str], None] | None = None,
     threads: int | None = None,
     precision: str = "auto",

@@ -2,7 +2,8 @@
 
 The flow for one image is ``plan`` (cut it into tiles the network sees) -> ``run_tiles`` (pad
 each tile to the model's multiple, batch tiles of equal padded size within the memory budget,
-run the backend) -> ``Job.finish`` (paste the fill into the holes only). Known pixels are never
+run the backend; returns each tile's fill) -> ``Job.finish(fills)`` (paste the fills into the holes
+only). ``InpaintOptions`` holds every setting, checked once. Known pixels are never
 written, so they stay byte-identical to the input in every strategy.
 
 Strategies for large photos:
@@ -21,12 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from pconv_deploy.contract import STRATEGIES
-from pconv_deploy.errors import PConvError
+from pconv_deploy.errors import PConvError, UsageError
 from pconv_deploy.runtime.backends import Backend, load_backend
 from pconv_deploy.runtime.batching import ShapeBatcher
 from pconv_deploy.runtime.memory import (
@@ -48,7 +51,7 @@ from pconv_deploy.runtime.tiles import (
     to_uint8,
 )
 
-__all__ = ["STRATEGIES", "Inpainter", "Job", "Tile", "align_window", "hole_windows"]
+__all__ = ["STRATEGIES", "InpaintOptions", "Inpainter", "Job", "Tile", "align_window", "hole_windows"]
 
 # A backend may keep one call's buffers for the next call of the same shape (no page faults: ~20% of a
 # full-width 512x512 call) when that call needs at most 1/KEEP_SHARE of the inference budget; a call of
@@ -58,47 +61,63 @@ __all__ = ["STRATEGIES", "Inpainter", "Job", "Tile", "align_window", "hole_windo
 KEEP_SHARE = 4
 
 
+@dataclass(frozen=True, kw_only=True)
+class InpaintOptions:
+    """How an Inpainter cuts, batches and budgets; checked once, here (bad values: UsageError, exit 2).
+
+    ``batch_size``: tiles of equal padded size per backend call; ``strategy``: crop | resize | full;
+    ``max_side``: the longest side the network sees (crop and resize); ``margin``: crop context in
+    pixels; ``inflight``: backend calls at once (threads; >1 only for a thread-safe remote backend);
+    ``memory_limit``: bytes for the whole process ("auto": from MemAvailable; None: no limit).
+    """
+
+    batch_size: int = 4
+    strategy: str = "crop"
+    max_side: int = 1024
+    margin: int = CROP_MARGIN
+    inflight: int = 1
+    memory_limit: int | None | Literal["auto"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UsageError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        for name in ("batch_size", "max_side", "inflight"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.margin < 0:
+            raise UsageError(f"margin must be >= 0, got {self.margin}")
+        limit = self.memory_limit
+        if limit != "auto" and limit is not None and (isinstance(limit, str) or limit < 1):
+            raise UsageError(f"memory_limit must be bytes >= 1, None or 'auto', got {limit!r}")
+
+
 class Inpainter:
     """Inpaint uint8 images with any backend; the class a service embeds (numpy + onnxruntime only).
 
-    >>> inpainter = Inpainter.from_path("model.onnx")
+    >>> inpainter = Inpainter.from_path("model.onnx", InpaintOptions(strategy="crop"))
     >>> [result] = inpainter.inpaint([image], [hole_mask])   # hole_mask: True / nonzero = hole
 
-    ``inflight`` batches run at once (threads) against a thread-safe backend, e.g. a remote server;
-    1 is right for a local CPU or GPU backend, which uses every core on one batch already.
+    ``options.inflight`` batches run at once (threads) against a thread-safe backend, e.g. a remote
+    server; 1 is right for a local CPU or GPU backend, which uses every core on one batch already.
     """
 
-    def __init__(
-        self,
-        backend: Backend,
-        batch_size: int = 4,
-        strategy: str = "crop",
-        max_side: int = 1024,
-        margin: int = CROP_MARGIN,
-        inflight: int = 1,
-        memory_limit: int | None | str = "auto",
-    ) -> None:
-        """``memory_limit``: bytes for the whole process ("auto": from MemAvailable; None: no limit)."""
-        if strategy not in STRATEGIES:
-            raise PConvError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
-        if batch_size < 1 or max_side < 1 or margin < 0 or inflight < 1:
-            raise PConvError("batch_size, max_side and inflight must be >= 1 and margin >= 0")
+    def __init__(self, backend: Backend, options: InpaintOptions | None = None) -> None:
         self.backend = backend
+        self.options = options = options or InpaintOptions()
         self.multiple = int(backend.multiple)
         max_batch = getattr(backend, "max_batch", None)
-        self.batch_size = min(batch_size, max_batch) if max_batch else batch_size
-        self.strategy = strategy
+        self.batch_size = min(options.batch_size, max_batch) if max_batch else options.batch_size
+        self.strategy, self.margin, self.inflight = options.strategy, options.margin, options.inflight
         # The network never sees more than max_side, rounded up to the multiple it needs anyway.
-        self.max_side = max(self.multiple, max_side)
-        self.margin = margin
-        self.inflight = inflight
+        self.max_side = max(self.multiple, options.max_side)
         self.bytes_per_pixel = int(
             getattr(backend, "bytes_per_pixel", 0) or activation_bytes_per_pixel(backend.metadata)
         )
-        self.memory_limit = default_memory_limit() if memory_limit == "auto" else memory_limit
+        limit = options.memory_limit
+        self.memory_limit = default_memory_limit() if limit == "auto" else limit
         self.inference_budget = inference_budget(self.memory_limit)  # bytes for backend calls, shared by inflight
         budget = self.inference_budget
-        self.max_batch_pixels = None if budget is None else call_pixels(budget // inflight, self.bytes_per_pixel)
+        self.max_batch_pixels = None if budget is None else call_pixels(budget // self.inflight, self.bytes_per_pixel)
         if hasattr(backend, "keep_bytes"):  # ONNX Runtime's CPU arena: buffers kept between equal calls
             backend.keep_bytes = None if budget is None else budget // KEEP_SHARE
 
@@ -106,14 +125,10 @@ class Inpainter:
     def from_path(
         cls,
         path: str | Path,
+        options: InpaintOptions | None = None,
+        *,
         backend: str = "auto",
-        batch_size: int = 4,
-        strategy: str = "crop",
-        max_side: int = 1024,
-        margin: int = CROP_MARGIN,
         device: str = "auto",
-        inflight: int = 1,
-        memory_limit: int | None | str = "auto",
         threads: int | None = None,
         precision: str = "auto",
     ) -> Inpainter:
@@ -122,8 +137,7 @@ class Inpainter:
         ``device``: auto | cpu | cuda | cuda:N; ``threads``: the CPU engine's threads; ``precision``: what
         OpenVINO computes in (auto | f32 | bf16 | f16; see ``load_backend``).
         """
-        backend = load_backend(path, backend, device, threads=threads, precision=precision)
-        return cls(backend, batch_size, strategy, max_side, margin, inflight, memory_limit)
+        return cls(load_backend(path, backend, device, threads=threads, precision=precision), options)
 
     def inpaint(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Fill the holes of each image; returns new uint8 arrays of the same shapes.
@@ -137,28 +151,26 @@ class Inpainter:
         jobs = [
             self.plan(image, hole_mask(mask, image.shape[:2], i)) for i, (image, mask) in enumerate(zip(images, masks))
         ]
-        self.run_tiles([t for job in jobs for t in job.tiles])
-        return [job.finish() for job in jobs]
+        fills = iter(self.run_tiles([t for job in jobs for t in job.tiles]))
+        return [job.finish([next(fills) for _ in job.tiles]) for job in jobs]
 
     def plan(self, image: np.ndarray, hole: np.ndarray) -> Job:
         """Cut one image into tiles according to the strategy (``hole``: bool HxW, True = hole)."""
         check_image(image)
         if hole.shape != image.shape[:2] or hole.dtype != bool:
             raise PConvError(f"hole mask must be bool {image.shape[:2]}, got {hole.dtype} {hole.shape}")
-        job = Job(image, hole)
         if not hole.any():
-            return job
+            return Job(image, hole)
         rgb = as_rgb(image)
         h, w = hole.shape
         plans = plan_windows(hole, self.margin, self.multiple) if self.strategy == "crop" else [((0, h, 0, w), None)]
+        tiles = []
         for (y0, y1, x0, x1), paste in plans:
             native = self.strategy == "full" or max(y1 - y0, x1 - x0) <= self.max_side
-            tile = make_tile(rgb, hole, (y0, y1, x0, x1), None if native else self.max_side)
-            tile.paste = paste
-            job.tiles.append(tile)
-        for tile in job.tiles:
+            tile = make_tile(rgb, hole, (y0, y1, x0, x1), max_side=None if native else self.max_side, paste=paste)
             self.check_fits(tile)
-        return job
+            tiles.append(tile)
+        return Job(image, hole, tuple(tiles))
 
     def check_fits(self, tile: Tile) -> None:
         """A tile that alone needs more than the memory budget is refused before anything runs."""
@@ -177,21 +189,21 @@ class Inpainter:
         """The batching rule of this inpainter (batch size, memory budget) for a stream of tiles."""
         return ShapeBatcher(self.multiple, self.batch_size, self.max_batch_pixels, max_waiting)
 
-    def run_tiles(self, tiles: Sequence[Tile]) -> None:
-        """Run tiles in batches of equal padded size, ``inflight`` at a time; sets each ``tile.result``."""
-        batcher = self.batcher()
-        batches = [b for tile in tiles for b in batcher.add(tile, None)] + batcher.flush()
-        if self.inflight == 1 or len(batches) == 1:
-            for batch in batches:
-                self.run_batch(batch.tiles, batch.shape)
-            return
-        with ThreadPoolExecutor(self.inflight, thread_name_prefix="pconv-infer") as pool:
-            for future in [pool.submit(self.run_batch, b.tiles, b.shape) for b in batches]:
-                future.result()
+    def run_tiles(self, tiles: Sequence[Tile]) -> list[np.ndarray]:
+        """Each tile's fill (see ``crop_fills``), in order: batches of equal padded size, ``inflight`` at a time."""
+        batcher: ShapeBatcher[int] = self.batcher()
+        batches = [b for i, tile in enumerate(tiles) for b in batcher.add(tile, i)] + batcher.flush()
+        if self.inflight == 1 or len(batches) <= 1:
+            done = [self.run_batch(b.tiles, b.shape) for b in batches]
+        else:
+            with ThreadPoolExecutor(self.inflight, thread_name_prefix="pconv-infer") as pool:
+                done = [future.result() for future in [pool.submit(self.run_batch, b.tiles, b.shape) for b in batches]]
+        fills = {index: fill for batch, found in zip(batches, done) for index, fill in zip(batch.owners, found)}
+        return [fills[i] for i in range(len(tiles))]
 
-    def run_batch(self, tiles: Sequence[Tile], shape: tuple[int, int]) -> None:
-        """One backend call: pad every tile to ``shape`` (mirroring image and mask), run, crop back."""
-        self.take_results(tiles, self.call(*self.pad_batch(tiles, shape)))
+    def run_batch(self, tiles: Sequence[Tile], shape: tuple[int, int]) -> list[np.ndarray]:
+        """One backend call: pad every tile to ``shape`` (mirroring image and mask), run, crop the fills back."""
+        return self.crop_fills(tiles, self.call(*self.pad_batch(tiles, shape)))
 
     def pad_batch(self, tiles: Sequence[Tile], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """The backend's inputs for ``tiles``: [N,3,H,W] in [0, 1] with holes zeroed, [N,1,H,W] 1 = known.
@@ -223,13 +235,18 @@ class Inpainter:
             raise PConvError(f"the model returned NaN or infinite values ({self.backend.name}): its weights are broken")
         return out
 
-    def take_results(self, tiles: Sequence[Tile], out: np.ndarray) -> None:
-        """Crop each tile's fill out of the backend's output into ``tile.result``."""
+    def crop_fills(self, tiles: Sequence[Tile], out: np.ndarray) -> list[np.ndarray]:
+        """Each tile's fill cropped out of the backend's output, as ``Job.finish`` takes it.
+
+        Native tiles are quantised now (uint8: 3 bytes a pixel while waiting to be written, not 12); a
+        downscaled tile stays float32 in [0, 1], upscaled before quantising in ``Job.finish``.
+        """
+        fills = []
         for i, tile in enumerate(tiles):
             h, w = tile.hole.shape
             fill = out[i, :, :h, :w].transpose(1, 2, 0)
-            # Native tiles are quantised now (3 bytes a pixel while waiting to be written, not 12).
-            tile.result = np.ascontiguousarray(fill) if tile.resized else to_uint8(fill)
+            fills.append(np.ascontiguousarray(fill) if tile.resized else to_uint8(fill))
+        return fills
 
 
 def check_image(image: np.ndarray) -> None:

@@ -83,12 +83,13 @@ def pair_files(
     return results
 
 
-def orphan_masks(images: Path, masks: Path) -> list[Path]:
-    """Masks in a masks folder that no image of an images folder pairs with (a typo'd or missing image)."""
+def orphan_masks(images: Path, masks: Path) -> list[str]:
+    """One warning per mask of a masks folder that no image of an images folder pairs with (a typo'd or
+    missing image): the folder job's report lists them all, the CLI prints them before the run."""
     if not images.is_dir() or not masks.is_dir():
         return []
     stems = {f.stem for f in visible_files(images)}
-    return [m for m in visible_files(masks) if m.stem not in stems]
+    return [f"mask {m} has no image in {images}" for m in visible_files(masks) if m.stem not in stems]
 
 
 def visible_files(folder: Path) -> list[Path]:

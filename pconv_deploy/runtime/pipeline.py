@@ -23,18 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pconv_deploy.contract import TRAINED_HOLE_RATIO
-from pconv_deploy.errors import JobStopped, PConvError, first_line
+from pconv_deploy.contract import MASK_CONVENTIONS, TRAINED_HOLE_RATIO
+from pconv_deploy.errors import JobStopped, PConvError, UsageError, first_line
 from pconv_deploy.files import clean_stale_temps, write_text_atomic
 from pconv_deploy.progress import ProgressBar
 from pconv_deploy.runtime.batching import Batch
 from pconv_deploy.runtime.images import DEFAULT_MAX_PIXELS, InputError, Picture, read_image, read_mask
 from pconv_deploy.runtime.inpainter import Inpainter, Job
-from pconv_deploy.runtime.inputs import FileResult, pair_files, visible_files
+from pconv_deploy.runtime.inputs import FileResult, orphan_masks, pair_files, visible_files
 from pconv_deploy.runtime.memory import peak_rss
 from pconv_deploy.runtime.outputs import OutputSettings, unstorable, write_image
 
-__all__ = ["FileResult", "Report", "pair_files", "run_folder", "visible_files", "write_report"]
+__all__ = ["FileResult", "FolderOptions", "Report", "pair_files", "run_folder", "visible_files", "write_report"]
 
 REPORT_FORMAT = "pconv-deploy.infer-report/1"
 
@@ -67,58 +67,76 @@ class Report:
         return {"format": REPORT_FORMAT, **data, "files": files}
 
 
-@dataclass
+@dataclass(eq=False)
 class ImageInFlight:
-    """One image between decoding and writing; ``tiles_left`` counts its tiles not yet inferred, ``failed``
-    says one of them failed (the rest still run in their batches, and the image is never written)."""
+    """One image between decoding and writing: its fills arrive tile by tile (``fills[i]`` for tile i) from
+    whichever batches ran them; ``failed`` says one of them failed (the rest still run in their batches,
+    and the image is never written)."""
 
     result: FileResult
     picture: Picture
     job: Job
-    tiles_left: int
+    fills: dict[int, np.ndarray] = field(default_factory=dict)
     failed: bool = False
 
-    def __hash__(self) -> int:
-        return id(self)
+    @property
+    def complete(self) -> bool:
+        return len(self.fills) == len(self.job.tiles)
 
 
-@dataclass(frozen=True)
+TileOwner = tuple[ImageInFlight, int]  # the image a batched tile belongs to, and the tile's index in its job
+
+
+@dataclass(frozen=True, kw_only=True)
 class FolderOptions:
+    """One folder job: where images, masks and outputs are, and how files are read and written.
+
+    ``images``: a folder or one file; ``masks``: a folder paired by stem, or one mask for every image;
+    ``output``: the folder for <stem>.<format>; ``overwrite``: redo images whose output exists.
+    """
+
+    images: Path
+    masks: Path
+    output: Path
     mask_convention: str = "hole-white"
     workers: int = 2
+    overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
-    output: OutputSettings = OutputSettings()
+    encoding: OutputSettings = OutputSettings()
+
+    def __post_init__(self) -> None:
+        for name in ("images", "masks", "output"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.mask_convention not in MASK_CONVENTIONS:
+            choices = ", ".join(MASK_CONVENTIONS)
+            raise UsageError(f"unknown mask convention {self.mask_convention!r}: choose one of {choices}")
+        if self.workers < 1 or self.max_pixels < 1:
+            raise UsageError(f"workers and max_pixels must be >= 1, got {self.workers} and {self.max_pixels}")
 
 
 def run_folder(
     inpainter: Inpainter,
-    images: str | Path,
-    masks: str | Path,
-    output: str | Path,
-    mask_convention: str = "hole-white",
-    workers: int = 2,
-    overwrite: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    options: FolderOptions,
+    *,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
-    output_settings: OutputSettings | None = None,
 ) -> Report:
-    """Inpaint every image of ``images`` (a folder or one file) into ``output``/<stem>.<format>.
+    """Inpaint every image of ``options.images`` into ``options.output``/<stem>.<format>.
 
     Returns the report; failures are in it, never raised. PConvError only for unusable
     arguments (missing folders). On KeyboardInterrupt, writes in flight finish, the report
     says ``interrupted`` and unfinished files stay ``pending``.
     """
-    images, masks, output = Path(images), Path(masks), Path(output)
+    images, masks, output = options.images, options.masks, options.output
     for path, what in ((images, "--images"), (masks, "--masks")):
         if not path.exists():
             raise PConvError(f"{what} {path}: no such file or folder")
     if output.exists() and not output.is_dir():
         raise PConvError(f"--output {output}: exists and is not a folder")
     output.mkdir(parents=True, exist_ok=True)
-    options = FolderOptions(mask_convention, max(1, workers), max_pixels, output_settings or OutputSettings())
-    files = pair_files(images, masks, output, overwrite, options.output.format)
-    report = Report(files, strategy=inpainter.strategy, output_format=options.output.format)
+    files = pair_files(images, masks, output, options.overwrite, options.encoding.format)
+    report = Report(files, strategy=inpainter.strategy, output_format=options.encoding.format)
+    report.warnings = orphan_masks(images, masks)
     report.backend = inpainter.backend.name
     report.memory_limit_bytes, report.bytes_per_pixel = inpainter.memory_limit, inpainter.bytes_per_pixel
     report.temps_cleaned = clean_stale_temps(output, targets={Path(r.output).name for r in files if r.output})
@@ -148,7 +166,7 @@ class FolderRun:
         self.batcher = inpainter.batcher(max_waiting=2 * inpainter.batch_size)
         self.max_ahead = 2 * options.workers + inpainter.batch_size  # decoded images allowed ahead of inference
         self.decoding: deque[tuple[FileResult, Future]] = deque()
-        self.inferring: list[tuple[Batch[ImageInFlight], Future]] = []
+        self.inferring: list[tuple[Batch[TileOwner], Future]] = []
         self.writing: deque[tuple[FileResult, Future]] = deque()
 
     def decode_shared_mask(self, masks: Path, todo: list[FileResult]) -> list[FileResult]:
@@ -216,8 +234,7 @@ class FolderRun:
         if problem:
             raise InputError(problem)
         r.warning = large_hole_warning(r.mask, float(hole.mean()), opts.mask_convention)
-        job = self.inpainter.plan(picture.pixels, hole)
-        return ImageInFlight(r, picture, job, len(job.tiles))
+        return ImageInFlight(r, picture, self.inpainter.plan(picture.pixels, hole))
 
     def take_decoded(self, infer_pool: ThreadPoolExecutor) -> None:
         """Wait for the oldest decode, queue its tiles for batching, start the batches that are full."""
@@ -229,13 +246,13 @@ class FolderRun:
             return
         if r.warning:
             self.print_line(f"warning: {r.image}: {r.warning}")
-        if item.tiles_left == 0:
+        if item.complete:  # no hole: nothing to infer
             self.submit_write(item)
-        for tile in item.job.tiles:
-            for batch in self.batcher.add(tile, item):
+        for index, tile in enumerate(item.job.tiles):
+            for batch in self.batcher.add(tile, (item, index)):
                 self.submit_batch(infer_pool, batch)
 
-    def submit_batch(self, infer_pool: ThreadPoolExecutor, batch: Batch[ImageInFlight]) -> None:
+    def submit_batch(self, infer_pool: ThreadPoolExecutor, batch: Batch[TileOwner]) -> None:
         """Pad on this thread while the previous call runs, start the call, then crop the finished ones.
 
         Only the backend call runs on the inference thread: padding and cropping (~30 ms an image at
@@ -260,20 +277,20 @@ class FolderRun:
         self.inferring = [e for e in self.inferring if all(e is not f for f in finished)]  # by identity: no array ==
         for batch, fut in finished:
             try:
-                self.inpainter.take_results(batch.tiles, fut.result())
+                fills = self.inpainter.crop_fills(batch.tiles, fut.result())
             except Exception as e:  # a backend failure fails these images, not the job
                 if isinstance(e, JobStopped):  # e.g. every Triton server is down: stop, write nothing more
                     raise
                 self.fail_batch(batch, e)
                 continue
-            for item in batch.owners:
-                item.tiles_left -= 1
-                if item.tiles_left == 0 and not item.failed:
+            for (item, index), fill in zip(batch.owners, fills):
+                item.fills[index] = fill
+                if item.complete and not item.failed:
                     self.submit_write(item)
 
-    def fail_batch(self, batch: Batch[ImageInFlight], e: BaseException) -> None:
+    def fail_batch(self, batch: Batch[TileOwner], e: BaseException) -> None:
         error = PConvError(f"inference failed: {type(e).__name__}: {first_line(e)}")
-        for item in set(batch.owners):
+        for item in {item for item, _ in batch.owners}:
             if item.result.status == "pending":
                 self.record_failure(item.result, error)
             item.failed = True
@@ -286,8 +303,9 @@ class FolderRun:
 
     def write(self, item: ImageInFlight) -> None:
         """In a worker thread: paste the fills, encode, write atomically."""
-        pixels = item.picture.merged(item.job.finish())
-        write_image(item.result.output, pixels, self.options.output, item.picture.icc_profile)
+        pixels = item.picture.merged(item.job.finish([item.fills[i] for i in range(len(item.job.tiles))]))
+        item.fills.clear()  # the fills are pasted: free them before the encoder's buffers
+        write_image(item.result.output, pixels, self.options.encoding, item.picture.icc_profile)
 
     def collect_writes(self, block: bool) -> None:
         while self.writing and (block or self.writing[0][1].done()):

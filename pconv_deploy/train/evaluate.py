@@ -133,9 +133,9 @@ def checkpoint_predictor(checkpoint: str | Path, device: str = "cpu") -> tuple[P
 
 def runtime_predictor(model_path: str | Path, backend: str = "auto") -> Predict:
     """A deployed model through the runtime, whole image at native size (the runtime pads)."""
-    from pconv_deploy.runtime import Inpainter  # numpy + onnxruntime: no torch
+    from pconv_deploy.runtime import Inpainter, InpaintOptions  # numpy + onnxruntime: no torch
 
-    inpainter = Inpainter.from_path(model_path, backend=backend, strategy="full")
+    inpainter = Inpainter.from_path(model_path, InpaintOptions(strategy="full"), backend=backend)
 
     def predict(images: Sequence[np.ndarray], holes: Sequence[np.ndarray]) -> list[np.ndarray]:
         return inpainter.inpaint(list(images), list(holes))
