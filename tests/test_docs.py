@@ -156,3 +156,25 @@ def test_cli_reference_page_is_current():
     assert "## pconv infer" in expected and "--mask-convention" in expected
     committed = (ROOT / "docs" / "cli.md").read_text()
     assert committed == expected, "docs/cli.md is out of date: run .venv/bin/python scripts/gen_cli_reference.py"
+
+
+def test_readme_python_api_runs(small_onnx, tmp_path, monkeypatch):
+    """The README's Python block, run as written (its model and photo paths pointed at a small model and photo)."""
+    import numpy as np
+    from PIL import Image
+
+    block = README.read_text().split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    for folder in ("photos", "masks"):
+        (tmp_path / folder).mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(tmp_path / "photos" / "cat.jpg")
+    hole = np.zeros((96, 128), np.uint8)
+    hole[30:50, 40:90] = 255
+    Image.fromarray(hole).save(tmp_path / "masks" / "cat.png")
+    assert block.count("demo-out/pconv-demo.onnx") == 2
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block.replace("demo-out/pconv-demo.onnx", str(small_onnx)), "README.md", "exec"), namespace)
+    result = np.asarray(Image.open(tmp_path / "cat-inpainted.png"))
+    assert result.shape == (96, 128, 3) and (tmp_path / "out" / "cat.png").is_file()
+    assert namespace["report"].count("ok") == 1
