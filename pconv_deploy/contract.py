@@ -21,6 +21,7 @@ MASK_CONVENTION = "1=known,0=hole"
 # pconv.precision of a file: the graph's feature path (the mask path, compositing and I/O are float32 in all).
 # fp16: float16 features (TensorRT); int8: Q/DQ feature convolutions (`pconv export --precision int8`).
 PRECISIONS = ("fp32", "fp16", "int8")
+MIN_OPSET, DEFAULT_OPSET = 18, 20  # ONNX opsets of an export: the dynamo exporter's oldest; TensorRT 10's best
 
 METADATA_KEYS = (
     "pconv.format",

@@ -38,9 +38,10 @@ def small_onnx(small_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_onnx_fp16(small_checkpoint, tmp_path_factory) -> Path:
     """The small checkpoint exported to FP16 ONNX (float32 I/O), parity-checked on the way."""
-    from pconv_deploy.export.onnx_export import export_checkpoint
+    from pconv_deploy.export import ExportOptions, export_checkpoint
 
-    return export_checkpoint(small_checkpoint, tmp_path_factory.mktemp("onnx16") / "small-fp16.onnx", fp16=True).path
+    output = tmp_path_factory.mktemp("onnx16") / "small-fp16.onnx"
+    return export_checkpoint(ExportOptions(checkpoint=small_checkpoint, output=output, precision="fp16")).path
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from polygraphy.json import load_json
 
-from pconv_deploy.export import ExportError, conv_macs, export_checkpoint
+from pconv_deploy.export import ExportError, ExportOptions, conv_macs, export_checkpoint
 from pconv_deploy.export.graph import ExportPConv
 from pconv_deploy.export.parity import MASK_KINDS, ParityCase, ParityError, make_mask, run_parity
 from pconv_deploy.export.verify import check_onnx
@@ -150,7 +150,7 @@ def test_export_refused_when_parity_fails(tiny_checkpoint, tmp_path, monkeypatch
     monkeypatch.setattr(ExportPConv, "ratio_and_valid", slightly_wrong)
     out = tmp_path / "wrong.onnx"
     with pytest.raises(ParityError, match="parity check failed") as e:
-        export_checkpoint(tiny_checkpoint, out)
+        export_checkpoint(ExportOptions(checkpoint=tiny_checkpoint, output=out))
     assert not e.value.report.passed
     assert not out.exists() and (tmp_path / "wrong.failed.onnx").is_file()
 
@@ -187,7 +187,7 @@ def test_full_width_export_and_parity(tmp_path):
     """The paper's 8-level full-width model: parity at 512x512 and 256x768, MACs within 1% of the features."""
     model = image_range_full_width_model()
     checkpoint = save_checkpoint(model.eval(), tmp_path / "full.safetensors")
-    result = export_checkpoint(checkpoint, tmp_path / "full.onnx")
+    result = export_checkpoint(ExportOptions(checkpoint=checkpoint, output=tmp_path / "full.onnx"))
     report = result.parity
     print(f"\nfull width: export {result.seconds:.1f} s\n{report.table()}")
     assert report.passed and report.max_abs_err <= 1e-4

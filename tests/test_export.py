@@ -8,9 +8,11 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import SMALL
+from helpers.provenance import provenance_leaks
 from helpers.reference import sha256_of as file_sha256
 
 from pconv_deploy import __version__
+from pconv_deploy.contract import METADATA_KEYS
 from pconv_deploy.export import ExportError, check_graph, conv_macs, export_onnx
 from pconv_deploy.export.checks import TENSORRT_OPS, adversarial_feeds, metadata
 from pconv_deploy.export.graph import ExportNet, ExportPConv
@@ -61,6 +63,16 @@ def test_contract_metadata_and_single_file(fixture, small_checkpoint, request):
     assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     leftovers = [p.name for p in path.parent.iterdir() if p.suffix in (".data", ".tmp") or p.name.startswith(".")]
     assert leftovers == [] and path.is_file()
+
+
+@pytest.mark.parametrize("fixture", ["small_onnx", "small_onnx_fp16"])
+def test_no_developer_paths_in_the_file(fixture, request):
+    """The exporter records a stack trace (source paths of this checkout and site-packages) per node: stripped,
+    while the contract's metadata stays."""
+    model = onnx.load(str(request.getfixturevalue(fixture)))
+    assert provenance_leaks(model) == []
+    assert set(METADATA_KEYS) <= set(metadata(model))
+    assert all(not node.metadata_props and not node.doc_string for node in model.graph.node)
 
 
 @pytest.mark.parametrize("fixture", ["small_onnx", "small_onnx_fp16"])

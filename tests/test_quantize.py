@@ -2,6 +2,7 @@
 is quantized on purpose), export through the CLI, `pconv check` on quality, ONNX Runtime runs, known
 pixels byte-identical and no NaN on adversarial masks, an imported checkpoint, build-engine's rules."""
 
+import dataclasses
 import hashlib
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers.provenance import provenance_leaks
 from PIL import Image
 
 from pconv_deploy.contract import PRECISIONS
@@ -144,6 +146,16 @@ def test_cli_export_is_int8_with_float_mask_path(cli_int8, photos):
     assert "percentile 99.99" in meta["pconv.calibration_method"] and meta["pconv.int8_activations"] == "u8"
     assert "int8" in result.stdout and "quality on 8 synthetic images" in result.stdout and "PASSED" in result.stdout
     assert (path.parent / "small-int8.parity" / "quality.json").is_file()
+
+
+def test_int8_file_names_no_developer_paths(cli_int8):
+    """The INT8 path (exporter, then onnxruntime's quantizer) strips the per-node stack traces too."""
+    from pconv_deploy.contract import METADATA_KEYS
+
+    model = onnx.load(str(cli_int8[0]))
+    assert provenance_leaks(model) == []
+    assert set(METADATA_KEYS) <= {p.key for p in model.metadata_props}
+    assert all(not node.metadata_props and not node.doc_string for node in model.graph.node)
 
 
 def test_quantizing_a_mask_conv_on_purpose_is_caught(small_onnx, photos, tmp_path):
@@ -360,7 +372,8 @@ def test_imported_checkpoint_to_int8(photos, tmp_path):
     source = save_as_the_project("xiefan-guo", net, optimizer, tmp_path / "model_500.pth")
     imported = import_checkpoint(source, tmp_path / "imported.safetensors")
     cal = CalibrationSet(find_photos(photos), 2**levels * 2)
-    path = export_checkpoint(imported.path, tmp_path / "int8.onnx", precision="int8", calibration=cal, check=False).path
+    options = ExportOptions(checkpoint=imported.path, output=tmp_path / "int8.onnx", precision="int8", calibration=cal)
+    path = export_checkpoint(dataclasses.replace(options, check=False)).path
     model = onnx.load(str(path))
     assert mask_path_violations(model) == [] and mask_path_ops(model)["Conv"] == 3 * 2 * levels
     meta = {p.key: p.value for p in model.metadata_props}
@@ -374,5 +387,5 @@ def test_imported_checkpoint_to_int8(photos, tmp_path):
     known = np.broadcast_to(mask == 1, out.shape)
     assert np.isfinite(out).all() and np.array_equal(out[known], image[known])
     with pytest.raises(ParityError, match="quality check failed") as failed:
-        export_checkpoint(imported.path, tmp_path / "checked.onnx", precision="int8", calibration=cal)
+        export_checkpoint(dataclasses.replace(options, output=tmp_path / "checked.onnx"))
     assert len(failed.value.report.quality.bins) == 3 and not (tmp_path / "checked.onnx").exists()

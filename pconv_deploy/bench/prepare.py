@@ -124,7 +124,7 @@ def export(model: Any, name: str, path: Path, say: Callable[[str], None], *, che
     import torch
 
     from pconv_deploy.export.calibration import calibration_set
-    from pconv_deploy.export.onnx_export import export_checkpoint, export_onnx
+    from pconv_deploy.export.onnx_export import ExportOptions, export_checkpoint, export_onnx
     from pconv_deploy.export.variants import export_variant
 
     t0 = time.perf_counter()
@@ -132,7 +132,9 @@ def export(model: Any, name: str, path: Path, say: Callable[[str], None], *, che
     if name == "ours_int8":
         size = max(256, model.config.multiple)
         calibration = calibration_set(photo_folders(work)[0], len(CALIBRATION_PHOTOS), size)
-        export_checkpoint(checkpoint, path, precision="int8", calibration=calibration, check=False)
+        export_checkpoint(
+            ExportOptions(checkpoint=checkpoint, output=path, precision="int8", calibration=calibration, check=False)
+        )
     elif name.startswith("ours"):
         export_onnx(model, path, fp16=name == "ours_fp16")
     else:

@@ -15,6 +15,8 @@ from pconv_deploy.cli.base import (
 )
 from pconv_deploy.contract import (
     CHECKPOINT_SUFFIX,
+    DEFAULT_OPSET,
+    MIN_OPSET,
     ONNX_SUFFIX,
 )
 from pconv_deploy.errors import first_line
@@ -43,7 +45,9 @@ def export_command(
     int8_activations: Annotated[
         str, typer.Option(help="int8: u8 (CPU: ONNX Runtime, OpenVINO) or s8 (symmetric: TensorRT).")
     ] = "u8",
-    opset: Annotated[int, typer.Option(min=18, help="ONNX opset; keep 20 for TensorRT unless you need another.")] = 20,
+    opset: Annotated[
+        int, typer.Option(min=MIN_OPSET, help=f"ONNX opset; keep {DEFAULT_OPSET} for TensorRT unless you need another.")
+    ] = DEFAULT_OPSET,
     check: Annotated[bool, typer.Option(help="Check parity with PyTorch through Polygraphy before writing.")] = True,
     parity_dir: Annotated[
         Path | None, typer.Option(help="Where the Polygraphy JSON goes (default: OUTPUT_STEM.parity/).")
@@ -53,40 +57,28 @@ def export_command(
 
     The file carries the model contract (docs/contract.md) in its metadata.
     """
-    from onnx.defs import onnx_opset_version
-
-    if opset > onnx_opset_version():
-        exit_with_error(f"--opset {opset}: the installed onnx knows opsets up to {onnx_opset_version()}", 2)
-    checkpoint = check_input_file(checkpoint or bundled_checkpoint(), "--checkpoint", (CHECKPOINT_SUFFIX,))
-    check_output_file(output, "--output", [(checkpoint, "--checkpoint")], (ONNX_SUFFIX,))
-    from pconv_deploy.export import export_checkpoint
-    from pconv_deploy.export.calibration import calibration_set
-    from pconv_deploy.export.onnx_export import resolve_precision
+    from pconv_deploy.export import ExportOptions, export_checkpoint
+    from pconv_deploy.export.options import resolve_precision
     from pconv_deploy.export.parity import PARITY_FILES, ParityError, default_parity_dir
+    from pconv_deploy.export.quantize import Int8Recipe
 
-    chosen = resolve_precision(precision.value if precision else None, fp16)
-    if (chosen == "int8") != (calibration is not None):
-        exit_with_error("--calibration DIR goes with --precision int8 (and int8 needs it)", 2)
-    cal = calibration_set(calibration, calibration_images) if calibration is not None else None
-    from pconv_deploy.export.quantize import INT8_ACTIVATIONS, Int8Recipe
-
-    if int8_activations not in INT8_ACTIVATIONS:
-        exit_with_error(f"--int8-activations {int8_activations}: expected one of {', '.join(INT8_ACTIVATIONS)}", 2)
+    options = ExportOptions(  # bad values: one line, exit 2, before any file is looked at
+        checkpoint=checkpoint or bundled_checkpoint(),
+        output=output,
+        precision=resolve_precision(precision.value if precision else None, fp16),
+        opset=opset,
+        check=check,
+        parity_dir=parity_dir,
+        calibration=calibration,
+        calibration_images=calibration_images,
+        recipe=Int8Recipe(activations=int8_activations),
+    )
+    check_input_file(options.checkpoint, "--checkpoint", (CHECKPOINT_SUFFIX,))
+    check_output_file(output, "--output", [(options.checkpoint, "--checkpoint")], (ONNX_SUFFIX,))
     if check:
         check_output_dir(parity_dir or default_parity_dir(output), "--parity-dir", files=PARITY_FILES)
-    from pconv_deploy.model.checkpoint import default_checkpoint
-
     try:
-        result = export_checkpoint(
-            checkpoint or default_checkpoint(),
-            output,
-            opset=opset,
-            check=check,
-            parity_dir=parity_dir,
-            precision=chosen,
-            calibration=cal,
-            recipe=Int8Recipe(activations=int8_activations),
-        )
+        result = export_checkpoint(options)
     except ParityError as e:
         if e.report is not None:
             typer.echo(e.report.table())
@@ -95,7 +87,7 @@ def export_command(
         exit_with_error(f"{output}: cannot write ({e.strerror or first_line(e)})")
     macs, (h, w) = result.graph.macs, result.graph.mac_size
     size_mb = result.path.stat().st_size / 1e6
-    typer.echo(f"wrote {result.path} ({chosen}, {size_mb:.1f} MB, exported in {result.seconds:.0f} s)")
+    typer.echo(f"wrote {result.path} ({options.precision}, {size_mb:.1f} MB, exported in {result.seconds:.0f} s)")
     typer.echo(f"conv GMACs @ {h}x{w}: {macs.feature / 1e9:.3f} features + {macs.mask_overhead:.2%} mask path")
     if result.parity is not None:
         typer.echo(result.parity.table())

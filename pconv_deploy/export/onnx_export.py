@@ -9,6 +9,8 @@ Order of work: export the export-time network (:mod:`.graph`) with the dynamo ex
 add the metadata, run the graph checks (:mod:`.checks`), then write to a temp file in the
 target directory and rename, so a failed export never leaves a file behind.
 :func:`export_checkpoint` adds the Polygraphy parity check (:mod:`.parity`) before the rename.
+What the exporter records about the machine that ran it (a stack trace of this checkout per node)
+is stripped: a shipped file names no developer's paths (:func:`strip_provenance`).
 """
 
 from __future__ import annotations
@@ -26,17 +28,18 @@ import onnx
 import torch
 
 from pconv_deploy.contract import (
+    DEFAULT_OPSET,
     IMAGE,
     INPUT_NAMES,
     MASK,
     ONNX_SUFFIX,
     OUTPUT_NAMES,
-    PRECISIONS,
     contract_metadata,
 )
 from pconv_deploy.errors import first_line
 from pconv_deploy.export.checks import ExportError, GraphReport, check_finite, check_graph, mask_overhead_limit
 from pconv_deploy.export.graph import ExportNet
+from pconv_deploy.export.options import ExportOptions
 from pconv_deploy.files import atomic_write
 from pconv_deploy.model.unet import PConvConfig, PConvUNet
 
@@ -66,7 +69,7 @@ def build_metadata(config: PConvConfig, precision: str, checkpoint_sha256: str |
     )
 
 
-def torch_to_onnx(net: torch.nn.Module, multiple: int, opset: int = 20) -> onnx.ModelProto:
+def torch_to_onnx(net: torch.nn.Module, multiple: int, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """``net(image, mask)`` as an in-memory ONNX model with the contract's names, dynamic N and H, W in
     multiples of ``multiple``, no external data: the one torch.onnx.export call (ours and the bench's variants)."""
     from torch.export import Dim
@@ -88,11 +91,31 @@ def torch_to_onnx(net: torch.nn.Module, multiple: int, opset: int = 20) -> onnx.
             external_data=False,
             verbose=False,
         )
-    return program.model_proto
+    return strip_provenance(program.model_proto)
+
+
+def strip_provenance(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop every doc string and ``metadata_props`` below the model level, in place: the exporter writes a
+    stack trace of the exporting checkout (source and site-packages paths) into every node, and its
+    program's signature into the graph. The model-level ``metadata_props`` (the contract) stay."""
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        owners = [graph, *graph.node, *graph.input, *graph.output, *graph.value_info, *graph.initializer]
+        for owner in owners:
+            owner.ClearField("doc_string")  # cleared, not set to "": the initialisers stay byte-identical
+            owner.ClearField("metadata_props")
+        for attribute in (a for node in graph.node for a in node.attribute):  # If/Loop bodies
+            graphs += [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]
+    for function in proto.functions:
+        for owner in (function, *function.node):
+            owner.ClearField("doc_string")
+            owner.ClearField("metadata_props")
+    return proto
 
 
 def build_onnx(
-    model: PConvUNet, opset: int = 20, *, fp16: bool = False, checkpoint_sha256: str | None = None
+    model: PConvUNet, opset: int = DEFAULT_OPSET, *, fp16: bool = False, checkpoint_sha256: str | None = None
 ) -> tuple[onnx.ModelProto, GraphReport]:
     """Export in memory and run the graph checks; raises ExportError. Nothing is written."""
     net = ExportNet(model.eval(), torch.float16 if fp16 else torch.float32)
@@ -114,7 +137,7 @@ def build_int8(
     calibration: CalibrationSet,
     recipe: Int8Recipe | None = None,
     *,
-    opset: int = 20,
+    opset: int = DEFAULT_OPSET,
     checkpoint_sha256: str | None = None,
 ) -> tuple[onnx.ModelProto, GraphReport]:
     """The FP32 graph, calibrated and quantized (feature convolutions only), metadata and checks updated."""
@@ -123,7 +146,7 @@ def build_int8(
 
     recipe = recipe or Int8Recipe()
     fp32, _ = build_onnx(model, opset, checkpoint_sha256=checkpoint_sha256)
-    proto = quantize_int8(fp32, calibration, recipe)
+    proto = strip_provenance(quantize_int8(fp32, calibration, recipe))
     values = {**build_metadata(model.config, "int8", checkpoint_sha256), **calibration_metadata(calibration, recipe)}
     del proto.metadata_props[:]
     for key, value in values.items():
@@ -160,7 +183,7 @@ def write_atomic(proto: onnx.ModelProto, path: str | Path) -> Path:
 def export_onnx(
     model: PConvUNet,
     path: str | Path,
-    opset: int = 20,
+    opset: int = DEFAULT_OPSET,
     *,
     fp16: bool = False,
     checkpoint_sha256: str | None = None,
@@ -170,21 +193,9 @@ def export_onnx(
     return write_atomic(proto, path)
 
 
-def export_checkpoint(
-    checkpoint_path: str | Path,
-    output: str | Path,
-    fp16: bool = False,
-    opset: int = 20,
-    check: bool = True,
-    parity_dir: str | Path | None = None,
-    *,
-    precision: str | None = None,
-    calibration: CalibrationSet | None = None,
-    recipe: Int8Recipe | None = None,
-) -> ExportResult:
-    """Export a checkpoint; with ``check`` the parity (FP32) or quality (FP16, INT8) check must pass
-    before the file appears. ``precision`` is fp32, fp16 (``fp16=True`` is a synonym) or int8, which
-    needs ``calibration``.
+def export_checkpoint(options: ExportOptions) -> ExportResult:
+    """Export ``options.checkpoint``; with ``options.check`` the parity (FP32) or quality (FP16, INT8) check
+    must pass before the file appears.
 
     On a failed check the model is kept as ``<output stem>.failed.onnx`` (for ``polygraphy run``)
     and ParityError is raised; ``output`` itself is never written.
@@ -192,19 +203,17 @@ def export_checkpoint(
     from pconv_deploy.contract import file_sha256
     from pconv_deploy.model.checkpoint import load_checkpoint
 
-    precision = resolve_precision(precision, fp16)
-    output = Path(output)
-    model = load_checkpoint(checkpoint_path)
+    output, calibration = options.output, options.calibration_set()
+    model = load_checkpoint(options.checkpoint)
     start = time.perf_counter()
-    sha = file_sha256(checkpoint_path)
-    if precision == "int8":
-        if calibration is None:
-            raise ExportError("--precision int8 needs calibration photos (--calibration DIR)")
-        proto, graph = build_int8(model, calibration, recipe, opset=opset, checkpoint_sha256=sha)
+    sha = file_sha256(options.checkpoint)
+    if calibration is not None:  # int8 (the options hold one exactly then)
+        proto, graph = build_int8(model, calibration, options.recipe, opset=options.opset, checkpoint_sha256=sha)
     else:
-        proto, graph = build_onnx(model, opset, fp16=precision == "fp16", checkpoint_sha256=sha)
+        fp16 = options.precision == "fp16"
+        proto, graph = build_onnx(model, options.opset, fp16=fp16, checkpoint_sha256=sha)
     seconds = time.perf_counter() - start
-    if not check:
+    if not options.check:
         return ExportResult(write_atomic(proto, output), graph, seconds)
 
     from pconv_deploy.export.parity import ParityError, default_parity_dir
@@ -214,20 +223,9 @@ def export_checkpoint(
     failed = output.with_name(f"{output.stem}.failed{ONNX_SUFFIX}")
     with atomic_write(output) as staged:  # renamed to ``output`` only if the check passes
         onnx.save_model(proto, str(staged), save_as_external_data=False)
-        report = verify(staged, model, save_dir=parity_dir or default_parity_dir(output))
+        report = verify(staged, model, save_dir=options.parity_dir or default_parity_dir(output))
         if not report.passed:
             staged.replace(failed)
             message = f"{failed}: {report.kind} check failed ({report.summary()}); {output} not written"
             raise ParityError(message, report)
     return ExportResult(output, graph, seconds, report)
-
-
-def resolve_precision(precision: str | None, fp16: bool = False) -> str:
-    """``--precision`` with ``--fp16`` as its synonym; one line when they disagree or the name is unknown."""
-    if precision is None:
-        return "fp16" if fp16 else "fp32"
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if fp16 and precision != "fp16":
-        raise ExportError(f"--fp16 and --precision {precision} disagree: give one of them")
-    return precision
