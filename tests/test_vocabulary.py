@@ -67,10 +67,14 @@ def test_every_output_format_is_an_output_setting(output_format):
 @pytest.mark.parametrize("precision", contract.PRECISIONS)
 def test_every_precision_exports_checks_and_builds(precision, tmp_path):
     from pconv_deploy.engines.build import check_precision
-    from pconv_deploy.export.onnx_export import resolve_precision
+    from pconv_deploy.export import ExportOptions
+    from pconv_deploy.export.options import resolve_precision
     from pconv_deploy.export.parity import MAX_HOLE_L1_INCREASE, MIN_PSNR
 
     assert resolve_precision(precision) == precision  # pconv export --precision
+    calibration = tmp_path if precision == "int8" else None  # a folder: the options read nothing
+    paths = {"checkpoint": tmp_path / "m.safetensors", "output": tmp_path / "m.onnx"}
+    assert ExportOptions(**paths, precision=precision, calibration=calibration).precision == precision  # the API
     assert precision == "fp32" or (precision in MIN_PSNR and precision in MAX_HOLE_L1_INCREASE)  # pconv check
     if precision != "int8":  # an INT8 graph is also checked for TensorRT's kind of Q/DQ (test_quantize.py)
         assert check_precision(tmp_path / "m.onnx", precision, precision, False) == precision  # build-engine
