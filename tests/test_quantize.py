@@ -362,7 +362,7 @@ def test_imported_checkpoint_to_int8(photos, tmp_path):
     import torch
     from helpers.reference import CASES, SCALE, make_project_unet, save_as_the_project, train_like_the_project
 
-    from pconv_deploy.export.onnx_export import export_checkpoint
+    from pconv_deploy.export.onnx_export import ExportOptions, export_checkpoint
     from pconv_deploy.export.parity import ParityError
     from pconv_deploy.model.importers import import_checkpoint
 
