@@ -1,5 +1,6 @@
 """Evaluation: metrics, compositing, the Telea baseline, the ONNX path through the runtime, the CLI table."""
 
+import re
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 
 from pconv_deploy.masks import HOLE_BINS
 from pconv_deploy.train.evaluate import (
+    EvaluateOptions,
     checkpoint_predictor,
     evaluate,
     hole_bias,
@@ -86,8 +88,8 @@ def test_outputs_are_composited_and_telea_beats_a_grey_fill(small_checkpoint):
 
 def test_onnx_through_the_runtime_matches_the_checkpoint(small_checkpoint, small_onnx, tmp_path):
     kwargs = {"data": "builtin", "masks_per_bin": 1, "size": 64, "max_images": 2}
-    torch_report = evaluate(output=tmp_path / "t", checkpoint=small_checkpoint, **kwargs)
-    onnx_report = evaluate(output=tmp_path / "o", model=small_onnx, **kwargs)
+    torch_report = evaluate(EvaluateOptions(output=tmp_path / "t", checkpoint=small_checkpoint, **kwargs))
+    onnx_report = evaluate(EvaluateOptions(output=tmp_path / "o", model=small_onnx, **kwargs))
     pconv_t = [s for s in torch_report.scores if s.method == "PConv"]
     pconv_o = [s for s in onnx_report.scores if s.method == "PConv (runtime)"]
     assert len(pconv_t) == len(pconv_o) == len(HOLE_BINS)
@@ -141,7 +143,7 @@ def test_cli_errors_are_one_line(small_checkpoint, tmp_path):
         )
 
     r = run("--data", "builtin")
-    assert r.returncode == 1 and r.stderr.strip().startswith("error: give exactly one of --checkpoint")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: give exactly one of --checkpoint")
     r = run("--data", "builtin", "--checkpoint", str(small_checkpoint), "--size", "48")
     assert r.returncode == 1 and r.stderr.strip().endswith(
         "must be a multiple of 32 for " + str(small_checkpoint) + " (2^layers)"
@@ -204,3 +206,26 @@ def test_cli_bad_values_are_one_line_and_write_nothing(small_checkpoint, tmp_pat
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
     assert not (tmp_path / "ev").exists() or not list((tmp_path / "ev").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": "m.onnx"}, "give exactly one of --checkpoint"),
+        ({"checkpoint": None}, "give exactly one of --checkpoint"),
+        ({"size": 0}, "--size must be between 1 and 2048, got 0"),
+        ({"masks_per_bin": 101}, "--masks-per-bin must be between 1 and 100, got 101"),
+        ({"seed": 2**63}, "--seed must be between 0 and 2^63 - 1"),
+        ({"max_images": 0}, "--max-images must be 1 or more, got 0"),
+        ({"batch_size": 0}, "batch size must be 1 or more, got 0"),
+    ],
+)
+def test_options_refuse_bad_values_before_reading_anything(tmp_path, change, message):
+    """The options are checked when built (the CLI builds them first): no file named in them exists here."""
+    from pconv_deploy.errors import UsageError
+
+    good = {"data": tmp_path / "no-data", "output": tmp_path / "ev", "checkpoint": tmp_path / "no.safetensors"}
+    assert EvaluateOptions(**good).checkpoint == tmp_path / "no.safetensors"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        EvaluateOptions(**{**good, **change})
+    assert not (tmp_path / "ev").exists()

@@ -122,15 +122,25 @@ def evaluate(
 
     Hole L1 (0-255), L1 (%), PSNR and SSIM on composited outputs.
     """
+    from pconv_deploy.train.evaluate import EVALUATION_FILES, EvaluateOptions
+    from pconv_deploy.train.evaluate import evaluate as run_evaluation
+
+    options = EvaluateOptions(  # bad values: one line, exit 2, before any file is looked at
+        data=data,
+        output=output,
+        checkpoint=checkpoint,
+        model=model,
+        masks_per_bin=masks_per_bin,
+        seed=seed,
+        size=size,
+        max_images=max_images,
+    )
     if checkpoint is not None:
         check_input_file(checkpoint, "--checkpoint", (CHECKPOINT_SUFFIX,))
     if model is not None:
         check_input_file(model, "--model", (ONNX_SUFFIX, *ENGINE_SUFFIXES))
-    evaluation_files = ("evaluation.md", "evaluation.json", "evaluation.png")
-    check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], evaluation_files)
-    from pconv_deploy.train.evaluate import evaluate as run_evaluation
-
-    report = run_evaluation(data, output, checkpoint, model, masks_per_bin, seed, size, max_images)
+    check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], EVALUATION_FILES)
+    report = run_evaluation(options)
     for why in report.skipped.values():
         typer.echo(f"skipped {why}")
     typer.echo(report.table, nl=False)

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pconv_deploy.errors import PConvError
+from pconv_deploy.errors import PConvError, UsageError
 from pconv_deploy.masks import HOLE_BINS, bin_label, random_mask
 
 MAX_MASKS_PER_BIN = 100  # every sample keeps its mask in memory: images x 6 bins x this x size^2 bytes
+TABLE, SCORES, CHART = "evaluation.md", "evaluation.json", "evaluation.png"
+EVALUATION_FILES = (TABLE, SCORES, CHART)  # what an evaluation writes into its output folder
 Predict = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], list[np.ndarray]]
 
 
@@ -84,7 +86,7 @@ def make_samples(images: Sequence[np.ndarray], masks_per_bin: int, seed: int = 0
     return samples
 
 
-def score(method: str, predict: Predict, samples: Sequence[Sample], batch_size: int = 8) -> list[BinScore]:
+def score(method: str, predict: Predict, samples: Sequence[Sample], *, batch_size: int = 8) -> list[BinScore]:
     """Run ``predict`` over the samples in batches and average each metric per bin."""
     per_bin: dict[int, list[np.ndarray]] = {}
     for start in range(0, len(samples), batch_size):
@@ -160,7 +162,7 @@ def markdown_table(scores: Sequence[BinScore]) -> str:
 
 
 def crop_images(
-    paths: Sequence[Path], size: int, photo_scale: bool = False, skipped: dict[Path, str] | None = None
+    paths: Sequence[Path], size: int, *, photo_scale: bool = False, skipped: dict[Path, str] | None = None
 ) -> list[np.ndarray]:
     """The centre ``size`` x ``size`` crop of each image (upscaled first if smaller).
 
@@ -193,8 +195,9 @@ class EvalReport:
 
 
 def load_samples(
-    data: str,
+    data: str | Path,
     size: int = 256,
+    *,
     masks_per_bin: int = 4,
     seed: int = 0,
     max_images: int | None = None,
@@ -209,57 +212,75 @@ def load_samples(
 
     paths = image_paths(data)[:max_images]
     skipped = {} if skipped is None else skipped
-    crops = crop_images(paths, size, str(data) in SPLITS, skipped)
+    crops = crop_images(paths, size, photo_scale=str(data) in SPLITS, skipped=skipped)
     if not crops:
         raise PConvError(f"none of the {len(paths)} images is usable (e.g. {next(iter(skipped.values()))})")
     return make_samples(crops, masks_per_bin, seed), len(crops)
 
 
-def check_options(size: int, masks_per_bin: int, seed: int) -> None:
-    """Refuse values no evaluation can use, before any file is read (the CLI's exit 2)."""
-    from pconv_deploy.train.data import MAX_SIZE
-    from pconv_deploy.train.loop import OptionError
+@dataclass(frozen=True, kw_only=True)
+class EvaluateOptions:
+    """One evaluation, checked once (bad values: UsageError, the CLI's exit 2) before any file is read:
+    exactly one of ``checkpoint`` (run in PyTorch) or ``model`` (ONNX / engine, through the runtime)."""
 
-    if not 1 <= size <= MAX_SIZE:
-        raise OptionError(f"--size must be between 1 and {MAX_SIZE}, got {size}")
-    if not 1 <= masks_per_bin <= MAX_MASKS_PER_BIN:
-        raise OptionError(f"--masks-per-bin must be between 1 and {MAX_MASKS_PER_BIN}, got {masks_per_bin}")
-    if not 0 <= seed < 2**63:
-        raise OptionError(f"--seed must be between 0 and 2^63 - 1, got {seed}")
+    data: str | Path  # a folder of test images, "builtin" or a recorded split
+    output: Path
+    checkpoint: Path | None = None
+    model: Path | None = None
+    masks_per_bin: int = 4
+    seed: int = 0
+    size: int = 256
+    max_images: int | None = None
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("output", "checkpoint", "model"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> None:
+        from pconv_deploy.train.data import MAX_SIZE
+
+        if (self.checkpoint is None) == (self.model is None):
+            raise UsageError("give exactly one of --checkpoint (PyTorch) or --model (ONNX / engine, via the runtime)")
+        if not 1 <= self.size <= MAX_SIZE:
+            raise UsageError(f"--size must be between 1 and {MAX_SIZE}, got {self.size}")
+        if not 1 <= self.masks_per_bin <= MAX_MASKS_PER_BIN:
+            raise UsageError(f"--masks-per-bin must be between 1 and {MAX_MASKS_PER_BIN}, got {self.masks_per_bin}")
+        if not 0 <= self.seed < 2**63:
+            raise UsageError(f"--seed must be between 0 and 2^63 - 1, got {self.seed}")
+        if self.max_images is not None and self.max_images < 1:
+            raise UsageError(f"--max-images must be 1 or more, got {self.max_images}")
+        if self.batch_size < 1:
+            raise UsageError(f"batch size must be 1 or more, got {self.batch_size}")
 
 
-def evaluate(
-    data: str,
-    output: Path,
-    checkpoint: Path | None = None,
-    model: Path | None = None,
-    masks_per_bin: int = 4,
-    seed: int = 0,
-    size: int = 256,
-    max_images: int | None = None,
-    batch_size: int = 8,
-) -> EvalReport:
+def evaluate(options: EvaluateOptions) -> EvalReport:
     """Score a checkpoint (PyTorch) or a deployed model (runtime) against Telea; write table, JSON and chart."""
-    if (checkpoint is None) == (model is None):
-        raise PConvError("give exactly one of --checkpoint (PyTorch) or --model (ONNX / engine, via the runtime)")
-    check_options(size, masks_per_bin, seed)
-    if checkpoint is not None:
-        predict, multiple = checkpoint_predictor(checkpoint)
-        if size % multiple:
-            raise PConvError(f"--size {size} must be a multiple of {multiple} for {checkpoint} (2^layers)")
+    o = options
+    if o.checkpoint is not None:
+        predict, multiple = checkpoint_predictor(o.checkpoint)
+        if o.size % multiple:
+            raise PConvError(f"--size {o.size} must be a multiple of {multiple} for {o.checkpoint} (2^layers)")
         name = "PConv"
     else:
-        predict, name = runtime_predictor(model), "PConv (runtime)"
+        predict, name = runtime_predictor(o.model), "PConv (runtime)"
     skipped: dict[Path, str] = {}
-    samples, count = load_samples(data, size, masks_per_bin, seed, max_images, skipped)
-    scores = score(name, predict, samples, batch_size) + score("Telea", telea_predictor(), samples, batch_size)
-    crops = f"{count} images, {size}x{size} centre crops, {masks_per_bin} masks/bin, seed {seed}"
+    samples, count = load_samples(
+        o.data, o.size, masks_per_bin=o.masks_per_bin, seed=o.seed, max_images=o.max_images, skipped=skipped
+    )
+    scores = score(name, predict, samples, batch_size=o.batch_size)
+    scores += score("Telea", telea_predictor(), samples, batch_size=o.batch_size)
+    crops = f"{count} images, {o.size}x{o.size} centre crops, {o.masks_per_bin} masks/bin, seed {o.seed}"
     if skipped:
-        crops += f" ({len(skipped)} unusable image(s) skipped, listed in evaluation.json)"
-    return write_report(scores, Path(output), f"{checkpoint or model} on {data}: {crops}", skipped)
+        crops += f" ({len(skipped)} unusable image(s) skipped, listed in {SCORES})"
+    return write_report(scores, Path(o.output), f"{o.checkpoint or o.model} on {o.data}: {crops}", skipped=skipped)
 
 
-def write_report(scores: list[BinScore], output: Path, note: str, skipped: dict[Path, str] | None = None) -> EvalReport:
+def write_report(
+    scores: list[BinScore], output: Path, note: str, *, skipped: dict[Path, str] | None = None
+) -> EvalReport:
     """evaluation.md (the table), evaluation.json (every number) and evaluation.png (bar charts)."""
     import dataclasses
     import json
@@ -269,15 +290,15 @@ def write_report(scores: list[BinScore], output: Path, note: str, skipped: dict[
 
     output.mkdir(parents=True, exist_ok=True)
     table = markdown_table(scores)
-    table_path = output / "evaluation.md"
+    table_path = output / TABLE
     write_text_atomic(table_path, f"# Evaluation\n\n{note}\n\n{table}")
     rows = [{**dataclasses.asdict(s), "bin": bin_label(HOLE_BINS[s.bin_index])} for s in scores]
     skipped_text = {str(k): v for k, v in (skipped or {}).items()}
     report = {"note": note, "scores": rows, "skipped": skipped_text}
-    write_text_atomic(output / "evaluation.json", json.dumps(report, indent=1))
+    write_text_atomic(output / SCORES, json.dumps(report, indent=1))
     labels = [bin_label(HOLE_BINS[b]) for b in sorted({s.bin_index for s in scores})]
     methods = list(dict.fromkeys(s.method for s in scores))
     titles = (("hole_l1", "hole L1 (0-255) - lower is better"), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"))
     panels = {title: {m: [getattr(s, key) for s in scores if s.method == m] for m in methods} for key, title in titles}
-    chart_path = plots.bar_charts(labels, panels, output / "evaluation.png")
+    chart_path = plots.bar_charts(labels, panels, output / CHART)
     return EvalReport(scores, table, table_path, chart_path, skipped_text)
