@@ -28,7 +28,6 @@ import argparse
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,8 +52,7 @@ def make_photos(folder: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
     import skimage.data
     from PIL import Image
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_photos import hole_mask
+    from pconv_deploy.masks import straight_strokes
 
     images, masks = folder / "images", folder / "masks"
     images.mkdir(parents=True)
@@ -67,7 +65,8 @@ def make_photos(folder: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
         crop = Image.fromarray(src[y : y + 280, x : x + 280]).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
         pixels = np.asarray(crop).astype(np.float32) + rng.normal(0, 3, (SIZE, SIZE, 3))
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(images / f"p{i:03d}.jpg", quality=92)
-        hole_mask((SIZE, SIZE), rng, "strokes", 0.1).save(masks / f"p{i:03d}.png")
+        hole = straight_strokes(SIZE, SIZE, rng, ratio=0.1)
+        Image.fromarray(hole.astype(np.uint8) * 255).save(masks / f"p{i:03d}.png")
     return images, masks
 
 

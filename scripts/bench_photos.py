@@ -32,17 +32,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from pconv_deploy.masks import PHOTO_MASKS, photo_mask
 
 SIZE = (4000, 3000)  # w, h
 
 
 def make_photos(folder: Path, count: int, masks: str = "objects", hole_ratio: float = 0.01) -> None:
-    """Photo-like JPEGs (upscaled scikit-image photos + noise) and masks of about ``hole_ratio``.
-
-    ``objects``: one to three irregular blobs per photo (removing a person, a sign, a blemish);
-    ``strokes``: brush strokes scattered over the whole photo (the hard case for ``crop``).
-    """
+    """Photo-like JPEGs (upscaled scikit-image photos + noise) and masks of about ``hole_ratio``, drawn by
+    :func:`pconv_deploy.masks.photo_mask`: ``masks`` is one of its ``PHOTO_MASKS``."""
     import skimage.data
 
     sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
@@ -53,56 +52,8 @@ def make_photos(folder: Path, count: int, masks: str = "objects", hole_ratio: fl
         photo = Image.fromarray(sources[i % len(sources)]).resize(SIZE, Image.Resampling.BICUBIC)
         pixels = np.asarray(photo).astype(np.float32) + rng.normal(0, 4, (SIZE[1], SIZE[0], 3))
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / "images" / f"photo{i}.jpg", quality=92)
-        mask = hole_mask(SIZE, rng, masks, hole_ratio)
-        mask.save(folder / "masks" / f"photo{i}.png")
-
-
-MASKS = ("objects", "strokes", "scribbles")
-
-
-def hole_mask(
-    size: tuple[int, int], rng: np.random.Generator, masks: str = "objects", ratio: float = 0.01
-) -> Image.Image:
-    """A mode-L mask (255 = hole) of ``size`` (w, h) covering about ``ratio``: objects, strokes or scribbles.
-
-    ``objects``: scribbles around one to three centres; ``strokes``: straight strokes, 20-60 px
-    wide, 300-600 px long, at any angle, anywhere (about six for 1% of 12 MP): the long diagonal
-    holes one axis-aligned window covers badly; ``scribbles``: short curved scribbles (5-point
-    polylines, 15-34 px wide) scattered over the image.
-    """
-    if masks == "strokes":
-        return straight_strokes(size, rng, ratio)
-    w, h = size
-    mask = Image.new("L", size, 0)
-    draw = ImageDraw.Draw(mask)
-    border = min(400, w // 4, h // 4)
-    objects = [rng.integers(border, [w - border, h - border]) for _ in range(int(rng.integers(1, 4)))]
-    while np.asarray(mask).mean() / 255 < ratio:
-        if masks == "objects":  # scribbles around the objects' centres: irregular, compact
-            x, y = objects[int(rng.integers(len(objects)))] + rng.integers(-120, 120, 2)
-            step = 60
-        else:
-            x, y = rng.integers(border // 2, [w - border // 2, h - border // 2])
-            step = 120
-        points = [(int(x), int(y))]
-        for _ in range(4):
-            x, y = np.clip([x, y] + rng.integers(-step, step, 2), 0, [w - 1, h - 1])
-            points.append((int(x), int(y)))
-        draw.line(points, fill=255, width=int(rng.integers(15, 35)), joint="curve")
-    return mask
-
-
-def straight_strokes(size: tuple[int, int], rng: np.random.Generator, ratio: float) -> Image.Image:
-    """Straight strokes 20-60 px wide, 300-600 px long, any angle, centres anywhere, until ``ratio`` is covered."""
-    w, h = size
-    mask = Image.new("L", size, 0)
-    draw = ImageDraw.Draw(mask)
-    while np.asarray(mask).mean() / 255 < ratio:
-        length, angle = rng.uniform(300, 600), rng.uniform(0, np.pi)
-        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-        dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
-        draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=255, width=int(rng.integers(20, 61)))
-    return mask
+        hole = photo_mask(masks, SIZE[1], SIZE[0], rng, ratio=hole_ratio)
+        Image.fromarray(hole.astype(np.uint8) * 255).save(folder / "masks" / f"photo{i}.png")
 
 
 def infer(model: Path, folder: Path, name: str, *extra: str, package: Path | None = None) -> dict:
@@ -228,7 +179,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="ONNX model (default: the bundled demo model, exported)")
     parser.add_argument("--count", type=int, default=4)
     parser.add_argument("--memory-limit", default="6GiB", help="--memory-limit for the full-strategy run")
-    parser.add_argument("--masks", choices=MASKS, default="objects", help="hole layout (see hole_mask)")
+    parser.add_argument(
+        "--masks", choices=tuple(PHOTO_MASKS), default="objects", help="hole layout (pconv_deploy.masks)"
+    )
     parser.add_argument("--keep", type=Path, help="make the photos in this folder and keep them")
     parser.add_argument(
         "--baseline", type=Path, help="also time crop with the pconv_deploy of this checkout (e.g. a git worktree)"

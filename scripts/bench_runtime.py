@@ -19,13 +19,7 @@ import cv2
 import numpy as np
 import skimage.data
 
-
-def strokes(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    m = np.zeros((h, w), np.uint8)
-    for _ in range(5):
-        (x0, y0), (x1, y1) = rng.integers(0, [w, h], size=(2, 2))
-        cv2.line(m, (int(x0), int(y0)), (int(x1), int(y1)), 255, int(rng.integers(8, 24)))
-    return m > 0
+from pconv_deploy.masks import straight_strokes
 
 
 def images_per_second(inpainter, images, masks, repeats: int) -> float:
@@ -70,7 +64,7 @@ def main() -> None:
     print(f"{'size':>6} {'batch':>5} {'torch img/s':>12} {'onnxruntime img/s':>18} {'ort/torch':>10}")
     for size in [int(s) for s in args.sizes.split(",")]:
         images = [np.ascontiguousarray(photo[i * 8 : i * 8 + size, i * 8 : i * 8 + size]) for i in range(args.images)]
-        masks = [strokes(size, size, rng) for _ in images]
+        masks = [straight_strokes(size, size, rng, count=5, widths=(8, 23), lengths=(size / 4, size)) for _ in images]
         for batch in [int(b) for b in args.batch.split(",")]:
             rates = {}
             for backend, path in (("torch", checkpoint), ("onnxruntime", onnx_path)):

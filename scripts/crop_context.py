@@ -5,7 +5,7 @@
 
 Held-out photos of at least ``--min-pixels`` (the demo-heldout split at native resolution, 6-20 MP:
 needs the demo-data extra and the Debian wallpaper packages, see pconv_deploy/train/photos.py),
-each with masks drawn as scripts/bench_photos.py draws them (``--masks``: objects of about 1%
+each with masks drawn as scripts/bench_photos.py draws them (masks.photo_mask; ``--masks``: objects of about 1%
 holes by default; strokes: six long straight strokes). For every margin, ``--strategy crop``
 fills the holes (long holes split into several windows); with ``--unsplit`` also one window per
 hole as before splitting (``plan_windows(split=False)``); ``full`` runs the whole photo at once.
@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_photos import MASKS, hole_mask  # noqa: E402
+from pconv_deploy.masks import PHOTO_MASKS, photo_mask
 
 
 def unsplit_job(runner, photo: np.ndarray, hole: np.ndarray):
@@ -56,7 +55,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="masks per photo")
     parser.add_argument("--min-pixels", type=float, default=6e6)
     parser.add_argument("--ratio", type=float, default=0.01, help="hole share of each photo (objects, scribbles)")
-    parser.add_argument("--masks", choices=MASKS, default="objects", help="hole layout (bench_photos.hole_mask)")
+    parser.add_argument("--masks", choices=tuple(PHOTO_MASKS), default="objects", help="hole layout (masks.photo_mask)")
     parser.add_argument("--unsplit", action="store_true", help="also crop with one window per hole (no splitting)")
     args = parser.parse_args()
 
@@ -78,7 +77,7 @@ def main() -> None:
         photo = np.asarray(Image.open(path).convert("RGB"))
         h, w = photo.shape[:2]
         for seed in range(args.seeds):
-            hole = np.asarray(hole_mask((w, h), np.random.default_rng(seed), args.masks, args.ratio)) > 127
+            hole = photo_mask(args.masks, h, w, np.random.default_rng(seed), ratio=args.ratio)
             outs = {}
             for name, runner in runners.items():
                 start = time.perf_counter()

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pconv_deploy.masks import straight_strokes
 from pconv_deploy.runtime import windows
 from pconv_deploy.runtime.tiles import plan_windows
 
@@ -33,16 +34,7 @@ def ring(shape, centre, radius, width) -> np.ndarray:
 
 def scattered_strokes(shape, count, seed) -> np.ndarray:
     """``count`` straight strokes 20-60 px wide, 300-600 px long, any angle (as bench_photos --masks strokes)."""
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    mask = np.zeros(shape, np.uint8)
-    for _ in range(count):
-        length, angle = rng.uniform(300, 600), rng.uniform(0, np.pi)
-        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-        dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
-        p0, p1 = (round(cx - dx), round(cy - dy)), (round(cx + dx), round(cy + dy))
-        cv2.line(mask, p0, p1, 1, int(rng.integers(20, 61)))
-    return mask > 0
+    return straight_strokes(*shape, np.random.default_rng(seed), count=count)
 
 
 MASKS = {
@@ -222,8 +214,8 @@ def test_components_match_opencv(shape):
 
 
 def test_more_pieces_than_pairwise_joining_limit_stay_split():
-    """Forty strokes on 12 MP: more pieces than holes are clustered at; joining them never costs more than apart."""
-    hole = scattered_strokes((3000, 4000), 40, 5)
+    """48 strokes on 12 MP: more pieces than holes are clustered at; joining them never costs more than apart."""
+    hole = scattered_strokes((3000, 4000), 48, 5)  # 35 holes, 77 pieces
     h, w = hole.shape
     comps = windows.Components(hole)
     assert len(comps.boxes) <= windows.MAX_PAIRWISE

@@ -21,6 +21,7 @@ import numpy as np
 
 from pconv_deploy.bench.spec import CONFIGS, BenchSettings, WorkerSpec
 from pconv_deploy.errors import PConvError
+from pconv_deploy.masks import as_known, boxes
 
 ROW_GEMM = 2048  # the float32 GEMM each main-table row times beside its model (numpy, same threads)
 
@@ -57,15 +58,10 @@ def max_rss_mib() -> float:
 
 
 def feeds(batch: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random images and binary masks with rectangular holes (about 20% of the pixels)."""
+    """Random images and binary masks (1 = known) with six rectangular holes each (:func:`masks.boxes`)."""
     rng = np.random.default_rng(seed)
     image = rng.random((batch, 3, size, size), dtype=np.float32)
-    mask = np.ones((batch, 1, size, size), np.float32)
-    for n in range(batch):
-        for _ in range(6):
-            y, x = rng.integers(0, size - size // 8, 2)
-            h, w = rng.integers(size // 16, size // 4, 2)
-            mask[n, 0, y : y + h, x : x + w] = 0.0
+    mask = np.stack([as_known(boxes(size, size, rng, count=6))[None] for _ in range(batch)])
     return image, mask
 
 

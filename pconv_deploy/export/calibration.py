@@ -1,7 +1,7 @@
 """INT8 calibration samples: photos from a folder with seeded masks drawn like the training masks.
 
 A sample is one photo, resized (area) so its short side is ``size`` and centre-cropped to
-``size`` x ``size``, with ``masks_per_image`` masks from :func:`pconv_deploy.masks.random_mask`
+``size`` x ``size``, with ``masks_per_image`` masks from :func:`pconv_deploy.masks.irregular`
 in the paper's hole-ratio bins the model was trained for (the first ``hole_bins`` bins, taken in
 turn so every bin is represented). The same folder, size and seed give the same samples, and
 :func:`list_sha256` names the folder's contents in the file's metadata.
@@ -83,14 +83,14 @@ def load_photo(path: Path, size: int) -> np.ndarray:
 
 def calibration_feeds(cal: CalibrationSet):
     """Yield ``{image, mask}`` feeds of batch 1, float32 [1,3,S,S] in [0,1] and [1,1,S,S] (1 = known)."""
-    from pconv_deploy.masks import HOLE_BINS, random_mask
+    from pconv_deploy.masks import HOLE_BINS, as_known, irregular
 
     for i, path in enumerate(cal.photos):
         image = load_photo(path, cal.size).transpose(2, 0, 1)[None].astype(np.float32) / 255.0
         for k in range(cal.masks_per_image):
             b = (i * cal.masks_per_image + k) % cal.hole_bins
-            known = random_mask(cal.size, cal.size, np.random.default_rng([cal.seed, i, k]), HOLE_BINS[b])
-            yield {IMAGE: image, MASK: known[None, None].astype(np.float32)}
+            hole = irregular(cal.size, cal.size, np.random.default_rng([cal.seed, i, k]), hole_range=HOLE_BINS[b])
+            yield {IMAGE: image, MASK: as_known(hole)[None, None]}
 
 
 class FeedReader:

@@ -39,6 +39,7 @@ from pconv_deploy.export.checks import (
     metadata,
 )
 from pconv_deploy.export.quantize import QDQ_OPS, check_mask_path_float
+from pconv_deploy.masks import as_known, brush_strokes, grid
 
 FP32_ATOL = 1e-4
 # Reduced precision, against the FP32 PyTorch model. PSNR of the composited [0, 1] output over the
@@ -77,40 +78,18 @@ DEFAULT_CASES = (
 
 
 def make_mask(kind: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """A binary [1, H, W] float32 mask, 1 = known, 0 = hole."""
+    """A binary [1, H, W] float32 mask of one of ``MASK_KINDS``, 1 = known, 0 = hole (the model's convention)."""
     if kind == "no-hole":
-        return np.ones((1, height, width), np.float32)
-    if kind == "all-hole":
-        return np.zeros((1, height, width), np.float32)
-    if kind == "sparse":  # one known pixel per 7x7 cell: windows hold a single known pixel
-        mask = np.zeros((1, height, width), np.float32)
-        mask[0, rng.integers(7) :: 7, rng.integers(7) :: 7] = 1.0
-        return mask
-    if kind == "strokes":
-        return 1.0 - _strokes(height, width, rng)
-    raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
-
-
-def _strokes(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """Random thick polylines (1 = stroke), as in the paper's irregular masks."""
-    hole = np.zeros((height, width), bool)
-    yy, xx = np.mgrid[:height, :width]
-    scale = min(height, width)
-    for _ in range(rng.integers(3, 7)):
-        y, x = rng.uniform(0, height), rng.uniform(0, width)
-        radius = rng.uniform(0.01, 0.05) * scale + 1
-        for _ in range(rng.integers(3, 8)):
-            angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(0.05, 0.3) * scale
-            y2 = np.clip(y + length * np.sin(angle), 0, height - 1)
-            x2 = np.clip(x + length * np.cos(angle), 0, width - 1)
-            for t in np.linspace(0, 1, max(2, int(length / max(radius / 2, 1)))):
-                cy, cx = y + t * (y2 - y), x + t * (x2 - x)
-                y0, y1 = int(max(cy - radius, 0)), int(min(cy + radius + 1, height))
-                x0, x1 = int(max(cx - radius, 0)), int(min(cx + radius + 1, width))
-                box = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= radius**2
-                hole[y0:y1, x0:x1] |= box
-            y, x = y2, x2
-    return hole[None].astype(np.float32)
+        hole = np.zeros((height, width), bool)
+    elif kind == "all-hole":
+        hole = np.ones((height, width), bool)
+    elif kind == "sparse":  # one known pixel per 7x7 cell: windows hold a single known pixel
+        hole = ~grid(height, width, step=7, offset=(int(rng.integers(7)), int(rng.integers(7))))
+    elif kind == "strokes":
+        hole = brush_strokes(height, width, rng)
+    else:
+        raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
+    return as_known(hole)[None]
 
 
 def make_feeds(cases: Sequence[ParityCase], multiple: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

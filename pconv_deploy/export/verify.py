@@ -31,9 +31,11 @@ from pconv_deploy.export.parity import (
     ParityReport,
     default_parity_dir,
     load_checked,
+    make_mask,
     run_parity,
     torch_reference,
 )
+from pconv_deploy.masks import HOLE_BINS, as_known, bin_label, grid, irregular
 
 QUALITY_FILE = "quality.json"
 QUALITY_BINS = 3  # the paper's bins up to 30 % holes
@@ -113,18 +115,10 @@ class ReducedReport:
         return self.parity.polygraphy_command(model_path)
 
 
-def pixel_holes(height: int, width: int) -> np.ndarray:
-    """Isolated 1-pixel holes on a 5-pixel grid (1 = known)."""
-    mask = np.ones((height, width), np.float32)
-    mask[2::5, 3::5] = 0.0
-    return mask
-
-
 def adversarial_masks(height: int, width: int, rng: np.random.Generator) -> list[np.ndarray]:
-    from pconv_deploy.export.parity import make_mask
-
-    sparse = make_mask("sparse", height, width, rng)[0]
-    return [np.zeros((height, width), np.float32), pixel_holes(height, width), sparse]
+    """All hole, isolated 1-pixel holes on a 5-pixel grid, and isolated known pixels (1 = known)."""
+    pixel_holes = as_known(grid(height, width, step=5, offset=(2, 3)))
+    return [np.zeros((height, width), np.float32), pixel_holes, make_mask("sparse", height, width, rng)[0]]
 
 
 def quality_images(photos: Sequence[Path] | None, size: int, seed: int) -> tuple[list[np.ndarray], str]:
@@ -147,15 +141,13 @@ def quality_images(photos: Sequence[Path] | None, size: int, seed: int) -> tuple
 
 def quality_samples(images: list[np.ndarray], seed: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """(image, known mask, bin) per image and bin: MASKS_PER_BIN seeded training-style masks each."""
-    from pconv_deploy.masks import HOLE_BINS, random_mask
-
     samples = []
     for i, image in enumerate(images):
         h, w = image.shape[:2]
         for b in range(QUALITY_BINS):
             for k in range(MASKS_PER_BIN):
-                known = random_mask(h, w, np.random.default_rng([seed, i, b, k]), HOLE_BINS[b])
-                samples.append((image, known.astype(np.float32), b))
+                hole = irregular(h, w, np.random.default_rng([seed, i, b, k]), hole_range=HOLE_BINS[b])
+                samples.append((image, as_known(hole), b))
     return samples
 
 
@@ -185,7 +177,6 @@ def run_quality(
     import onnxruntime as ort
 
     from pconv_deploy.export.checks import metadata
-    from pconv_deploy.masks import HOLE_BINS, bin_label
 
     precision = metadata(onnx.load(str(onnx_path), load_external_data=False)).get("pconv.precision", "fp32")
     multiple = model.config.multiple

@@ -14,7 +14,7 @@ import numpy as np
 
 from pconv_deploy.contract import IMAGE_SUFFIXES
 from pconv_deploy.errors import PConvError, first_line
-from pconv_deploy.masks import training_mask
+from pconv_deploy.masks import as_known, training_mask
 
 MAX_ASPECT = 16  # long side / short side: the short side is upscaled to the crop size
 MAX_SIZE = 2048  # crop size (--size) of training and evaluation: an upscaled crop costs size^2 x aspect
@@ -239,5 +239,5 @@ class CropDataset:
             image = self._draw(rng)
             crop = scaled_crop(image, self.size, rng) if self.photo_scale else random_crop(image, self.size, rng)
             images.append(crop.transpose(2, 0, 1))
-            masks.append(training_mask(self.size, self.size, rng, self.hole_bins)[None])
+            masks.append(as_known(training_mask(self.size, self.size, rng, bins=self.hole_bins))[None])
         return np.stack(images).astype(np.float32) / 255.0, np.stack(masks).astype(np.float32)

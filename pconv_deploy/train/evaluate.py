@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pconv_deploy.errors import PConvError, UsageError
-from pconv_deploy.masks import HOLE_BINS, bin_label, random_mask
+from pconv_deploy.masks import HOLE_BINS, bin_label, irregular
 
 MAX_MASKS_PER_BIN = 100  # every sample keeps its mask in memory: images x 6 bins x this x size^2 bytes
 TABLE, SCORES, CHART = "evaluation.md", "evaluation.json", "evaluation.png"
@@ -81,8 +81,8 @@ def make_samples(images: Sequence[np.ndarray], masks_per_bin: int, seed: int = 0
         h, w = image.shape[:2]
         for b, hole_bin in enumerate(HOLE_BINS):
             for k in range(masks_per_bin):
-                known = random_mask(h, w, np.random.default_rng([seed, i, b, k]), hole_bin)
-                samples.append(Sample(image, known == 0, b))
+                hole = irregular(h, w, np.random.default_rng([seed, i, b, k]), hole_range=hole_bin)
+                samples.append(Sample(image, hole, b))
     return samples
 
 

@@ -9,17 +9,15 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from pconv_deploy.masks import straight_strokes
+
 H, W = 224, 256  # the coordinate image: multiples of CoordinateBackend's 16, so no padding
 
 
 def strokes(h: int, w: int, seed: int = 0, n: int = 4) -> np.ndarray:
-    """Random brush strokes, True = hole (as in the paper's irregular masks)."""
-    rng = np.random.default_rng(seed)
-    m = np.zeros((h, w), np.uint8)
-    for _ in range(n):
-        (x0, y0), (x1, y1) = rng.integers(0, [w, h], size=(2, 2))
-        cv2.line(m, (int(x0), int(y0)), (int(x1), int(y1)), 255, int(rng.integers(4, 16)))
-    return m > 0
+    """``n`` straight strokes 4-15 px wide across the image, True = hole."""
+    side = min(h, w)
+    return straight_strokes(h, w, np.random.default_rng(seed), count=n, widths=(4, 15), lengths=(side / 4, side))
 
 
 def save(path, array):
