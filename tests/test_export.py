@@ -1,5 +1,6 @@
 """The exported graph: contract, metadata, one file, op set, mask path, MACs, FP16 types, the epsilon trap."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,13 @@ from helpers.reference import sha256_of as file_sha256
 
 from pconv_deploy import __version__
 from pconv_deploy.contract import METADATA_KEYS
+from pconv_deploy.errors import PConvError, UsageError
 from pconv_deploy.export import ExportError, check_graph, conv_macs, export_onnx
 from pconv_deploy.export.checks import TENSORRT_OPS, adversarial_feeds, metadata
 from pconv_deploy.export.graph import ExportNet, ExportPConv
 from pconv_deploy.export.onnx_export import mask_overhead_limit
+from pconv_deploy.export.options import ExportOptions
+from pconv_deploy.export.quantize import Int8Recipe
 from pconv_deploy.model import PConvUNet, composite, feature_macs, load_checkpoint
 
 
@@ -221,3 +225,34 @@ def test_write_is_atomic(small_onnx, tmp_path, monkeypatch):
         write_atomic(model, target)
     assert target.read_bytes() == Path(small_onnx).read_bytes()  # the old file, untouched
     assert [p.name for p in target.parent.iterdir()] == ["m.onnx"]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"opset": 99}, "--opset 99: the installed onnx knows opsets up to"),
+        ({"opset": 17}, "--opset 17: the exporter writes opset 18 or later"),
+        ({"precision": "fp8"}, "precision 'fp8': expected one of fp32, fp16, int8"),
+        ({"precision": "int8"}, "--calibration DIR goes with --precision int8 (and int8 needs it)"),
+        ({"calibration": "photos"}, "--calibration DIR goes with --precision int8 (and int8 needs it)"),
+        ({"calibration_images": 4}, "--calibration-images N goes with --calibration DIR"),
+        ({"recipe": Int8Recipe(activations="u4")}, "--int8-activations u4: expected one of u8, s8"),
+        ({"recipe": Int8Recipe(method="mean")}, "calibration method 'mean'"),
+    ],
+)
+def test_export_options_refuse_bad_values_before_reading_anything(tmp_path, change, message):
+    """What `pconv export` refuses with exit 2 is refused by the options themselves, with the same line."""
+    good = {"checkpoint": tmp_path / "none.safetensors", "output": tmp_path / "m.onnx"}
+    assert ExportOptions(**good).precision == "fp32"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        ExportOptions(**{**good, **change})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_options_take_a_folder_of_calibration_photos(tmp_path):
+    options = ExportOptions(
+        checkpoint=tmp_path / "m.safetensors", output=tmp_path / "m.onnx", precision="int8", calibration=str(tmp_path)
+    )
+    assert options.calibration == tmp_path  # a folder, read when the export runs
+    with pytest.raises(PConvError, match="no photos to calibrate with"):
+        options.calibration_set()
