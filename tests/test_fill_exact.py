@@ -14,7 +14,7 @@ window that filled each hole pixel is known and the context around that pixel is
 import cv2
 import numpy as np
 import pytest
-from helpers.images import CoordinateBackend, H, W, coordinate_image, holes
+from helpers.images import CoordinateBackend, H, W, coordinate_image, holes, polyline, ring
 from PIL import Image
 
 from pconv_deploy.runtime import Inpainter, InpaintOptions
@@ -136,27 +136,14 @@ def test_overlapping_windows_fill_each_hole_from_its_own_window():
     check_pixel_context(backend, hole, out)
 
 
-def line(shape: tuple[int, int], points: list[tuple[int, int]], width: int) -> np.ndarray:
-    """A bool mask with a polyline of ``width`` px through (x, y) ``points``."""
-    mask = np.zeros(shape, np.uint8)
-    cv2.polylines(mask, [np.array(points, np.int32)], False, 1, width)
-    return mask > 0
-
-
-def ring(shape: tuple[int, int], centre: tuple[int, int], radius: int, width: int) -> np.ndarray:
-    mask = np.zeros(shape, np.uint8)
-    cv2.circle(mask, centre, radius, 1, width)
-    return mask > 0
-
-
 SPLIT_MARGIN = 12  # the coordinate image is at most 256 px wide: a small margin leaves room to split
 SPLIT_HOLES = {
-    "diagonal stroke": line((H, W), [(20, 15), (235, 200)], 5),
-    "L-shape": line((H, W), [(30, 20), (30, 190), (230, 190)], 6),
+    "diagonal stroke": polyline((H, W), [(20, 15), (235, 200)], 5),
+    "L-shape": polyline((H, W), [(30, 20), (30, 190), (230, 190)], 6),
     "ring": ring((H, W), (128, 112), 90, 5),
-    "stroke off the border": line((H, W), [(-10, 150), (180, 215), (300, 215)], 4),
-    "stroke spanning the image": line((H, W), [(0, 0), (W - 1, H - 1)], 4),
-    "zigzag spanning the image": line((H, W), [(0, H - 1), (80, 0), (170, H - 1), (W - 1, 0)], 4),
+    "stroke off the border": polyline((H, W), [(-10, 150), (180, 215), (300, 215)], 4),
+    "stroke spanning the image": polyline((H, W), [(0, 0), (W - 1, H - 1)], 4),
+    "zigzag spanning the image": polyline((H, W), [(0, H - 1), (80, 0), (170, H - 1), (W - 1, 0)], 4),
 }
 
 

@@ -8,6 +8,7 @@ pixel by pixel, and the joining rule against a brute-force loop over pairs.
 import cv2
 import numpy as np
 import pytest
+from helpers.images import polyline, ring
 
 from pconv_deploy.masks import straight_strokes
 from pconv_deploy.runtime import windows
@@ -20,29 +21,17 @@ def area(box) -> int:
     return (box[1] - box[0]) * (box[3] - box[2])
 
 
-def stroke(shape, points, width) -> np.ndarray:
-    mask = np.zeros(shape, np.uint8)
-    cv2.polylines(mask, [np.array(points, np.int32)], False, 1, width)
-    return mask > 0
-
-
-def ring(shape, centre, radius, width) -> np.ndarray:
-    mask = np.zeros(shape, np.uint8)
-    cv2.circle(mask, centre, radius, 1, width)
-    return mask > 0
-
-
 def scattered_strokes(shape, count, seed) -> np.ndarray:
     """``count`` straight strokes 20-60 px wide, 300-600 px long, any angle (as bench_photos --masks strokes)."""
     return straight_strokes(*shape, np.random.default_rng(seed), count=count)
 
 
 MASKS = {
-    "diagonal stroke": lambda: stroke((1400, 1400), [(100, 120), (1250, 1300)], 30),
-    "L-shape": lambda: stroke((1200, 1500), [(100, 100), (100, 1000), (1300, 1000)], 40),
+    "diagonal stroke": lambda: polyline((1400, 1400), [(100, 120), (1250, 1300)], 30),
+    "L-shape": lambda: polyline((1200, 1500), [(100, 100), (100, 1000), (1300, 1000)], 40),
     "ring": lambda: ring((1200, 1200), (600, 600), 450, 30),
-    "stroke off the border": lambda: stroke((900, 1300), [(-50, 700), (700, 880), (1400, 880)], 25),
-    "stroke spanning the image": lambda: stroke((1000, 1500), [(0, 0), (1499, 999)], 20),
+    "stroke off the border": lambda: polyline((900, 1300), [(-50, 700), (700, 880), (1400, 880)], 25),
+    "stroke spanning the image": lambda: polyline((1000, 1500), [(0, 0), (1499, 999)], 20),
     "twelve strokes": lambda: scattered_strokes((1500, 2000), 12, 0),
 }
 
@@ -84,7 +73,7 @@ def test_split_plans_fill_each_hole_pixel_once_with_context(name):
 @pytest.mark.parametrize("multiple", [32, 128])
 def test_diagonal_stroke_is_split_into_less_area(multiple):
     """One axis-aligned window around a diagonal stroke is mostly known pixels: several smaller ones cost less."""
-    hole = stroke((3000, 4000), [(1000, 800), (1420, 1220)], 40)  # 600 px long at 45 degrees
+    hole = polyline((3000, 4000), [(1000, 800), (1420, 1220)], 40)  # 600 px long at 45 degrees
     plans = plan_windows(hole, MARGIN, multiple)
     [(single, _)] = plan_windows(hole, MARGIN, multiple, split=False)
     assert len(plans) > 1

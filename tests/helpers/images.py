@@ -20,6 +20,19 @@ def strokes(h: int, w: int, seed: int = 0, n: int = 4) -> np.ndarray:
     return straight_strokes(h, w, np.random.default_rng(seed), count=n, widths=(4, 15), lengths=(side / 4, side))
 
 
+def polyline(shape: tuple[int, int], points: list[tuple[int, int]], width: int) -> np.ndarray:
+    """A bool mask with a polyline of ``width`` px through (x, y) ``points`` (OpenCV, independent of masks.py)."""
+    mask = np.zeros(shape, np.uint8)
+    cv2.polylines(mask, [np.array(points, np.int32)], False, 1, width)
+    return mask > 0
+
+
+def ring(shape: tuple[int, int], centre: tuple[int, int], radius: int, width: int) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    cv2.circle(mask, centre, radius, 1, width)
+    return mask > 0
+
+
 def save(path, array):
     Image.fromarray(array).save(path)
     return path
