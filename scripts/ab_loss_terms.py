@@ -86,7 +86,8 @@ def term_magnitudes(init: Path, samples_batch: int = 8) -> list[dict]:
     from pconv_deploy.train.data import CropDataset, image_paths
     from pconv_deploy.train.losses import WEIGHTS
 
-    images, masks = CropDataset(image_paths("demo-train"), 256, 0, 4, True).batch(0, samples_batch, stream=5)
+    dataset = CropDataset(image_paths("demo-train"), 256, 0, hole_bins=4, photo_scale=True)
+    images, masks = dataset.batch(0, samples_batch, stream=5)
     x, m = torch.from_numpy(images), torch.from_numpy(masks)
     with torch.no_grad():
         raw = load_checkpoint(init).eval()(x, m)

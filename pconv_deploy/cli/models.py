@@ -97,7 +97,7 @@ def import_checkpoint_command(
     check_output_file(output, "--output", [(source, "SOURCE")], (CHECKPOINT_SUFFIX,))
     from pconv_deploy.model.importers import import_checkpoint
 
-    result = import_checkpoint(source, output, format.value, layers)
+    result = import_checkpoint(source, output, format=format.value, layers=layers)
     cfg = result.config
     how = "recognised from its keys" if result.detected else "as given"
     typer.echo(f"format:       {result.format} ({how})")

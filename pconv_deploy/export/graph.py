@@ -110,6 +110,6 @@ class ExportNet(nn.Module):
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # Normalise and mask in float32, then switch to the feature dtype.
         x = ((image - self.mean) / self.std * mask).to(self.dtype)
-        h = run_unet(self.encoder, self.decoder, x, mask)
+        h = run_unet(self.encoder, self.decoder, x, mask=mask)
         raw = output_activation(h.float(), self.config.output_activation) * self.std + self.mean
         return torch.clamp(mask * image + (1 - mask) * raw, 0.0, 1.0)

@@ -144,7 +144,7 @@ def quantize_int8(proto: onnx.ModelProto, cal: CalibrationSet, recipe: Int8Recip
     with tempfile.TemporaryDirectory(prefix="pconv-int8-") as tmp:
         source, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(proto, str(source))  # quantize_static turns a ModelProto it is given into external data
-        ranges = calibrate(source, cal, method, extra, Path(tmp))
+        ranges = calibrate(source, cal, method, extra=extra, tmp=Path(tmp))
         quantize_static(
             source,
             out,
@@ -167,7 +167,7 @@ def quantize_int8(proto: onnx.ModelProto, cal: CalibrationSet, recipe: Int8Recip
     return result
 
 
-def calibrate(source: Path, cal: CalibrationSet, method, extra: dict, tmp: Path) -> Path:
+def calibrate(source: Path, cal: CalibrationSet, method, *, extra: dict, tmp: Path) -> Path:
     """Activation ranges of every Conv tensor, written as onnxruntime's calibration cache; returns its path.
 
     ``quantize_static`` keeps every sample's activations until the end (about 140 MB per 512x512

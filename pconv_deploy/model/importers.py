@@ -61,13 +61,13 @@ WRAPPERS = ("state_dict", "model", "generator")  # keys under which projects nes
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SourceFormat:
     """How one project names its layers, and what its network does around them."""
 
     name: str
     encoder: Callable[[int], str]  # level i (1-based) -> key prefix of its block
-    decoder: Callable[[int], str]  # decoder level i (1 = last, full resolution) -> key prefix
+    decoder: Callable[[int], str] | None  # decoder level i (1 = last, full resolution) -> key prefix
     conv: str  # the conv's key inside a block (".conv" or ".conv.input_conv")
     mask_weight: str | None  # an all-ones mask kernel stored beside the conv (checked, then dropped)
     divides_by_count_only: bool  # naoto0804: out = conv(X*M)/count + b, no C_in*kh*kw factor
@@ -79,29 +79,47 @@ class SourceFormat:
 SOURCE_FORMATS = {
     fmt.name: fmt
     for fmt in (
-        SourceFormat("xiefan-guo", "ec_images_{}".format, "dc_images_{}".format, ".conv", None, False, "unit", "tanh"),
         SourceFormat(
-            "naoto0804",
-            "enc_{}".format,
-            "dec_{}".format,
-            ".conv.input_conv",
-            ".conv.mask_conv.weight",
-            True,
-            "imagenet",
-            "none",
+            name="xiefan-guo",
+            encoder="ec_images_{}".format,
+            decoder="dc_images_{}".format,
+            conv=".conv",
+            mask_weight=None,
+            divides_by_count_only=False,
+            input_norm="unit",
+            output_activation="tanh",
         ),
         SourceFormat(
-            "mmagic",
-            "encoder.enc{}".format,
-            "decoder.dec{}".format,
-            ".conv",
-            ".conv.weight_mask_updater",
-            False,
-            "minus_one_one",
-            "none",
+            name="naoto0804",
+            encoder="enc_{}".format,
+            decoder="dec_{}".format,
+            conv=".conv.input_conv",
+            mask_weight=".conv.mask_conv.weight",
+            divides_by_count_only=True,
+            input_norm="imagenet",
+            output_activation="none",
+        ),
+        SourceFormat(
+            name="mmagic",
+            encoder="encoder.enc{}".format,
+            decoder="decoder.dec{}".format,
+            conv=".conv",
+            mask_weight=".conv.weight_mask_updater",
+            divides_by_count_only=False,
+            input_norm="minus_one_one",
+            output_activation="none",
             prefix="generator.",
         ),
-        SourceFormat("state-dict", lambda i: f"encoder.{i - 1}", None, ".pconv.conv", None, False, "imagenet", "none"),
+        SourceFormat(
+            name="state-dict",
+            encoder=lambda i: f"encoder.{i - 1}",
+            decoder=None,
+            conv=".pconv.conv",
+            mask_weight=None,
+            divides_by_count_only=False,
+            input_norm="imagenet",
+            output_activation="none",
+        ),
     )
 }
 FORMATS = tuple(SOURCE_FORMATS)  # auto-detection tries them in this order
@@ -178,7 +196,7 @@ def count_levels(state: dict[str, torch.Tensor], fmt: SourceFormat) -> int:
 
 
 def convert(
-    state: dict[str, torch.Tensor], fmt: SourceFormat, path: Path, layers: int | None = None
+    state: dict[str, torch.Tensor], fmt: SourceFormat, path: Path, *, layers: int | None = None
 ) -> tuple[PConvUNet, int]:
     """Build our model from a source state dict; returns (model in eval mode, keys ignored as not the model's)."""
     if fmt.prefix and not any(k.startswith(fmt.prefix) for k in state):
@@ -306,6 +324,7 @@ def _same_file(a: Path, b: Path) -> bool:
 def import_checkpoint(
     source: str | Path,
     output: str | Path,
+    *,
     format: str = "auto",
     layers: int | None = None,
 ) -> ImportResult:
@@ -324,7 +343,7 @@ def import_checkpoint(
     state, extra = unwrap(read_source(source), source)
     state = rename_naoto_2018(strip_prefix(state, "module."), source)  # DataParallel; naoto0804's first layout
     name = detect_format(state, source) if format == "auto" else format
-    model, ignored = convert(state, SOURCE_FORMATS[name], source, layers)
+    model, ignored = convert(state, SOURCE_FORMATS[name], source, layers=layers)
     sha = file_sha256(source)
     header = {"source_format": name, "source_file": source.name, "source_sha256": sha}
     meta = extra.get("meta") if isinstance(extra.get("meta"), dict) else {}

@@ -130,14 +130,14 @@ class PConvUNet(nn.Module):
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self.check_input(image, mask)
         x = (image - self.mean) / self.std
-        raw = output_activation(run_unet(self.encoder, self.decoder, x, mask), self.config.output_activation)
+        raw = output_activation(run_unet(self.encoder, self.decoder, x, mask=mask), self.config.output_activation)
         return raw * self.std + self.mean
 
     def partial_convs(self) -> list[PartialConv2d]:
         return [b.pconv for b in [*self.encoder, *self.decoder]]
 
 
-def run_unet(encoder: nn.ModuleList, decoder: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def run_unet(encoder: nn.ModuleList, decoder: nn.ModuleList, x: torch.Tensor, *, mask: torch.Tensor) -> torch.Tensor:
     """The U-Net wiring shared by the model and its export-time rewrite: layers map (h, m) -> (h, m).
 
     Decoder level i upsamples features and mask (nearest x2) and concatenates them with encoder

@@ -174,7 +174,7 @@ def load_image(path: Path, photo_scale: bool) -> np.ndarray:
     return load_rgb(path)
 
 
-def scaled_crop(image: np.ndarray, size: int, rng: np.random.Generator, max_zoom: float = 1.5) -> np.ndarray:
+def scaled_crop(image: np.ndarray, size: int, rng: np.random.Generator, *, max_zoom: float = 1.5) -> np.ndarray:
     """A square crop of side in [size, size * max_zoom] (bounded by the image), area-resized to ``size``."""
     import cv2
 
@@ -196,7 +196,7 @@ class CropDataset:
     """
 
     def __init__(
-        self, paths: list[Path], size: int, seed: int = 0, hole_bins: int | None = None, photo_scale: bool = False
+        self, paths: list[Path], size: int, seed: int = 0, *, hole_bins: int | None = None, photo_scale: bool = False
     ) -> None:
         self.paths, self.size, self.seed = list(paths), size, seed
         self.hole_bins, self.photo_scale = hole_bins, photo_scale
@@ -228,7 +228,7 @@ class CropDataset:
             if image is not None:
                 return image
 
-    def batch(self, step: int, batch_size: int, rank: int = 0, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, step: int, batch_size: int, *, rank: int = 0, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """float32 images [B, 3, S, S] in [0, 1] and masks [B, 1, S, S] (1 = known).
 
         ``stream`` separates independent uses of the same seed (0 = training, 1 = sample grids).

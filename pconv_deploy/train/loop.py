@@ -155,7 +155,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
                 for step in range(run.start, cfg.steps):
                     row = train_step(run, step)
                     if d.is_main:
-                        record(run, row, bar, log)
+                        record(run, row, bar, log=log)
             result = finish(run, log)
         except BaseException:
             resume.discard_unsaved_start(run)
@@ -175,14 +175,14 @@ def set_up(cfg: TrainConfig, d, log: Callable[[str], None]) -> Run:
 
     lock = resume.RunLock(Path(cfg.output)) if d.is_main else None
     try:
-        return prepare(cfg, d, log, lock)
+        return prepare(cfg, d, log, lock=lock)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
 
 
-def prepare(cfg: TrainConfig, d, log: Callable[[str], None], lock) -> Run:
+def prepare(cfg: TrainConfig, d, log: Callable[[str], None], *, lock) -> Run:
     """set_up's work, with the run folder locked (rank 0)."""
     import torch
 
@@ -193,7 +193,8 @@ def prepare(cfg: TrainConfig, d, log: Callable[[str], None], lock) -> Run:
     run_dir = Path(cfg.output)
     if d.is_main and run_dir.is_dir():
         state.clean_temps(run_dir)  # of killed runs (their process is gone)
-    dataset = CropDataset(image_paths(cfg.data), cfg.size, cfg.seed, cfg.hole_bins, str(cfg.data) in SPLITS)
+    photo_scale = str(cfg.data) in SPLITS
+    dataset = CropDataset(image_paths(cfg.data), cfg.size, cfg.seed, hole_bins=cfg.hole_bins, photo_scale=photo_scale)
     dataset.on_skip = log if d.is_main else None
     dataset.check()  # one usable image, before anything is written
     model, optimizer_state, start, settings = resume.load_model(cfg, d, log)
@@ -206,7 +207,7 @@ def prepare(cfg: TrainConfig, d, log: Callable[[str], None], lock) -> Run:
         model.check_input(torch.zeros(1, 1, 1, 1).expand(shape[0], 3, *shape[2:]), torch.zeros(1).expand(shape))
     except ValueError as e:
         raise PConvError(f"--size {cfg.size} --batch-size {cfg.batch_size}: {e}") from None
-    optimizer = resume.make_optimizer(model, optimizer_state, settings["lr"], run_dir / state.STATE)
+    optimizer = resume.make_optimizer(model, optimizer_state, settings["lr"], state_path=run_dir / state.STATE)
     net = model
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -266,7 +267,7 @@ def stop_diverged(run: Run, step: int, what: str) -> None:
     raise PConvError(f"step {step + 1}: {what}; training stopped ({kept}); resume with a lower --lr, or check the data")
 
 
-def record(run: Run, row: dict[str, float], bar, log: Callable[[str], None]) -> None:
+def record(run: Run, row: dict[str, float], bar, *, log: Callable[[str], None]) -> None:
     """Rank 0: history, progress, a log line every log_every, and the run's files every sample_every."""
     from pconv_deploy.train import state
 
@@ -305,12 +306,12 @@ def save(run: Run, step: int) -> None:
     from pconv_deploy.train import plots, state
 
     run_dir = Path(run.cfg.output)
-    state.save_state(run_dir, run.model, run.optimizer, step, run.settings)
+    state.save_state(run_dir, run.model, run.optimizer, step=step, settings=run.settings)
     run.saved_step = step
-    state.save_model(run.model, run_dir / state.CHECKPOINT, step, run.settings)
+    state.save_model(run.model, run_dir / state.CHECKPOINT, step, settings=run.settings)
     if run.cfg.keep_every and step % run.cfg.keep_every == 0:
         snapshot = state.snapshot_path(run_dir, step)
-        state.save_model(run.model, snapshot, step, run.settings)
+        state.save_model(run.model, snapshot, step, settings=run.settings)
     plots.loss_curve(run.history, run_dir / "loss_curve.png", keys=TERMS)
     images, masks = run.dataset.batch(0, 4, rank=0, stream=1)
     run.model.eval()
@@ -318,7 +319,7 @@ def save(run: Run, step: int) -> None:
         img, msk = torch.from_numpy(images).to(run.d.device), torch.from_numpy(masks).to(run.d.device)
         out = composite(img, msk, run.model(img, msk)).clamp(0, 1).cpu().numpy()
     set_train_mode(run.model, run.cfg.finetune)
-    plots.sample_grid(images, masks, out, run_dir / "samples.png")
+    plots.sample_grid(images, masks, out, path=run_dir / "samples.png")
 
 
 def finish(run: Run, log: Callable[[str], None]) -> TrainResult:

@@ -50,7 +50,7 @@ def _entries() -> list[Photo]:
     """The catalogue. Greyscale photos and graphics only ever train; some photos are train-only."""
     out: list[Photo] = []
 
-    def add(ids: str, kind: str = "photo", group: str | None = None, train_only: bool = False) -> None:
+    def add(ids: str, kind: str = "photo", *, group: str | None = None, train_only: bool = False) -> None:
         for i in ids.split():
             out.append(Photo(i, group or i, kind, train_only))
 

@@ -74,7 +74,7 @@ def loss_curve(history: Sequence[dict[str, float]], path: str | Path, keys: Sequ
 
 
 def sample_grid(
-    images: np.ndarray, masks: np.ndarray, outputs: np.ndarray, path: str | Path, max_rows: int = 4
+    images: np.ndarray, masks: np.ndarray, outputs: np.ndarray, *, path: str | Path, max_rows: int = 4
 ) -> Path:
     """Rows of input (holes white) | mask | output (composited) | ground truth, from [N,3,H,W] / [N,1,H,W] floats."""
     from PIL import Image

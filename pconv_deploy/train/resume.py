@@ -68,7 +68,7 @@ def load_model(cfg: TrainConfig, d, log: Callable[[str], None]):
     settings = cfg.recipe()
     if state.has_state(run_dir):
         model, optimizer_state, start, saved = state.load_state(run_dir)
-        settings["lr"] = check_same_recipe(run_dir, cfg, saved, model.config, log if d.is_main else None)
+        settings["lr"] = check_same_recipe(run_dir, cfg, saved, config=model.config, log=log if d.is_main else None)
         if d.is_main:
             log(f"resuming {run_dir} at step {start} (architecture from its checkpoint)")
         return model, optimizer_state, start, settings
@@ -86,7 +86,9 @@ def load_model(cfg: TrainConfig, d, log: Callable[[str], None]):
         raise PConvError(str(e)) from None
 
 
-def check_same_recipe(run_dir: Path, cfg: TrainConfig, saved: dict, config, log: Callable[[str], None] | None) -> float:
+def check_same_recipe(
+    run_dir: Path, cfg: TrainConfig, saved: dict, *, config, log: Callable[[str], None] | None
+) -> float:
     """Refuse a resume whose recipe differs from the run's; -> the learning rate to continue with.
 
     The architecture comes from the checkpoint (a run started with --init has the init's layers and
@@ -112,7 +114,7 @@ def check_same_recipe(run_dir: Path, cfg: TrainConfig, saved: dict, config, log:
     return lr
 
 
-def make_optimizer(model, optimizer_state: dict | None, lr: float, state_path: Path):
+def make_optimizer(model, optimizer_state: dict | None, lr: float, *, state_path: Path):
     """Adam over the trainable parameters, with a resumed run's per-parameter state (checked).
 
     The hyperparameters are the run's own, not the file's: a hand-edited beta or eps cannot slip in.
@@ -162,11 +164,11 @@ def write_run_files(run: Run, log: Callable[[str], None]) -> None:
         except OSError as e:
             raise PConvError(f"{run_dir / name}: cannot write ({e.strerror or e})") from None
     if run.start and state.checkpoint_step(run_dir) != str(run.start):  # a kill between state.pt and it
-        state.save_model(run.model, run_dir / state.CHECKPOINT, run.start, run.settings)
+        state.save_model(run.model, run_dir / state.CHECKPOINT, run.start, settings=run.settings)
         log(f"{run_dir / state.CHECKPOINT}: rewritten from {state.STATE} (step {run.start})")
     snapshot = state.snapshot_path(run_dir, run.start)
     if run.start and cfg.keep_every and run.start % cfg.keep_every == 0 and not snapshot.exists():
-        state.save_model(run.model, snapshot, run.start, run.settings)  # the kill came before it
+        state.save_model(run.model, snapshot, run.start, settings=run.settings)  # the kill came before it
 
 
 def discard_unsaved_start(run: Run) -> None:

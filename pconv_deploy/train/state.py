@@ -69,14 +69,14 @@ def snapshot_path(run_dir: Path, step: int) -> Path:
     return run_dir / SNAPSHOTS / f"step-{step:06d}.safetensors"
 
 
-def save_model(model, path: Path, step: int, settings: dict) -> Path:
+def save_model(model, path: Path, step: int, *, settings: dict) -> Path:
     """A checkpoint with the run's step and settings in its header (save_checkpoint writes atomically)."""
     from pconv_deploy.model.checkpoint import save_checkpoint
 
     return save_checkpoint(model, path, extra={"step": str(step), "settings": json.dumps(settings)})
 
 
-def save_state(run_dir: Path, model, optimizer, step: int, settings: dict) -> None:
+def save_state(run_dir: Path, model, optimizer, *, step: int, settings: dict) -> None:
     """The save: state.pt, one atomic rename (the caller writes last.safetensors after it)."""
     import torch
 
