@@ -73,37 +73,38 @@ def make_photos(folder: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
 def open_config(name: str, files: dict[str, Path], threads: int | None):
     from pconv_deploy.runtime.backends import OnnxRuntimeBackend, load_backend
 
-    file_key, backend, precision, options = CONFIGS[name]
-    if backend == "onnxruntime":
-        runner = OnnxRuntimeBackend(files[file_key], "cpu", threads, spinning=options.get("spinning", False))
+    file_key, backend_name, precision, options = CONFIGS[name]
+    if backend_name == "onnxruntime":
+        backend = OnnxRuntimeBackend(files[file_key], "cpu", threads, spinning=options.get("spinning", False))
     else:
-        runner = load_backend(files[file_key], backend, "cpu", threads=threads, precision=precision)
-    return runner, options.get("keep_bytes", "auto")
+        backend = load_backend(files[file_key], backend_name, "cpu", threads=threads, precision=precision)
+    return backend, options.get("keep_bytes", "auto")
 
 
 def faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def model_only(runner, batch: int, images: int) -> tuple[float, float]:
-    """(images/s, minor faults per image) of ``runner.run`` on a prepared batch, back to back."""
+def model_only(backend, batch: int, images: int) -> tuple[float, float]:
+    """(images/s, minor faults per image) of ``backend.run`` on a prepared batch, back to back."""
     rng = np.random.default_rng(0)
     image = rng.random((batch, 3, SIZE, SIZE), dtype=np.float32)
     mask = (rng.random((batch, 1, SIZE, SIZE)) > 0.1).astype(np.float32)
     calls = max(1, images // batch)
-    runner.run(image, mask)  # untimed: ONNX Runtime sessions of one process share one arena, refilled here
+    backend.run(image, mask)  # untimed: ONNX Runtime sessions of one process share one arena, refilled here
     f0, t0 = faults(), time.perf_counter()
     for _ in range(calls):
-        runner.run(image, mask)
+        backend.run(image, mask)
     return calls * batch / (time.perf_counter() - t0), (faults() - f0) / (calls * batch)
 
 
 def folder_job(inpainter, images: Path, masks: Path, out: Path) -> tuple[float, float]:
     """(images/s, minor faults per image) of the folder job, strategy full, outputs overwritten."""
-    from pconv_deploy.runtime.pipeline import run_folder
+    from pconv_deploy.runtime.pipeline import FolderOptions, run_folder
 
     f0, t0 = faults(), time.perf_counter()
-    report = run_folder(inpainter, images, masks, out, overwrite=True, progress=False)
+    options = FolderOptions(images=images, masks=masks, output=out, overwrite=True)
+    report = run_folder(inpainter, options, progress=False)
     seconds = time.perf_counter() - t0
     if report.count("ok") != len(report.files):
         raise SystemExit(f"folder job failed: {[f.error for f in report.files if f.error][:3]}")
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="CPU engine threads (default: every core)")
     args = parser.parse_args()
 
-    from pconv_deploy.runtime import Inpainter
+    from pconv_deploy.runtime import Inpainter, InpaintOptions
 
     files = {"fp32": args.model, "int8": args.int8}
     names = [c for c in args.configs.split(",") if c and (CONFIGS[c][0] != "int8" or args.int8)]
@@ -132,13 +133,13 @@ def main() -> None:
     images, masks = (args.images, args.masks) if args.images else make_photos(work / "photos", args.photos)
     inpainters = {}
     for name in names:
-        runner, keep = open_config(name, files, args.threads)
-        inpainters[name] = Inpainter(runner, args.batch_size, "full")
+        backend, keep = open_config(name, files, args.threads)
+        inpainters[name] = Inpainter(backend, InpaintOptions(batch_size=args.batch_size, strategy="full"))
         if keep != "auto":
-            runner.keep_bytes = keep
-        if hasattr(runner, "keep_bytes"):
-            kept = "no limit" if runner.keep_bytes is None else f"{runner.keep_bytes / 2**20:.0f} MiB"
-            print(f"{name}: {runner.name}, keeps calls of up to {kept} between equal calls")
+            backend.keep_bytes = keep
+        if hasattr(backend, "keep_bytes"):
+            kept = "no limit" if backend.keep_bytes is None else f"{backend.keep_bytes / 2**20:.0f} MiB"
+            print(f"{name}: {backend.name}, keeps calls of up to {kept} between equal calls")
         folder_job(inpainters[name], images, masks, work / "warm")  # first-call costs out of the rounds
     print(f"{len(names)} configurations, batch {args.batch_size}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
     results: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in names}

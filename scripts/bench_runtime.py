@@ -47,7 +47,7 @@ def main() -> None:
 
     from pconv_deploy.export.onnx_export import export_onnx
     from pconv_deploy.model import PConvUNet, load_checkpoint, save_checkpoint
-    from pconv_deploy.runtime import Inpainter
+    from pconv_deploy.runtime import Inpainter, InpaintOptions
 
     tmp = Path(tempfile.mkdtemp(prefix="pconv-bench-"))
     checkpoint = args.checkpoint
@@ -68,7 +68,8 @@ def main() -> None:
         for batch in [int(b) for b in args.batch.split(",")]:
             rates = {}
             for backend, path in (("torch", checkpoint), ("onnxruntime", onnx_path)):
-                inpainter = Inpainter.from_path(path, backend=backend, batch_size=batch, strategy="full")
+                options = InpaintOptions(batch_size=batch, strategy="full")
+                inpainter = Inpainter.from_path(path, options, backend=backend)
                 rates[backend] = images_per_second(inpainter, images, masks, args.repeats)
             ratio = rates["onnxruntime"] / rates["torch"]
             print(f"{size:>6} {batch:>5} {rates['torch']:>12.2f} {rates['onnxruntime']:>18.2f} {ratio:>9.2f}x")

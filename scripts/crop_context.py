@@ -28,17 +28,16 @@ from PIL import Image
 from pconv_deploy.masks import PHOTO_MASKS, photo_mask
 
 
-def unsplit_job(runner, photo: np.ndarray, hole: np.ndarray):
-    """``runner.plan`` for crop with one window per hole (no splitting): Inpainter.plan's crop branch."""
+def unsplit_job(inpainter, photo: np.ndarray, hole: np.ndarray):
+    """``inpainter.plan`` for crop with one window per hole (no splitting): Inpainter.plan's crop branch."""
     from pconv_deploy.runtime.tiles import Job, make_tile, plan_windows
 
-    job = Job(photo, hole)
-    for window, paste in plan_windows(hole, runner.margin, runner.multiple, split=False):
+    tiles = []
+    for window, paste in plan_windows(hole, inpainter.margin, inpainter.multiple, split=False):
         y0, y1, x0, x1 = window
-        tile = make_tile(photo, hole, window, None if max(y1 - y0, x1 - x0) <= runner.max_side else runner.max_side)
-        tile.paste = paste
-        job.tiles.append(tile)
-    return job
+        max_side = None if max(y1 - y0, x1 - x0) <= inpainter.max_side else inpainter.max_side
+        tiles.append(make_tile(photo, hole, window, max_side=max_side, paste=paste))
+    return Job(photo, hole, tuple(tiles))
 
 
 def paired(a: list[float], b: list[float]) -> str:
@@ -59,19 +58,20 @@ def main() -> None:
     parser.add_argument("--unsplit", action="store_true", help="also crop with one window per hole (no splitting)")
     args = parser.parse_args()
 
-    from pconv_deploy.runtime import Inpainter
+    from pconv_deploy.runtime import Inpainter, InpaintOptions
     from pconv_deploy.train.photos import split_paths
 
     margins = [int(m) for m in args.margins.split(",")]
     paths = [p for p in split_paths("demo-heldout") if np.prod(Image.open(p).size) >= args.min_pixels]
-    runners = {f"crop {m}": Inpainter.from_path(args.model, strategy="crop", margin=m) for m in margins}
+    crop = {m: InpaintOptions(strategy="crop", margin=m) for m in margins}
+    inpainters = {f"crop {m}": Inpainter.from_path(args.model, crop[m]) for m in margins}
     if args.unsplit:
-        runners |= {f"crop {m} unsplit": runners[f"crop {m}"] for m in margins}
-    runners["full"] = Inpainter.from_path(args.model, strategy="full")
-    l1 = {name: [] for name in runners}
-    to_full = {name: [] for name in runners}
-    share = {name: [] for name in runners}
-    seconds = dict.fromkeys(runners, 0.0)
+        inpainters |= {f"crop {m} unsplit": inpainters[f"crop {m}"] for m in margins}
+    inpainters["full"] = Inpainter.from_path(args.model, InpaintOptions(strategy="full"))
+    l1 = {name: [] for name in inpainters}
+    to_full = {name: [] for name in inpainters}
+    share = {name: [] for name in inpainters}
+    seconds = dict.fromkeys(inpainters, 0.0)
     holes = []
     for path in paths:
         photo = np.asarray(Image.open(path).convert("RGB"))
@@ -79,12 +79,11 @@ def main() -> None:
         for seed in range(args.seeds):
             hole = photo_mask(args.masks, h, w, np.random.default_rng(seed), ratio=args.ratio)
             outs = {}
-            for name, runner in runners.items():
+            for name, inpainter in inpainters.items():
                 start = time.perf_counter()
                 # Inpainter.inpaint's steps, so the planned tiles can be counted
-                job = unsplit_job(runner, photo, hole) if name.endswith("unsplit") else runner.plan(photo, hole)
-                runner.run_tiles(job.tiles)
-                outs[name] = job.finish()
+                job = unsplit_job(inpainter, photo, hole) if name.endswith("unsplit") else inpainter.plan(photo, hole)
+                outs[name] = job.finish(inpainter.run_tiles(job.tiles))
                 seconds[name] += time.perf_counter() - start
                 share[name].append(sum(t.hole.size for t in job.tiles) / hole.size)
             holes.append(hole.mean())
@@ -102,7 +101,7 @@ def main() -> None:
         "| pixels run | seconds |"
     )
     print("|---|---|---|---|---|---|---|")
-    for name in runners:
+    for name in inpainters:
         base = name if name == "full" or name.endswith("unsplit") else f"{name} unsplit"
         to_unsplit = paired(l1[name], l1[base]) if base in l1 and base != name else "-"
         print(
