@@ -2,10 +2,10 @@
 benchmarks' straight strokes, scribbles, objects and boxes, and pixel grids.
 
 One convention for all: a bool [H, W] array, True = HOLE (what a mask file's white marks). The model takes
-the inverse as float, 1 = known (:func:`as_known`). Every generator is ``(height, width, rng, *, options)``
-with a :class:`numpy.random.Generator`, so a seed gives the same mask. Nothing is anti-aliased or resized:
-masks stay exactly binary. Torch-free: numpy, Pillow (a core dependency) for the photo shapes, and
-OpenCV (the train extra) for the irregular masks only, imported when drawn.
+the inverse as float, 1 = known (:func:`as_known`). Every random generator is ``(height, width, rng, *,
+options)`` with a :class:`numpy.random.Generator`, so a seed gives the same mask. Nothing is anti-aliased
+or resized: masks stay exactly binary. Torch-free: numpy, Pillow (a core dependency) for the photo shapes,
+and OpenCV (the train extra) for the irregular masks only, imported when drawn.
 
 No irregular-mask data set is installable here (docs/design.md section 9), so training draws its own.
 """
@@ -18,11 +18,6 @@ import numpy as np
 
 # The paper's evaluation bins of hole-to-image area, as (low, high].
 HOLE_BINS: tuple[tuple[float, float], ...] = ((0.01, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6))
-
-
-def hole_ratio(hole: np.ndarray) -> float:
-    """Fraction of hole pixels (True)."""
-    return float(np.mean(hole))
 
 
 def as_known(hole: np.ndarray, dtype: type = np.float32) -> np.ndarray:

@@ -16,7 +16,6 @@ from pconv_deploy.masks import (
     boxes,
     brush_strokes,
     grid,
-    hole_ratio,
     irregular,
     objects,
     photo_mask,
@@ -60,7 +59,6 @@ def test_as_known_is_the_models_convention():
     known = as_known(hole)
     assert known.dtype == np.float32 and known.tolist() == [[0.0, 1.0], [1.0, 0.0]]
     assert as_known(hole, np.uint8).dtype == np.uint8
-    assert hole_ratio(hole) == 0.5
 
 
 @pytest.mark.parametrize("size", [(32, 32), (64, 96), (256, 256)])
