@@ -17,8 +17,8 @@ from pconv_deploy.runtime.outputs import OutputSettings, output_name
 from pconv_deploy.runtime.pipeline import FolderOptions, run_folder
 
 
-def job(images, masks, output, encoding=OutputSettings()) -> FolderOptions:
-    return FolderOptions(images=images, masks=masks, output=output, encoding=encoding)
+def job(images, masks, output, encoding: OutputSettings | None = None) -> FolderOptions:
+    return FolderOptions(images=images, masks=masks, output=output, encoding=encoding or OutputSettings())
 
 
 @pytest.fixture(scope="module")
