@@ -3,7 +3,7 @@
 Pairing is by file stem (IOPaint's rule); a single mask file serves every image. Hidden files are
 ignored; so are subfolders, unless named like an image (then they fail, as a dangling link does).
 An existing folder at an output path fails its image (it is not "skipped"). Masks without an
-image are listed by :func:`orphan_masks` (the CLI warns about them). Every image gets a
+image are listed by :func:`orphan_masks` (the report lists them; the CLI warns before the run). Every image gets a
 :class:`FileResult`, already ``failed`` or ``skipped`` when that can be decided without decoding,
 so the report lists every input.
 """
