@@ -28,7 +28,9 @@ def test_parse_shape_rejects(text):
 
 
 def test_make_profiles_pairs_options_in_order():
-    profiles = make_profiles(["1x32x32", "1x256x256"], ["2x64x64", "4x512x512"], ["4x128x128", "8x1024x1024"], 32)
+    profiles = make_profiles(
+        ["1x32x32", "1x256x256"], ["2x64x64", "4x512x512"], ["4x128x128", "8x1024x1024"], multiple=32
+    )
     assert profiles == [
         ShapeRange((1, 32, 32), (2, 64, 64), (4, 128, 128)),
         ShapeRange((1, 256, 256), (4, 512, 512), (8, 1024, 1024)),
@@ -41,9 +43,9 @@ def test_make_profiles_pairs_options_in_order():
 
 def test_make_profiles_needs_one_of_each_per_profile():
     with pytest.raises(ProfileError, match=r"once per profile \(got 2, 1 and 2\)"):
-        make_profiles(["1x32x32", "1x32x32"], ["1x32x32"], ["1x32x32", "1x32x32"], 32)
+        make_profiles(["1x32x32", "1x32x32"], ["1x32x32"], ["1x32x32", "1x32x32"], multiple=32)
     with pytest.raises(ProfileError, match=r"got 0, 0 and 1"):
-        make_profiles([], [], ["1x32x32"], 32)
+        make_profiles([], [], ["1x32x32"], multiple=32)
 
 
 @pytest.mark.parametrize(
@@ -59,11 +61,11 @@ def test_make_profiles_needs_one_of_each_per_profile():
 def test_make_profiles_rejects_bad_ranges(shapes, message):
     multiple = 256 if "256" in shapes[0] else 32
     with pytest.raises(ProfileError, match=message):
-        make_profiles([shapes[0]], [shapes[1]], [shapes[2]], multiple)
+        make_profiles([shapes[0]], [shapes[1]], [shapes[2]], multiple=multiple)
 
 
 def test_default_profile_follows_the_multiple():
-    assert make_profiles([], [], [], 32) == default_profiles(32)
+    assert make_profiles([], [], [], multiple=32) == default_profiles(32)
     assert default_profiles(32) == [ShapeRange((1, 32, 32), (4, 512, 512), (8, 1024, 1024))]
     assert default_profiles(256) == [ShapeRange((1, 256, 256), (4, 512, 512), (8, 1024, 1024))]
     # a multiple that does not divide 512 rounds up, and every default validates
@@ -93,19 +95,19 @@ def test_select_profile_prefers_the_nearest_opt():
     small = ShapeRange((1, 32, 32), (1, 64, 64), (8, 256, 256))
     large = ShapeRange((1, 32, 32), (4, 512, 512), (8, 1024, 1024))
     profiles = [small, large]
-    assert select_profile(profiles, 1, 64, 64) == 0
-    assert select_profile(profiles, 4, 512, 512) == 1
-    assert select_profile(profiles, 2, 512, 256) == 1  # only the large one holds H=512
-    assert select_profile(profiles, 9, 64, 64) is None
-    assert select_profile(profiles, 1, 2048, 64) is None
+    assert select_profile(profiles, (1, 64, 64)) == 0
+    assert select_profile(profiles, (4, 512, 512)) == 1
+    assert select_profile(profiles, (2, 512, 256)) == 1  # only the large one holds H=512
+    assert select_profile(profiles, (9, 64, 64)) is None
+    assert select_profile(profiles, (1, 2048, 64)) is None
 
 
 def test_plan_batches_splits_batches_larger_than_any_profile():
     profiles = [ShapeRange((1, 32, 32), (2, 64, 64), (4, 128, 128))]
-    assert plan_batches(profiles, 3, 64, 64) == [(0, 3, 0)]
-    assert plan_batches(profiles, 10, 64, 64) == [(0, 4, 0), (4, 8, 0), (8, 10, 0)]
+    assert plan_batches(profiles, (3, 64, 64)) == [(0, 3, 0)]
+    assert plan_batches(profiles, (10, 64, 64)) == [(0, 4, 0), (4, 8, 0), (8, 10, 0)]
     with pytest.raises(PConvError, match=r"no optimization profile of this engine takes 1x256x256 .*--max-shape"):
-        plan_batches(profiles, 1, 256, 256)
+        plan_batches(profiles, (1, 256, 256))
     # a remainder below a profile's min batch cannot run: said, not crashed
     with pytest.raises(PConvError, match="takes 1x64x64"):
-        plan_batches([ShapeRange((2, 32, 32), (2, 64, 64), (4, 64, 64))], 5, 64, 64)
+        plan_batches([ShapeRange((2, 32, 32), (2, 64, 64), (4, 64, 64))], (5, 64, 64))

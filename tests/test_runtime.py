@@ -65,7 +65,7 @@ def test_crop_windows_cover_holes_once_and_aligned():
         covered[y0:y1, x0:x1] += 1
         assert (y1 - y0) % 32 == 0 and (x1 - x0) % 32 == 0
     assert covered.max() == 1 and covered[hole].min() == 1
-    assert align_window((5, 20, 0, 10), 16, 100, 32) == (0, 16, 0, 32)  # image smaller than the multiple
+    assert align_window((5, 20, 0, 10), (16, 100), 32) == (0, 16, 0, 32)  # image smaller than the multiple
 
 
 def test_scattered_holes_get_overlapping_windows_each_pixel_filled_once():

@@ -126,7 +126,7 @@ def test_each_piece_gets_the_context_of_its_own_box(name):
     pieces = [
         p
         for box, runs in zip(comps.boxes, comps.runs())
-        for p in windows.split_pieces(runs, box, hole.shape, MARGIN, MULTIPLE)[1]
+        for p in windows.split_pieces(runs, box, hole.shape, margin=MARGIN, multiple=MULTIPLE)[1]
     ]
     assert len(pieces) > 1
     plans = plan_windows(hole, MARGIN, MULTIPLE)
@@ -184,7 +184,7 @@ def test_joining_matches_a_brute_force_loop(seed):
         y0, x0 = rng.integers(0, h - 100, n), rng.integers(0, w - 100, n)
         side = rng.integers(1, 4, (n, 2)) * MULTIPLE
         boxes = [(int(a), int(min(h, a + s)), int(b), int(min(w, b + t))) for a, b, (s, t) in zip(y0, x0, side)]
-        assert windows.cheaper_pair(boxes, h, w, MULTIPLE) == brute_cheaper_pair(boxes, h, w, MULTIPLE)
+        assert windows.cheaper_pair(boxes, (h, w), MULTIPLE) == brute_cheaper_pair(boxes, h, w, MULTIPLE)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (40, 60), (120, 7)])
@@ -209,7 +209,9 @@ def test_more_pieces_than_pairwise_joining_limit_stay_split():
     comps = windows.Components(hole)
     assert len(comps.boxes) <= windows.MAX_PAIRWISE
     pieces = [
-        p for b, r in zip(comps.boxes, comps.runs()) for p in windows.split_pieces(r, b, hole.shape, MARGIN, 128)[1]
+        p
+        for b, r in zip(comps.boxes, comps.runs())
+        for p in windows.split_pieces(r, b, hole.shape, margin=MARGIN, multiple=128)[1]
     ]
     assert len(pieces) > windows.MAX_PAIRWISE
     apart = 0

@@ -77,7 +77,7 @@ def test_every_precision_exports_checks_and_builds(precision, tmp_path):
     assert ExportOptions(**paths, precision=precision, calibration=calibration).precision == precision  # the API
     assert precision == "fp32" or (precision in MIN_PSNR and precision in MAX_HOLE_L1_INCREASE)  # pconv check
     if precision != "int8":  # an INT8 graph is also checked for TensorRT's kind of Q/DQ (test_quantize.py)
-        assert check_precision(tmp_path / "m.onnx", precision, precision, False) == precision  # build-engine
+        assert check_precision(tmp_path / "m.onnx", precision, precision, fp16=False) == precision  # build-engine
 
 
 def test_every_import_format_has_a_reader():

@@ -111,7 +111,7 @@ def plan_build(
     """Check the ONNX and every option; nothing is written."""
     onnx_path, output = Path(onnx_path), Path(output)
     metadata = read_onnx_contract(onnx_path)
-    precision = check_precision(onnx_path, metadata["pconv.precision"], precision, fp16)
+    precision = check_precision(onnx_path, metadata["pconv.precision"], precision, fp16=fp16)
     if output.resolve() == onnx_path.resolve() or output.suffix.lower() == ONNX_SUFFIX:
         raise BuildError(f"{output}: the engine must not overwrite or look like an ONNX file; use e.g. model.engine")
     if output.is_dir():
@@ -120,7 +120,9 @@ def plan_build(
         raise BuildError(f"--workspace must be > 0 GiB, got {workspace_gib}")
     if exclude_lean_runtime and not version_compatible:
         raise BuildError("--exclude-lean-runtime needs --version-compatible (TensorRT's EXCLUDE_LEAN_RUNTIME does)")
-    profiles = make_profiles(min_shapes or [], opt_shapes or [], max_shapes or [], int(metadata["pconv.multiple"]))
+    profiles = make_profiles(
+        min_shapes or [], opt_shapes or [], max_shapes or [], multiple=int(metadata["pconv.multiple"])
+    )
     return BuildPlan(
         onnx_path=onnx_path,
         output=output,
@@ -134,7 +136,7 @@ def plan_build(
     )
 
 
-def check_precision(onnx_path: Path, graph: str, wanted: str | None, fp16: bool) -> str:
+def check_precision(onnx_path: Path, graph: str, wanted: str | None, *, fp16: bool) -> str:
     """The graph's precision, if it is the one asked for (``--fp16`` = ``--precision fp16``) and TensorRT builds it."""
     if fp16 and wanted not in (None, "fp16"):
         raise BuildError(f"--fp16 and --precision {wanted} disagree: give one of them")

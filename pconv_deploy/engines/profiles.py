@@ -130,7 +130,7 @@ def default_profiles(multiple: int) -> list[ShapeRange]:
 
 
 def make_profiles(
-    min_shapes: Sequence[str], opt_shapes: Sequence[str], max_shapes: Sequence[str], multiple: int
+    min_shapes: Sequence[str], opt_shapes: Sequence[str], max_shapes: Sequence[str], *, multiple: int
 ) -> list[ShapeRange]:
     """Pair the i-th --min-shape, --opt-shape and --max-shape into profile i; none at all -> defaults."""
     counts = (len(min_shapes), len(opt_shapes), len(max_shapes))
@@ -148,9 +148,10 @@ def make_profiles(
     return profiles
 
 
-def select_profile(profiles: Sequence[ShapeRange], batch: int, height: int, width: int) -> int | None:
-    """Index of the profile to run this shape with, or None: among those containing it, the
-    one whose opt shape is nearest (TensorRT's kernels are tuned for opt)."""
+def select_profile(profiles: Sequence[ShapeRange], shape: tuple[int, int, int]) -> int | None:
+    """Index of the profile to run this (batch, height, width) shape with, or None: among those
+    containing it, the one whose opt shape is nearest (TensorRT's kernels are tuned for opt)."""
+    batch, height, width = shape
     candidates = [i for i, p in enumerate(profiles) if p.contains(batch, height, width)]
     if not candidates:
         return None

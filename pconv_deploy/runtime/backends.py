@@ -235,11 +235,11 @@ def load_backend(
     suffix = path.suffix.lower()
     if suffix in ENGINE_SUFFIXES:
         if backend == "openvino":  # the engine's source ONNX, on the CPU
-            return open_onnx(engine_source_onnx(path), backend, device, threads, precision)
-        return load_engine(path, backend, device, on_fallback or log.warning, threads)
+            return open_onnx(engine_source_onnx(path), backend, device, threads=threads, precision=precision)
+        return load_engine(path, backend, device, announce=on_fallback or log.warning, threads=threads)
     if suffix == ONNX_SUFFIX:
         if backend in ("auto", "onnxruntime", "openvino"):
-            return open_onnx(path, backend, device, threads, precision)
+            return open_onnx(path, backend, device, threads=threads, precision=precision)
         if backend == "tensorrt":
             raise PConvError(f"{path}: the tensorrt backend needs an engine: build one with `pconv build-engine`")
         raise PConvError(f"{path}: the torch backend needs a checkpoint ({CHECKPOINT_SUFFIX}), not an ONNX file")
@@ -257,14 +257,14 @@ def load_backend(
     )
 
 
-def open_onnx(path: Path, backend: str, device: str, threads: int | None, precision: str) -> Backend:
+def open_onnx(path: Path, backend: str, device: str, *, threads: int | None, precision: str) -> Backend:
     """An ONNX file on ONNX Runtime or OpenVINO (``auto``: :func:`cpu_engine` chooses)."""
     if backend == "auto":
         backend = cpu_engine(path, device, precision)
     if backend == "openvino":
         from pconv_deploy.runtime.openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend(path, device, threads, precision)
+        return OpenVinoBackend(path, device, threads, precision=precision)
     return OnnxRuntimeBackend(path, device, threads)
 
 
@@ -290,7 +290,9 @@ def cpu_engine(path: Path, device: str, precision: str) -> str:
     return "openvino" if onnx_metadata(path).get("pconv.precision") in OPENVINO_AUTO_PRECISIONS else "onnxruntime"
 
 
-def load_engine(path: Path, backend: str, device: str, announce: Callable[[str], None], threads: int | None) -> Backend:
+def load_engine(
+    path: Path, backend: str, device: str, *, announce: Callable[[str], None], threads: int | None
+) -> Backend:
     """A TensorRT engine on its GPU; with ``auto``, its source ONNX on ONNX Runtime when TensorRT cannot run."""
     kind, index = parse_device(device)
     if backend == "torch":

@@ -31,7 +31,7 @@ class ShapeBatcher(Generic[Owner]):
     """``add`` tiles, get back the batches that became full; ``flush`` returns the rest."""
 
     def __init__(
-        self, multiple: int, batch_size: int, max_batch_pixels: int | None = None, max_waiting: int | None = None
+        self, multiple: int, batch_size: int, max_batch_pixels: int | None = None, *, max_waiting: int | None = None
     ) -> None:
         self.multiple, self.batch_size = multiple, batch_size
         self.max_batch_pixels, self.max_waiting = max_batch_pixels, max_waiting

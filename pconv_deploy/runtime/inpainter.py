@@ -187,7 +187,7 @@ class Inpainter:
 
     def batcher(self, max_waiting: int | None = None) -> ShapeBatcher:
         """The batching rule of this inpainter (batch size, memory budget) for a stream of tiles."""
-        return ShapeBatcher(self.multiple, self.batch_size, self.max_batch_pixels, max_waiting)
+        return ShapeBatcher(self.multiple, self.batch_size, self.max_batch_pixels, max_waiting=max_waiting)
 
     def run_tiles(self, tiles: Sequence[Tile]) -> list[np.ndarray]:
         """Each tile's fill (see ``crop_fills``), in order: batches of equal padded size, ``inflight`` at a time."""

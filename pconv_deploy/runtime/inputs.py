@@ -33,7 +33,7 @@ class FileResult:
 
 
 def pair_files(
-    images: Path, masks: Path, output: Path, overwrite: bool, output_format: str = "png"
+    images: Path, masks: Path, output: Path, *, overwrite: bool, output_format: str = "png"
 ) -> list[FileResult]:
     """One FileResult per image file, with its mask and output path, or already failed / skipped."""
     image_files = [images] if images.is_file() else visible_files(images)

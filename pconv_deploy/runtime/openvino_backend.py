@@ -33,7 +33,7 @@ class OpenVinoBackend:
     """
 
     def __init__(
-        self, path: str | Path, device: str = "auto", threads: int | None = None, precision: str = "auto"
+        self, path: str | Path, device: str = "auto", threads: int | None = None, *, precision: str = "auto"
     ) -> None:
         path = Path(path)
         kind, _ = parse_device(device)

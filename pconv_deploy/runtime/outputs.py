@@ -76,7 +76,7 @@ def unstorable(path: str | Path, has_alpha: bool) -> str | None:
 
 
 def write_image(
-    path: str | Path, pixels: np.ndarray, settings: OutputSettings, icc_profile: bytes | None = None
+    path: str | Path, pixels: np.ndarray, settings: OutputSettings, *, icc_profile: bytes | None = None
 ) -> Path:
     """Encode ``pixels`` (HxW, HxWx2 grey+alpha, HxWx3 or HxWx4 uint8) in the format of ``path``, atomically."""
     path = Path(path)
@@ -85,11 +85,11 @@ def write_image(
         if fmt == "PNG":
             f.write(encode_png(pixels, settings.png_level, icc_profile))
         else:
-            save_with_pillow(f, pixels, fmt, settings, icc_profile)
+            save_with_pillow(f, pixels, fmt, settings=settings, icc_profile=icc_profile)
     return path
 
 
-def save_with_pillow(f, pixels: np.ndarray, fmt: str, settings: OutputSettings, icc_profile: bytes | None) -> None:
+def save_with_pillow(f, pixels: np.ndarray, fmt: str, *, settings: OutputSettings, icc_profile: bytes | None) -> None:
     from PIL import Image
 
     im = Image.fromarray(pixels)

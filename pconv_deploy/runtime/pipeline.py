@@ -134,7 +134,7 @@ def run_folder(
     if output.exists() and not output.is_dir():
         raise PConvError(f"--output {output}: exists and is not a folder")
     output.mkdir(parents=True, exist_ok=True)
-    files = pair_files(images, masks, output, options.overwrite, options.encoding.format)
+    files = pair_files(images, masks, output, overwrite=options.overwrite, output_format=options.encoding.format)
     report = Report(files, strategy=inpainter.strategy, output_format=options.encoding.format)
     report.warnings = orphan_masks(images, masks)
     report.backend = inpainter.backend.name
@@ -143,7 +143,7 @@ def run_folder(
     todo = [r for r in report.files if r.status == "pending"]
     started = time.monotonic()
     with ProgressBar("inpainting", len(todo), enabled=progress, unit="images/s") as bar:
-        job = FolderRun(inpainter, options, bar, echo or bar.line)
+        job = FolderRun(inpainter, options, bar, print_line=echo or bar.line)
         for r in report.files:
             if r.status == "failed":
                 job.print_line(f"failed: {r.image}: {r.error}")
@@ -158,7 +158,7 @@ class FolderRun:
     """The state of one folder job: its thread pools, the images in flight, the batches being formed."""
 
     def __init__(
-        self, inpainter: Inpainter, options: FolderOptions, bar: ProgressBar, print_line: Callable[[str], None]
+        self, inpainter: Inpainter, options: FolderOptions, bar: ProgressBar, *, print_line: Callable[[str], None]
     ) -> None:
         self.inpainter, self.options, self.bar = inpainter, options, bar
         self.print_line = lambda text: print_line(one_line(text))  # a file name may hold a newline
@@ -305,7 +305,7 @@ class FolderRun:
         """In a worker thread: paste the fills, encode, write atomically."""
         pixels = item.picture.merged(item.job.finish([item.fills[i] for i in range(len(item.job.tiles))]))
         item.fills.clear()  # the fills are pasted: free them before the encoder's buffers
-        write_image(item.result.output, pixels, self.options.encoding, item.picture.icc_profile)
+        write_image(item.result.output, pixels, self.options.encoding, icc_profile=item.picture.icc_profile)
 
     def collect_writes(self, block: bool) -> None:
         while self.writing and (block or self.writing[0][1].done()):

@@ -37,9 +37,10 @@ from pconv_deploy.errors import PConvError
 __all__ = ["Readiness", "TensorRTBackend", "TensorRTUnavailable", "plan_batches", "tensorrt_readiness"]
 
 
-def plan_batches(profiles: Sequence[ShapeRange], batch: int, height: int, width: int) -> list[tuple[int, int, int]]:
-    """[(start, stop, profile index)]: the whole batch if a profile takes it, else chunks of the
-    largest batch a profile takes at this size. Raises when a chunk fits no profile."""
+def plan_batches(profiles: Sequence[ShapeRange], shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    """[(start, stop, profile index)] for a (batch, height, width) batch: the whole batch if a profile
+    takes it, else chunks of the largest batch a profile takes at this size. Raises when a chunk fits no profile."""
+    batch, height, width = shape
 
     def refuse(n: int) -> PConvError:
         shapes = "; ".join(str(p) for p in profiles)
@@ -48,21 +49,21 @@ def plan_batches(profiles: Sequence[ShapeRange], batch: int, height: int, width:
             f"(profiles: {shapes}); rebuild with a larger --max-shape, or use smaller tiles"
         )
 
-    fits = select_profile(profiles, batch, height, width) is not None
+    fits = select_profile(profiles, shape) is not None
     chunk = batch if fits else max_batch(profiles, height, width)
     if chunk < 1:
         raise refuse(batch)
     plan = []
     for start in range(0, batch, chunk):
         stop = min(start + chunk, batch)
-        index = select_profile(profiles, stop - start, height, width)
+        index = select_profile(profiles, (stop - start, height, width))
         if index is None:
             raise refuse(stop - start)
         plan.append((start, stop, index))
     return plan
 
 
-def check_engine_io(io: dict[str, tuple[str, bool]], n_engine_profiles: int, n_profiles: int, where: str) -> None:
+def check_engine_io(io: dict[str, tuple[str, bool]], n_engine_profiles: int, n_profiles: int, *, where: str) -> None:
     """The engine must expose exactly the contract's tensors, float32, and the sidecar's profiles."""
     expected = {**{name: "INPUT" for name in INPUT_NAMES}, **{name: "OUTPUT" for name in OUTPUT_NAMES}}
     if set(io) != set(expected):
@@ -102,7 +103,7 @@ class TensorRTBackend:
 
         self._loaded = self._deserialise()
         where = str(self.engine_path)
-        check_engine_io(self._loaded.io_tensors(trt), self._loaded.profiles, len(self.profiles), where)
+        check_engine_io(self._loaded.io_tensors(trt), self._loaded.profiles, len(self.profiles), where=where)
         self._free: queue.Queue[EngineContext] = queue.Queue()
         self._contexts = [EngineContext(self._loaded, device) for _ in range(streams)]
         for pooled in self._contexts:
@@ -133,7 +134,7 @@ class TensorRTBackend:
             raise PConvError(f"height and width must be multiples of {self.multiple}, got {h}x{w} (pad first)")
         image = np.ascontiguousarray(image, dtype=np.float32)
         mask = np.ascontiguousarray(mask, dtype=np.float32)
-        plan = plan_batches(self.profiles, n, h, w)
+        plan = plan_batches(self.profiles, (n, h, w))
         pooled = self._free.get()
         try:
             parts = [pooled.run(profile, image[a:b], mask[a:b]) for a, b, profile in plan]

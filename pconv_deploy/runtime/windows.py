@@ -34,7 +34,7 @@ def hole_windows(hole: np.ndarray, margin: int, multiple: int) -> list[Box]:
 
 
 def plan_windows(
-    hole: np.ndarray, margin: int, multiple: int, split: bool = True
+    hole: np.ndarray, margin: int, multiple: int, *, split: bool = True
 ) -> list[tuple[Box, np.ndarray | None]]:
     """Windows covering every hole pixel with its context, aligned to ``multiple``, and the hole pixels each fills.
 
@@ -44,24 +44,24 @@ def plan_windows(
     more pixels than the two apart; windows may then overlap, and each fills only the pixels of
     its own units (the mask returned with it; None: every hole pixel in the window is its own).
     """
-    h, w = hole.shape
+    shape = hole.shape
     comps = Components(hole)
     units = [(box, runs) for box, runs in zip(comps.boxes, comps.runs())]
     if split and len(units) <= MAX_PAIRWISE:
-        pieces = [p for box, runs in units for p in split_pieces(runs, box, (h, w), margin, multiple)[1]]
+        pieces = [p for box, runs in units for p in split_pieces(runs, box, shape, margin=margin, multiple=multiple)[1]]
         units = pieces if len(pieces) <= MAX_PIECES else units
-    context = [context_box(box, margin, h, w) for box, _ in units]
+    context = [context_box(box, margin, shape) for box, _ in units]
     groups = [[i] for i in range(len(context))]
     if len(comps.boxes) > MAX_PAIRWISE:  # many holes: one group per region of overlapping context
-        clusters = union_of_boxes(context, h, w)
+        clusters = union_of_boxes(context, shape)
         owner = [next(k for k, cluster in enumerate(clusters) if inside(c, cluster)) for c in context]
         # A cluster's box may hold another's contexts (boxes of regions overlap): it may then own none.
         groups = [g for k in range(len(clusters)) if (g := [i for i in range(len(context)) if owner[i] == k])]
-    windows = [align_window(bounding(context[i] for i in g), h, w, multiple) for g in groups]
-    windows, groups = join_cheaper(windows, groups, h, w, multiple)
+    windows = [align_window(bounding(context[i] for i in g), shape, multiple) for g in groups]
+    windows, groups = join_cheaper(windows, groups, shape, multiple=multiple)
     labels = None
     if any(overlap(a, b) for i, a in enumerate(windows) for b in windows[:i]):
-        labels = paint_runs((h, w), [runs for _, runs in units])
+        labels = paint_runs(shape, [runs for _, runs in units])
     plans = []
     for window, group in sorted(zip(windows, groups)):
         paste = None
@@ -72,7 +72,7 @@ def plan_windows(
     return plans
 
 
-def split_pieces(runs: Runs, box: Box, shape: tuple[int, int], margin: int, multiple: int) -> tuple[int, list]:
+def split_pieces(runs: Runs, box: Box, shape: tuple[int, int], *, margin: int, multiple: int) -> tuple[int, list]:
     """The cheapest cover found of one hole: (pixels inferred, [(piece box, piece runs)]).
 
     The cheapest of :func:`bisect_cover` and of :func:`grid_cover` for grids whose cells get
@@ -83,37 +83,43 @@ def split_pieces(runs: Runs, box: Box, shape: tuple[int, int], margin: int, mult
     least the margin on each side in its window. A compact hole is not cut: its pieces' windows
     overlap by twice their context and cost more than the whole's.
     """
-    best = bisect_cover(runs, box, shape, margin, multiple)
+    best = bisect_cover(runs, box, shape, margin=margin, multiple=multiple)
     long_side = max(box[1] - box[0], box[3] - box[2])
     k = 2 * margin // multiple + 1  # the first k whose cells are not empty
     while (cell := max(1, min(k * multiple - 2 * margin, 2 * k * multiple // 3))) < long_side:
-        best = min(best, grid_cover(runs, box, shape, margin, multiple, cell), key=lambda cover: cover[0])
+        best = min(
+            best, grid_cover(runs, box, shape, margin=margin, multiple=multiple, cell=cell), key=lambda cover: cover[0]
+        )
         k = max(k + 1, k * 3 // 2)  # a few grids per hole, whatever the multiple
     return best
 
 
-def bisect_cover(runs: Runs, box: Box, shape: tuple[int, int], margin: int, multiple: int) -> tuple[int, list]:
+def bisect_cover(runs: Runs, box: Box, shape: tuple[int, int], *, margin: int, multiple: int) -> tuple[int, list]:
     """Recursive bisection: cut the hole at the middle of its box's longer side while that infers fewer pixels.
 
     Each half is covered the cheapest way recursively; the cut is kept only when the two covers
     together cost less than one window around the whole.
     """
     h, w = shape
-    cost = window_cost(box, shape, margin, multiple)
+    cost = window_cost(box, shape, margin, multiple=multiple)
     y0, y1, x0, x1 = box
     # Neither half can cost less than the smallest window a 1-pixel piece inside this box can get.
-    floor = smallest_window(y0, y1, h, margin, multiple) * smallest_window(x0, x1, w, margin, multiple)
+    floor = smallest_window(y0, y1, h, margin=margin, multiple=multiple) * smallest_window(
+        x0, x1, w, margin=margin, multiple=multiple
+    )
     if cost <= 2 * floor or max(y1 - y0, x1 - x0) < 2:
         return cost, [(box, runs)]
     halves = bisect_runs(runs, box)
-    cost_a, pieces_a = bisect_cover(halves[0], runs_box(halves[0]), shape, margin, multiple)
-    cost_b, pieces_b = bisect_cover(halves[1], runs_box(halves[1]), shape, margin, multiple)
+    cost_a, pieces_a = bisect_cover(halves[0], runs_box(halves[0]), shape, margin=margin, multiple=multiple)
+    cost_b, pieces_b = bisect_cover(halves[1], runs_box(halves[1]), shape, margin=margin, multiple=multiple)
     if cost_a + cost_b < cost:
         return cost_a + cost_b, pieces_a + pieces_b
     return cost, [(box, runs)]
 
 
-def grid_cover(runs: Runs, box: Box, shape: tuple[int, int], margin: int, multiple: int, cell: int) -> tuple[int, list]:
+def grid_cover(
+    runs: Runs, box: Box, shape: tuple[int, int], *, margin: int, multiple: int, cell: int
+) -> tuple[int, list]:
     """The hole cut by a grid of ``cell`` px squares from its box's corner: one piece per non-empty cell."""
     rows, starts, ends = runs
     first, last = (starts - box[2]) // cell, (ends - 1 - box[2]) // cell  # the columns of cells each run crosses
@@ -129,16 +135,15 @@ def grid_cover(runs: Runs, box: Box, shape: tuple[int, int], margin: int, multip
     for i in np.split(order, cuts):
         piece = (rows[run][i], cut_starts[i], cut_ends[i])
         pieces.append((runs_box(piece), piece))
-    return sum(window_cost(b, shape, margin, multiple) for b, _ in pieces), pieces
+    return sum(window_cost(b, shape, margin, multiple=multiple) for b, _ in pieces), pieces
 
 
-def window_cost(box: Box, shape: tuple[int, int], margin: int, multiple: int) -> int:
+def window_cost(box: Box, shape: tuple[int, int], margin: int, *, multiple: int) -> int:
     """Pixels inferred for a hole (or piece) with this bounding box: its aligned window with context."""
-    h, w = shape
-    return area(align_window(context_box(box, margin, h, w), h, w, multiple))
+    return area(align_window(context_box(box, margin, shape), shape, multiple))
 
 
-def smallest_window(a: int, b: int, n: int, margin: int, multiple: int) -> int:
+def smallest_window(a: int, b: int, n: int, *, margin: int, multiple: int) -> int:
     """The shortest aligned window side (clipped to ``n``) a 1-pixel piece at a position in [a, b) can get."""
     span = min(min(n, p + 1 + margin) - max(0, p - margin) for p in (a, b - 1))
     return min(n, -(-span // multiple) * multiple)
@@ -178,33 +183,36 @@ def paint_runs(shape: tuple[int, int], units: list[Runs]) -> np.ndarray:
     return labels.reshape(h, w)
 
 
-def context_box(box: Box, margin: int, h: int, w: int) -> Box:
-    """``box`` grown by its :func:`context_extra` on every side, clipped to the image."""
+def context_box(box: Box, margin: int, shape: tuple[int, int]) -> Box:
+    """``box`` grown by its :func:`context_extra` on every side, clipped to the image of this ``shape``."""
+    h, w = shape
     e = context_extra(box, margin)
     return (max(0, box[0] - e), min(h, box[1] + e), max(0, box[2] - e), min(w, box[3] + e))
 
 
-def join_cheaper(windows: list[Box], groups: list[list[int]], h: int, w: int, multiple: int) -> tuple[list, list]:
+def join_cheaper(
+    windows: list[Box], groups: list[list[int]], shape: tuple[int, int], *, multiple: int
+) -> tuple[list, list]:
     """Join pairs of windows while the aligned union has no more pixels than the two together."""
-    while (pair := cheaper_pair(windows, h, w, multiple)) is not None:
+    while (pair := cheaper_pair(windows, shape, multiple)) is not None:
         i, j, union = pair
         windows[i], groups[i] = union, groups[i] + groups[j]
         del windows[j], groups[j]
     return windows, groups
 
 
-def cheaper_pair(windows: list[Box], h: int, w: int, multiple: int) -> tuple[int, int, Box] | None:
+def cheaper_pair(windows: list[Box], shape: tuple[int, int], multiple: int) -> tuple[int, int, Box] | None:
     """The first pair (i < j) whose aligned union costs no more pixels than the two apart, with that union.
 
     All pairs at once in numpy: split strokes give hundreds of windows.
     """
-    n = len(windows)
+    n, (h, w) = len(windows), shape
     if n < 2:
         return None
     b = np.asarray(windows, np.int64)
     y0, y1 = np.minimum.outer(b[:, 0], b[:, 0]), np.maximum.outer(b[:, 1], b[:, 1])
     x0, x1 = np.minimum.outer(b[:, 2], b[:, 2]), np.maximum.outer(b[:, 3], b[:, 3])
-    (uy0, uy1), (ux0, ux1) = align_span(y0, y1, h, multiple), align_span(x0, x1, w, multiple)
+    (uy0, uy1), (ux0, ux1) = align_span(y0, y1, h, multiple=multiple), align_span(x0, x1, w, multiple=multiple)
     alone = (b[:, 1] - b[:, 0]) * (b[:, 3] - b[:, 2])
     cheaper = np.triu((uy1 - uy0) * (ux1 - ux0) <= alone[:, None] + alone[None, :], k=1)
     if not cheaper.any():
@@ -230,7 +238,9 @@ def bounding(boxes) -> Box:
     return (min(ys0), max(ys1), min(xs0), max(xs1))
 
 
-def union_of_boxes(boxes: list[tuple[int, int, int, int]], h: int, w: int, cell: int = 8) -> list[tuple[int, ...]]:
+def union_of_boxes(
+    boxes: list[tuple[int, int, int, int]], shape: tuple[int, int], cell: int = 8
+) -> list[tuple[int, ...]]:
     """Bounding boxes of the connected regions the boxes cover, on a grid of ``cell`` px (rounded outward).
 
     Thousands of small holes (a noisy mask) become a few boxes in one pass over a small raster,
@@ -238,6 +248,7 @@ def union_of_boxes(boxes: list[tuple[int, int, int, int]], h: int, w: int, cell:
     """
     if len(boxes) <= 1:
         return list(boxes)
+    h, w = shape
     gh, gw = -(-h // cell), -(-w // cell)
     b = np.array(boxes)
     y0, y1, x0, x1 = b[:, 0] // cell, -(-b[:, 1] // cell), b[:, 2] // cell, -(-b[:, 3] // cell)
@@ -334,13 +345,17 @@ def component_boxes(mask: np.ndarray) -> list[Box]:
     return Components(mask).boxes
 
 
-def align_window(box: tuple[int, int, int, int], h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
+def align_window(box: tuple[int, int, int, int], shape: tuple[int, int], multiple: int) -> tuple[int, int, int, int]:
     """Grow each side of the box to a multiple of ``multiple`` (less padding, better batching), inside the image."""
-    (y0, y1), (x0, x1) = align_span(box[0], box[1], h, multiple), align_span(box[2], box[3], w, multiple)
+    h, w = shape
+    (y0, y1), (x0, x1) = (
+        align_span(box[0], box[1], h, multiple=multiple),
+        align_span(box[2], box[3], w, multiple=multiple),
+    )
     return (int(y0), int(y1), int(x0), int(x1))
 
 
-def align_span(a, b, n: int, multiple: int):
+def align_span(a, b, n: int, *, multiple: int):
     """[a, b) grown about its centre to a multiple of ``multiple`` (at most ``n``), shifted into [0, n); numpy-able."""
     length = np.minimum(n, -(-(b - a) // multiple) * multiple)
     start = np.maximum(0, np.minimum(a - (length - (b - a)) // 2, n - length))
