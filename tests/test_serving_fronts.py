@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
 from helpers.serving import (
+    Trickler,
+    assert_inpainted,
     assert_one_line_refusal,
     assert_still_serving,
     binary_request,
@@ -23,9 +26,11 @@ from helpers.serving import (
 )
 
 from pconv_deploy.contract import IMAGE, MASK
+from pconv_deploy.serving.fronts import ADMITTED_PER_SLOT, BODY_FLOOR_SECONDS, MIN_BODY_RATE
 
 MULTIPLE = 32  # the small test model's pconv.multiple
 BIG = 2**63
+INFLIGHT = 4  # inference slots per front: server.py's max(4, max_batch_size * instances), --max-batch-size 4
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +199,76 @@ def test_control_calls_are_refused_and_the_model_stays_loaded(attacked):
         with pytest.raises(grpc.RpcError) as raised:
             stub.RepositoryModelUnload(service_pb2.RepositoryModelUnloadRequest(model_name="pconv"), timeout=30)
         assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        channel.close()
+    assert_still_serving(server, local)
+
+
+def test_tricklers_on_every_inference_slot_do_not_stop_a_good_request(attacked):
+    """Issue 24: a slowloris per inference slot (huge Content-Length, a byte at a time); a good request is
+    answered with the right pixels while they still trickle (it waited behind them for 120 s before)."""
+    server, local = attacked
+    tricklers = [Trickler(server.http, length=100_000_000) for _ in range(INFLIGHT)]
+    try:
+        time.sleep(1.0)  # each is in the server, its body being read
+        image, mask = good_batch(3)
+        assert_inpainted(post(server.http, *binary_request(image, mask), timeout=30), image, mask, local)
+        assert all(t.answered_at is None for t in tricklers), "a trickler was cut before the good request came back"
+    finally:
+        for t in tricklers:
+            t.close()
+    assert_still_serving(server, local)
+
+
+def test_a_trickler_below_the_minimum_rate_gets_408_in_time(attacked):
+    """A body slower than MIN_BODY_RATE is cut once it lags by BODY_FLOOR_SECONDS: one line, connection closed."""
+    server, local = attacked
+    length = 4096  # the deadline: floor + length / rate, a few seconds
+    trickler = Trickler(server.http, length=length, every=0.25, seconds=12)
+    try:
+        status, headers, body = trickler.status()
+    finally:
+        trickler.close()
+    deadline = BODY_FLOOR_SECONDS + length / MIN_BODY_RATE
+    took = trickler.answered_at - trickler.started
+    assert_one_line_refusal(status, body, "request body too slow")
+    assert status == 408 and headers.get("Connection") == "close", (status, headers)
+    assert deadline - 0.5 < took < deadline + 3, took
+    assert_still_serving(server, local)
+
+
+def test_grpc_health_answers_while_inference_fills_the_server(attacked):
+    """Health, readiness and metadata answer while every inference slot is busy (they were refused: the call
+    limit counted them); inference calls beyond what the front admits get one-line RESOURCE_EXHAUSTED."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    server, local = attacked
+    image, mask = (np.repeat(a, 4, 0) for a in good_batch(5, size=768))  # ~1 s each, one after the other
+    message = service_pb2.ModelInferRequest(model_name="pconv", raw_input_contents=[image.tobytes(), mask.tobytes()])
+    for name, array in ((IMAGE, image), (MASK, mask)):
+        message.inputs.add(name=name, datatype="FP32", shape=array.shape)
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{server.grpc}", options=[(f"grpc.max_{d}_message_length", -1) for d in ("send", "receive")]
+    )
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    try:
+        calls = [stub.ModelInfer.future(message, timeout=120) for _ in range(INFLIGHT * ADMITTED_PER_SLOT + 2)]
+        time.sleep(0.3)  # the calls reach the server
+        assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
+        assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+        assert stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="pconv"), timeout=10).name == "pconv"
+        assert sum(not c.done() for c in calls) >= INFLIGHT, "the inference calls ended before the health checks"
+        expected, refused = local.run(image, mask), 0
+        for call in calls:
+            if call.exception() is not None:
+                assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, call.exception()
+                assert "busy" in call.details() and len(call.details().splitlines()) == 1, call.details()
+                refused += 1
+                continue
+            out = np.frombuffer(call.result().raw_output_contents[0], "<f4").reshape(image.shape)
+            np.testing.assert_allclose(out, expected, atol=1e-4)
+        assert 1 <= refused <= 2, refused  # the front admits INFLIGHT * ADMITTED_PER_SLOT at once
     finally:
         channel.close()
     assert_still_serving(server, local)

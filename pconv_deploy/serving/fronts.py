@@ -8,9 +8,14 @@ the contract before tritonserver gets it, and answers a violation with one line 
 ``{"error": "..."}``, gRPC ``INVALID_ARGUMENT``). ``/v2/health/ready`` and ``ServerReady`` answer from
 :class:`Readiness`: ready only while the model answers on the private port.
 
-At most ``inflight`` inference requests per front are read and held at once, each at most
-``Limits.max_body_bytes`` (twice that while the checked copy is made): that bounds what a burst of
-requests can make the server hold. A body must arrive within ``BODY_SECONDS``.
+Slow clients (a slowloris trickling its body) must not starve the others. At most ``inflight`` requests
+per front are at the model at once; ``ADMITTED_PER_SLOT`` times that are admitted (their body received,
+waiting for a slot, or at the model), each at most ``Limits.max_body_bytes``: that bounds what a burst
+can make the server hold. HTTP: a request waits at most ``ADMIT_SECONDS`` to be admitted (then 503), and
+its body is read before it takes an inference slot, at ``MIN_BODY_RATE`` at least after a lag of
+``BODY_FLOOR_SECONDS`` and within ``BODY_SECONDS`` (else 408, connection closed). gRPC: an inference call
+is admitted at once or refused (RESOURCE_EXHAUSTED), and health, readiness and metadata calls have
+threads of their own, so a busy server still answers its health checks.
 """
 
 from __future__ import annotations
@@ -29,7 +34,17 @@ from pconv_deploy.serving.checks import BadRequest, Limits, check_grpc_infer, ch
 REQUEST_SECONDS = 600.0  # an inference on a CPU server may take minutes; connecting is bounded separately
 POLL_SECONDS = 0.5
 DEAD_STUB = re.compile(r"Stub process .* is not healthy")  # tritonserver does not restart a stub that died
-BODY_SECONDS = 120.0  # to receive one request body (256 MiB at the default --max-pixels: ~2 MB/s at least)
+BODY_SECONDS = 120.0  # to receive one request body (256 MiB at the default --max-pixels: ~2.1 MB/s at least)
+# A body may lag MIN_BODY_RATE by BODY_FLOOR_SECONDS (connection setup, TCP slow start, a client's pause): a
+# trickler is cut after ~5 s whatever the length it declares, and 1 MB/s is far below any LAN or loopback client.
+BODY_FLOOR_SECONDS = 5.0
+MIN_BODY_RATE = 1_000_000  # bytes/s
+# Requests admitted per inference slot: as many again as the model runs can be received meanwhile, so a slot
+# freed finds the next body ready; memory holds at most 2 x inflight bodies (plus inflight checked copies).
+ADMITTED_PER_SLOT = 2
+ADMIT_SECONDS = 10.0  # a request waits this long to be admitted, then 503: longer than a trickler keeps its place
+GRPC_CONTROL_THREADS = 8  # gRPC threads beyond the admitted inference calls: health and metadata never wait
+GRPC_QUEUED_RPCS = 256  # gRPC calls queued beyond its threads before grpc itself refuses more
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 GRPC_PASSED = ("ServerLive", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelReady")
 HTTP_GET = re.compile(r"/v2(/health/live|/models/(?P<model>[^/]+)(/versions/[0-9]+)?(/ready|/config|/stats)?)?")
@@ -92,10 +107,18 @@ class Readiness:
         self.stopped.set()
 
 
-def error_response(status: int, message: str) -> object:
+class TooSlow(Exception):
+    """A request body that came slower than ``MIN_BODY_RATE``: the message is the client's one line (HTTP 408)."""
+
+
+def error_response(status: int, message: str, *, close: bool = False) -> object:
+    """``{"error": message}``; ``close``: with ``Connection: close`` (a body left unread, a client cut off)."""
     from aiohttp import web
 
-    return web.json_response({"error": message}, status=status)
+    response = web.json_response({"error": message}, status=status)
+    if close:
+        response.force_close()
+    return response
 
 
 class HttpFront:
@@ -136,23 +159,48 @@ class HttpFront:
                 413, f"request body of {length} bytes: more than this server's {self.limits.max_body_bytes}"
             )
         header = request.headers.get(HEADER_LENGTH)
-        async with self.gate:
-            try:  # a client trickling its body holds a slot: for this long at most
-                body = await asyncio.wait_for(request.read(), BODY_SECONDS)
-            except asyncio.TimeoutError:
-                return error_response(408, f"the request body did not arrive within {BODY_SECONDS:.0f} s")
-            try:
-                header_length = None if header is None else int(header)
+        try:
+            header_length = None if header is None else int(header)
+        except ValueError:
+            return error_response(400, f"Inference-Header-Content-Length {short(header)}: not an integer")
+        try:  # the body is read before an inference slot is taken: a trickler holds only its admission
+            await asyncio.wait_for(self.admitted.acquire(), ADMIT_SECONDS)
+        except asyncio.TimeoutError:
+            busy = f"busy: {self.inflight * ADMITTED_PER_SLOT} requests are already being received or run; try again"
+            return error_response(503, busy, close=True)
+        try:
+            body = await self.receive(request, length)
+            async with self.gate:
                 checked = await self.loop.run_in_executor(None, check_http_infer, body, header_length, self.limits)
-            except ValueError:
-                return error_response(400, f"Inference-Header-Content-Length {short(header)}: not an integer")
-            except BadRequest as e:
-                return error_response(400, str(e))
-            del body  # only the checked copy is held while the model runs
-            checked_body, checked_header_length = checked
-            return await self.forward(
-                request, f"/v2/models/{self.model}/infer", checked_body, header_length=checked_header_length
-            )
+                del body  # only the checked copy is held while the model runs
+                checked_body, checked_header_length = checked
+                return await self.forward(
+                    request, f"/v2/models/{self.model}/infer", checked_body, header_length=checked_header_length
+                )
+        except TooSlow as e:
+            return error_response(408, str(e), close=True)
+        except BadRequest as e:
+            return error_response(400, str(e))
+        finally:
+            self.admitted.release()
+
+    async def receive(self, request: object, length: int) -> bytearray:
+        """The body as it arrives; :class:`TooSlow` once it lags ``MIN_BODY_RATE`` by ``BODY_FLOOR_SECONDS``."""
+        start, body = self.loop.time(), bytearray()
+        while len(body) < length:  # the parser stops at Content-Length: at most max_body_bytes
+            due = start + min(BODY_FLOOR_SECONDS + len(body) / MIN_BODY_RATE, BODY_SECONDS)
+            try:
+                chunk = await asyncio.wait_for(request.content.readany(), max(due - self.loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                raise TooSlow(
+                    f"request body too slow: {len(body)} of {length} bytes in {self.loop.time() - start:.1f} s "
+                    f"(at least {MIN_BODY_RATE / 1e6:g} MB/s after {BODY_FLOOR_SECONDS:g} s, "
+                    f"{BODY_SECONDS:g} s at most)"
+                ) from None
+            if not chunk:
+                raise BadRequest(f"the request body ended after {len(body)} of its {length} bytes")
+            body += chunk
+        return body
 
     async def forward(self, request: object, path: str, body: bytes, *, header_length: int | None = None) -> object:
         """``body`` to tritonserver's ``path`` with the client's content headers (one value each), and back."""
@@ -184,6 +232,7 @@ class HttpFront:
         from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
         self.gate = asyncio.Semaphore(self.inflight)
+        self.admitted = asyncio.Semaphore(self.inflight * ADMITTED_PER_SLOT)
         self.session = ClientSession(
             f"http://{self.upstream}",
             auto_decompress=False,
@@ -242,6 +291,8 @@ class GrpcFront:
         self.channel = grpc.insecure_channel(upstream, options=size)
         self.options = size
         self.server = None
+        self.admitted = threading.BoundedSemaphore(inflight * ADMITTED_PER_SLOT)  # ModelInfer calls in this front
+        self.gate = threading.BoundedSemaphore(inflight)  # ModelInfer calls at the model
 
     def start(self, host: str, port: int) -> None:
         import grpc
@@ -252,16 +303,19 @@ class GrpcFront:
             def service(self, details: object) -> object:
                 method = details.method
                 name = method[len(GRPC_SERVICE) :] if method.startswith(GRPC_SERVICE) else ""
-                if name in (*GRPC_PASSED, "ServerReady", "ModelInfer"):
+                if name == "ModelInfer":  # stream_unary: the message is read once admitted (a unary client)
+                    return grpc.stream_unary_rpc_method_handler(front.infer)
+                if name in (*GRPC_PASSED, "ServerReady"):
                     return grpc.unary_unary_rpc_method_handler(
                         lambda request, context: front.call(name, request, context)
                     )
                 return None  # UNIMPLEMENTED: streaming, repository, shared memory, trace and log settings
 
+        threads = self.inflight * ADMITTED_PER_SLOT + GRPC_CONTROL_THREADS  # admitted inferences hold the first ones
         self.server = grpc.server(
-            ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="pconv-grpc-front"),
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pconv-grpc-front"),
             handlers=[Handler()],
-            maximum_concurrent_rpcs=self.inflight,
+            maximum_concurrent_rpcs=threads + GRPC_QUEUED_RPCS,
             options=[*self.options, ("grpc.so_reuseport", 0)],
         )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -272,6 +326,23 @@ class GrpcFront:
         if not bound:
             raise PConvError(f"--grpc-port {port}: cannot listen on {address}")
         self.server.start()
+
+    def infer(self, requests: object, context: object) -> bytes:
+        """One ``ModelInfer``: admitted at once or refused, its message read, then checked and run in a slot."""
+        import grpc
+
+        if not self.admitted.acquire(blocking=False):  # waiting would hold a thread; the client retries instead
+            busy = f"busy: {self.inflight * ADMITTED_PER_SLOT} inference calls are already in this server; try again"
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
+        try:
+            try:
+                request = next(requests)
+            except (StopIteration, grpc.RpcError):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no ModelInferRequest message arrived")
+            with self.gate:
+                return self.call("ModelInfer", request, context)
+        finally:
+            self.admitted.release()
 
     def call(self, name: str, request: bytes, context: object) -> bytes:
         import grpc

@@ -6,10 +6,13 @@ import contextlib
 import http.client
 import json
 import os
+import re
+import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -151,8 +154,10 @@ def binary_request(image: np.ndarray, mask: np.ndarray, shapes: tuple | None = N
     return body, {"Inference-Header-Content-Length": str(len(header.encode()))}
 
 
-def post(port: int, body: bytes, headers: dict | None = None, path: str = "/v2/models/pconv/infer") -> tuple:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+def post(
+    port: int, body: bytes, headers: dict | None = None, path: str = "/v2/models/pconv/infer", timeout: float = 60
+) -> tuple:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         connection.request(
             "POST", path, body=body, headers={"Content-Type": "application/octet-stream", **(headers or {})}
@@ -161,6 +166,59 @@ def post(port: int, body: bytes, headers: dict | None = None, path: str = "/v2/m
         return response.status, response.read(), dict(response.getheaders())
     finally:
         connection.close()
+
+
+class Trickler:
+    """A slowloris: the headers of an infer request declaring ``length`` bytes, then one byte each ``every`` s.
+
+    It stops trickling when the server answers or closes, or after ``seconds`` (bounded), and keeps the answer."""
+
+    def __init__(self, port: int, length: int, every: float = 0.2, seconds: float = 30) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=seconds + 5)
+        head = f"POST /v2/models/pconv/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n"
+        self.sock.sendall(f"{head}Content-Type: application/json\r\n\r\n{{".encode())
+        self.every, self.left = every, min(length - 1, int(seconds / every))
+        self.answer = b""
+        self.answered_at: float | None = None
+        self.stopped = threading.Event()
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self.trickle, daemon=True)
+        self.thread.start()
+
+    def trickle(self) -> None:
+        try:
+            for _ in range(self.left):
+                if select.select([self.sock], [], [], self.every)[0] or self.stopped.is_set():
+                    break  # the server answered (or closed), or the test is done
+                self.sock.sendall(b" ")
+            self.sock.settimeout(15)
+            while not self.complete() and (chunk := self.sock.recv(65536)):
+                self.answer += chunk
+        except OSError:
+            pass
+        self.answered_at = time.monotonic()
+
+    def complete(self) -> bool:
+        head, sep, body = self.answer.partition(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        return bool(sep) and length is not None and len(body) >= int(length.group(1))
+
+    def status(self) -> tuple[int, dict, bytes]:
+        """(status, headers, body) of the answer, once trickling stopped."""
+        self.thread.join(60)
+        if not self.complete():
+            return 0, {}, self.answer  # no answer (or half of one)
+        head, _, body = self.answer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+        return int(lines[0].split()[1]), headers, body
+
+    def close(self) -> None:
+        self.stopped.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # a recv under way returns
+        self.thread.join(30)
+        self.sock.close()
 
 
 def get_status(port: int, path: str) -> int:
@@ -191,17 +249,23 @@ def assert_one_line_refusal(status: int, body: bytes, expected: str) -> str:
     return message
 
 
+def assert_inpainted(answer: tuple, image: np.ndarray, mask: np.ndarray, local) -> np.ndarray:
+    """A binary infer answer (``post``'s) holds ONNX Runtime's pixels (``local``, the same model) for the batch."""
+    status, body, headers = answer
+    assert status == 200, body[:500]
+    header = int(headers["Inference-Header-Content-Length"])
+    out = np.frombuffer(body[header:], "<f4").reshape(image.shape)
+    np.testing.assert_allclose(out, local.run(image, mask), atol=1e-4)
+    assert np.array_equal(out[:, :, mask[0, 0] == 1], image[:, :, mask[0, 0] == 1])  # known pixels unchanged
+    return out
+
+
 def assert_still_serving(server, local) -> None:
     """Ready, and a good request gives ONNX Runtime's pixels (the local backend on the same model)."""
     assert get_status(server.http, "/v2/models/pconv/ready") == 200
     assert get_status(server.http, "/v2/health/ready") == 200
     image, mask = good_batch(7)
-    status, body, headers = post(server.http, *binary_request(image, mask))
-    assert status == 200, body[:500]
-    header = int(headers["Inference-Header-Content-Length"])
-    out = np.frombuffer(body[header:], "<f4").reshape(1, 3, 64, 64)
-    np.testing.assert_allclose(out, local.run(image, mask), atol=1e-4)
-    assert np.array_equal(out[:, :, mask[0, 0] == 1], image[:, :, mask[0, 0] == 1])  # known pixels unchanged
+    out = assert_inpainted(post(server.http, *binary_request(image, mask)), image, mask, local)
     data = {n: {"shape": list(a.shape), "data": a.ravel().tolist()} for n, a in ((IMAGE, image), (MASK, mask))}
     status, body, _ = post(server.http, json_request(data[IMAGE], data[MASK]))  # JSON in and out
     assert status == 200, body[:500]
