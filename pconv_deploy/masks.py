@@ -53,7 +53,7 @@ def irregular(
         scale = 1.0
         for _shape in range(500):
             candidate = holes.copy()
-            _draw_shape(cv2, candidate, rng, scale)
+            _draw_shape(cv2, candidate, rng, scale=scale)
             count = int(candidate.sum())
             if count > max_holes:
                 scale *= 0.7  # too big: try a smaller shape
@@ -66,7 +66,7 @@ def irregular(
     raise RuntimeError(f"could not draw a {height}x{width} mask in ({lo}, {hi}]")  # not reached in practice
 
 
-def _draw_shape(cv2, canvas: np.ndarray, rng: np.random.Generator, scale: float) -> None:
+def _draw_shape(cv2, canvas: np.ndarray, rng: np.random.Generator, *, scale: float) -> None:
     """Draw one stroke, ellipse or line of 1s onto ``canvas``, sized relative to the image."""
     h, w = canvas.shape
     size = min(h, w)
@@ -151,16 +151,16 @@ def straight_strokes(
 def scribbles(height: int, width: int, rng: np.random.Generator, *, ratio: float) -> np.ndarray:
     """Short curved scribbles (5-point polylines, steps under 120 px, 15-34 px wide) scattered over the image
     until ``ratio`` of it is hole."""
-    return _scribbles(height, width, rng, ratio, around_objects=False)
+    return _scribbles(height, width, rng, ratio=ratio, around_objects=False)
 
 
 def objects(height: int, width: int, rng: np.random.Generator, *, ratio: float) -> np.ndarray:
     """Scribbles (steps under 60 px) around one to three centres until ``ratio`` of the image is hole: one to
     three compact irregular blobs, as when removing a person, a sign or a blemish."""
-    return _scribbles(height, width, rng, ratio, around_objects=True)
+    return _scribbles(height, width, rng, ratio=ratio, around_objects=True)
 
 
-def _scribbles(height: int, width: int, rng: np.random.Generator, ratio: float, *, around_objects: bool) -> np.ndarray:
+def _scribbles(height: int, width: int, rng: np.random.Generator, *, ratio: float, around_objects: bool) -> np.ndarray:
     canvas, draw = _canvas(height, width)
     border = min(400, width // 4, height // 4)
     # The centres are drawn for scribbles too: a seed gives the masks scripts/bench_photos.py always drew.
@@ -215,7 +215,7 @@ PHOTO_MASKS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def photo_mask(kind: str, height: int, width: int, rng: np.random.Generator, *, ratio: float) -> np.ndarray:
+def photo_mask(kind: str, height: int, width: int, *, rng: np.random.Generator, ratio: float) -> np.ndarray:
     """The ``kind`` of :data:`PHOTO_MASKS` covering about ``ratio`` of a ``height`` x ``width`` photo."""
     if kind not in PHOTO_MASKS:
         raise ValueError(f"unknown mask kind {kind!r}; expected one of {tuple(PHOTO_MASKS)}")

@@ -52,7 +52,7 @@ def make_photos(folder: Path, count: int, masks: str = "objects", hole_ratio: fl
         photo = Image.fromarray(sources[i % len(sources)]).resize(SIZE, Image.Resampling.BICUBIC)
         pixels = np.asarray(photo).astype(np.float32) + rng.normal(0, 4, (SIZE[1], SIZE[0], 3))
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / "images" / f"photo{i}.jpg", quality=92)
-        hole = photo_mask(masks, SIZE[1], SIZE[0], rng, ratio=hole_ratio)
+        hole = photo_mask(masks, SIZE[1], SIZE[0], rng=rng, ratio=hole_ratio)
         Image.fromarray(hole.astype(np.uint8) * 255).save(folder / "masks" / f"photo{i}.png")
 
 

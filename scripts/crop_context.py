@@ -77,7 +77,7 @@ def main() -> None:
         photo = np.asarray(Image.open(path).convert("RGB"))
         h, w = photo.shape[:2]
         for seed in range(args.seeds):
-            hole = photo_mask(args.masks, h, w, np.random.default_rng(seed), ratio=args.ratio)
+            hole = photo_mask(args.masks, h, w, rng=np.random.default_rng(seed), ratio=args.ratio)
             outs = {}
             for name, inpainter in inpainters.items():
                 start = time.perf_counter()

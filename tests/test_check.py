@@ -170,7 +170,7 @@ def image_range_full_width_model() -> PConvUNet:
             module.momentum = None  # running statistics = this batch's statistics
     rng = np.random.default_rng(1)
     image = torch.rand(2, 3, 512, 512)
-    mask = torch.from_numpy(np.stack([make_mask("strokes", 512, 512, rng) for _ in range(2)]))
+    mask = torch.from_numpy(np.stack([make_mask("strokes", 512, 512, rng=rng) for _ in range(2)]))
     with torch.no_grad():
         model.train()(image, mask)
         spread = float((model.eval()(image, mask) - model.mean).std())

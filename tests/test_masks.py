@@ -98,7 +98,7 @@ def test_impossible_ranges_are_rejected():
     with pytest.raises(ValueError, match="exactly one of ratio and count"):
         straight_strokes(32, 32, np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown mask kind 'blobs'"):
-        photo_mask("blobs", 32, 32, np.random.default_rng(0), ratio=0.1)
+        photo_mask("blobs", 32, 32, rng=np.random.default_rng(0), ratio=0.1)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (256, 256), (96, 160)])
@@ -147,7 +147,7 @@ def test_scribbles_and_objects_stop_at_the_ratio(draw, step):
 def test_photo_masks_are_the_named_generators():
     assert set(PHOTO_MASKS) == {"objects", "strokes", "scribbles"}
     for kind, draw in PHOTO_MASKS.items():
-        got = photo_mask(kind, 400, 500, np.random.default_rng(1), ratio=0.05)
+        got = photo_mask(kind, 400, 500, rng=np.random.default_rng(1), ratio=0.05)
         np.testing.assert_array_equal(got, draw(400, 500, np.random.default_rng(1), ratio=0.05))
 
 

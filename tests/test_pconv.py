@@ -8,7 +8,7 @@ from pconv_deploy.model import PartialConv2d
 
 def _layer(c_in, c_out, k, stride, padding, bias, groups=None, seed=0):
     torch.manual_seed(seed)
-    layer = PartialConv2d(c_in, c_out, k, stride, padding, bias=bias, mask_groups=groups).double()
+    layer = PartialConv2d(c_in, c_out, k, stride=stride, padding=padding, bias=bias, mask_groups=groups).double()
     if bias:
         torch.nn.init.uniform_(layer.conv.bias, -1, 1)
     return layer

@@ -77,7 +77,7 @@ DEFAULT_CASES = (
 )
 
 
-def make_mask(kind: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+def make_mask(kind: str, height: int, width: int, *, rng: np.random.Generator) -> np.ndarray:
     """A binary [1, H, W] float32 mask of one of ``MASK_KINDS``, 1 = known, 0 = hole (the model's convention)."""
     if kind == "no-hole":
         hole = np.zeros((height, width), bool)
@@ -103,7 +103,7 @@ def make_feeds(cases: Sequence[ParityCase], multiple: int, seed: int = 0) -> lis
         coarse = rng.random((n, 3, 4, 4), dtype=np.float32)
         smooth = np.repeat(np.repeat(coarse, -(-h // 4), axis=2), -(-w // 4), axis=3)[:, :, :h, :w]
         image = np.clip(0.8 * smooth + 0.2 * rng.random((n, 3, h, w), dtype=np.float32), 0, 1)
-        mask = np.stack([make_mask(kind, h, w, rng) for kind in case.masks])
+        mask = np.stack([make_mask(kind, h, w, rng=rng) for kind in case.masks])
         feeds.append({IMAGE: image.astype(np.float32), MASK: mask})
     return feeds
 
@@ -211,6 +211,7 @@ def run_parity(
     onnx_path: str | Path,
     model,
     cases: Sequence[ParityCase] = DEFAULT_CASES,
+    *,
     save_dir: str | Path | None = None,
     seed: int = 0,
     fp64_reference: bool = False,
@@ -223,9 +224,9 @@ def run_parity(
         raise ExportError(f"{onnx_path}: multiple {multiple} in its metadata, the model needs {model.config.multiple}")
     feeds = make_feeds(cases, multiple, seed)
     reference = torch_reference(model, feeds, fp64=fp64_reference)
-    outputs, verdicts = _compare_with_polygraphy(onnx_path, precision, feeds, reference)
+    outputs, verdicts = _compare_with_polygraphy(onnx_path, precision, feeds, reference=reference)
     rows = [
-        _parity_row(case, ref[OUTPUT], got[OUTPUT], bool(verdict[OUTPUT]))
+        _parity_row(case, ref[OUTPUT], got[OUTPUT], verdict=bool(verdict[OUTPUT]))
         for case, ref, got, verdict in zip(cases, reference, outputs, verdicts)
     ]
     report = ParityReport(precision, rows, reference="float64" if fp64_reference else "float32")
@@ -234,7 +235,7 @@ def run_parity(
     return report
 
 
-def _compare_with_polygraphy(onnx_path, precision: str, feeds: list, reference: list) -> tuple[list, list]:
+def _compare_with_polygraphy(onnx_path, precision: str, feeds: list, *, reference: list) -> tuple[list, list]:
     """ONNX Runtime outputs per feed and Polygraphy's per-iteration verdicts against ``reference``."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator
@@ -253,7 +254,7 @@ def _compare_with_polygraphy(onnx_path, precision: str, feeds: list, reference: 
     return list(results["onnxrt"]), list(accuracy[0][("onnxrt", "pytorch")])
 
 
-def _parity_row(case: ParityCase, expected: np.ndarray, out: np.ndarray, verdict: bool) -> ParityRow:
+def _parity_row(case: ParityCase, expected: np.ndarray, out: np.ndarray, *, verdict: bool) -> ParityRow:
     finite = bool(np.isfinite(out).all())
     diff = np.abs(out.astype(np.float64) - expected)
     mse = float(np.mean(diff**2)) if finite else float("nan")

@@ -118,7 +118,7 @@ class ReducedReport:
 def adversarial_masks(height: int, width: int, rng: np.random.Generator) -> list[np.ndarray]:
     """All hole, isolated 1-pixel holes on a 5-pixel grid, and isolated known pixels (1 = known)."""
     pixel_holes = as_known(grid(height, width, step=5, offset=(2, 3)))
-    return [np.zeros((height, width), np.float32), pixel_holes, make_mask("sparse", height, width, rng)[0]]
+    return [np.zeros((height, width), np.float32), pixel_holes, make_mask("sparse", height, width, rng=rng)[0]]
 
 
 def quality_images(photos: Sequence[Path] | None, size: int, seed: int) -> tuple[list[np.ndarray], str]:
@@ -151,7 +151,7 @@ def quality_samples(images: list[np.ndarray], seed: int) -> list[tuple[np.ndarra
     return samples
 
 
-def _run_both(session, model, image: np.ndarray, masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _run_both(session, model, image: np.ndarray, *, masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The file's and the FP32 PyTorch model's composited outputs, float32 [N, 3, H, W], for one image."""
     x = np.repeat(image.transpose(2, 0, 1)[None].astype(np.float32) / 255.0, len(masks), 0)
     feed = {IMAGE: x, MASK: np.stack(masks)[:, None]}
@@ -191,7 +191,7 @@ def run_quality(
         chunk = samples[start : start + MASKS_PER_BIN * QUALITY_BINS]
         image = chunk[0][0]
         masks = [m for _, m, _ in chunk] + adversarial_masks(size, size, rng)
-        got, ref = _run_both(session, model, image, masks)
+        got, ref = _run_both(session, model, image, masks=masks)
         nonfinite += int((~np.isfinite(got)).sum())
         x = image.transpose(2, 0, 1).astype(np.float32) / 255.0
         changed += sum(int((got[i][:, m > 0] != x[:, m > 0]).any()) for i, m in enumerate(masks))

@@ -123,7 +123,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> PCo
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             for key in f.keys():
-                state[key] = _checked(f.get_tensor(key), expected.get(key), key, path)
+                state[key] = _checked(f.get_tensor(key), expected.get(key), key, path=path)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: unreadable tensors ({first_line(e)})") from None
     try:
@@ -135,7 +135,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> PCo
     return model.to(device).eval()
 
 
-def _checked(value: torch.Tensor, expected: torch.Tensor | None, key: str, path: Path) -> torch.Tensor:
+def _checked(value: torch.Tensor, expected: torch.Tensor | None, key: str, *, path: Path) -> torch.Tensor:
     """A tensor of the model's dtype kind (load_state_dict would silently cast bool, int or complex weights)."""
     if expected is None or tuple(value.shape) != tuple(expected.shape):
         return value  # load_state_dict names the unexpected key or the shape

@@ -219,10 +219,10 @@ def convert(
         )
     width = first.shape[0] / ENCODER_CHANNELS[0]
     try:
-        model = PConvUNet(found, width, fmt.input_norm, fmt.output_activation)
+        model = PConvUNet(found, width, fmt.input_norm, output_activation=fmt.output_activation)
     except ValueError as e:
         raise ImportCheckpointError(f"{path}: {e}") from None
-    ours, consumed = _map_blocks(model, model_keys, fmt, path)
+    ours, consumed = _map_blocks(model, model_keys, fmt, path=path)
     leftover = sorted(set(model_keys) - consumed)
     if leftover:
         raise ImportCheckpointError(f"{path}: unexpected key {fmt.prefix}{leftover[0]} for format {fmt.name}")
@@ -240,7 +240,7 @@ def _block_prefixes(model: PConvUNet, fmt: SourceFormat) -> list[tuple[str, str]
 
 
 def _map_blocks(
-    model: PConvUNet, src: dict[str, torch.Tensor], fmt: SourceFormat, path: Path
+    model: PConvUNet, src: dict[str, torch.Tensor], fmt: SourceFormat, *, path: Path
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Our state dict from the source's keys, and the source keys it used."""
     expected = model.state_dict()
@@ -270,7 +270,7 @@ def _map_blocks(
             weight = weight / (c_in * kh * kw)
         if fmt.mask_weight:
             mask_key = f"{theirs}{fmt.mask_weight}"
-            _check_all_ones(take, src, mask_key, (c_out, c_in, kh, kw), fmt.prefix + mask_key, path)
+            _check_all_ones(take, src, mask_key, shape=(c_out, c_in, kh, kw), shown=fmt.prefix + mask_key, path=path)
         bias_key = f"{theirs}{fmt.conv}.bias"
         bias = take(bias_key, (c_out,)) if bias_key in src else torch.zeros(c_out, dtype=torch.float64)
         out[f"{conv}.weight"] = weight.float()
@@ -285,7 +285,7 @@ def _map_blocks(
     return out, consumed
 
 
-def _check_all_ones(take: Callable, src: dict, key: str, shape: tuple[int, ...], shown: str, path: Path) -> None:
+def _check_all_ones(take: Callable, src: dict, key: str, *, shape: tuple[int, ...], shown: str, path: Path) -> None:
     """The mask kernel must be the multi-channel all-ones count, else its count is not the paper's sum(M)."""
     if key in src and tuple(src[key].shape) != shape:
         raise ImportCheckpointError(

@@ -37,6 +37,7 @@ class PartialConv2d(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int | tuple[int, int],
+        *,
         stride: int = 1,
         padding: int = 0,
         bias: bool = True,

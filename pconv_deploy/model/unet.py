@@ -84,7 +84,7 @@ class PConvUNet(nn.Module):
     """
 
     def __init__(
-        self, layers: int = 8, width: float = 1.0, input_norm: str = "imagenet", output_activation: str = "none"
+        self, layers: int = 8, width: float = 1.0, input_norm: str = "imagenet", *, output_activation: str = "none"
     ) -> None:
         super().__init__()
         self.config = PConvConfig(layers, width, input_norm, output_activation)
