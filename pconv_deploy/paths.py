@@ -43,7 +43,7 @@ def describe(path: Path) -> str:
     return "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
 
 
-def check_input_file(path: Path, option: str, suffixes: Sequence[str] = (), missing: bool = False) -> Path:
+def check_input_file(path: Path, option: str, suffixes: Sequence[str] = (), *, missing: bool = False) -> Path:
     """A non-empty regular file (with one of ``suffixes`` when given), not a folder or a dangling link.
 
     A path that does not exist at all passes unless ``missing``: every loader reports that itself,
@@ -119,7 +119,7 @@ def _same_input(path: Path, inputs: Iterable[tuple[Path, str]]) -> tuple[Path, s
 
 
 def check_output_dir(
-    path: Path, option: str, inputs: Iterable[tuple[Path, str]] = (), files: Sequence[str] = ()
+    path: Path, option: str, inputs: Iterable[tuple[Path, str]] = (), *, files: Sequence[str] = ()
 ) -> Path:
     """A folder this command may create or write into, not one of its ``inputs`` (path, option), and
     with no folder (or device) sitting where it will write the named ``files``."""
@@ -137,7 +137,7 @@ def check_output_dir(
 
 
 def check_output_file(
-    path: Path, option: str, inputs: Iterable[tuple[Path, str]] = (), suffixes: Sequence[str] = ()
+    path: Path, option: str, inputs: Iterable[tuple[Path, str]] = (), *, suffixes: Sequence[str] = ()
 ) -> Path:
     """A file this command may (atomically) write: its folder can be made or written, it is no folder itself,
     not a device, not one of ``inputs`` (path, option), and has one of ``suffixes`` when given."""
@@ -154,7 +154,7 @@ def check_output_file(
     return path
 
 
-def check_not_inside(path: Path, folder: Path, option: str, shown: str) -> None:
+def check_not_inside(path: Path, folder: Path, option: str, *, shown: str) -> None:
     """Refuse an input inside a folder the command writes or replaces (``triton-repo --overwrite`` would delete it)."""
     if Path(path).resolve().is_relative_to(Path(folder).resolve()):
         raise PathArgumentError(
@@ -163,7 +163,7 @@ def check_not_inside(path: Path, folder: Path, option: str, shown: str) -> None:
         )
 
 
-def check_folder_job(images: Path, masks: Path, output: Path, report: Path | None = None) -> None:
+def check_folder_job(images: Path, masks: Path, output: Path, *, report: Path | None = None) -> None:
     """``pconv infer``'s paths, before the model loads: inputs exist, output and report can be written.
 
     The output folder must not be the images or masks folder: outputs would become inputs (the

@@ -116,7 +116,7 @@ class ModelSet:
         if not self.inpainters:
             raise PConvError("no model to serve: give --model FILE or --server URL")
 
-    def add(self, name: str, source: str, backend: object, inflight: int) -> None:
+    def add(self, name: str, source: str, backend: object, *, inflight: int) -> None:
         wrapped = CountingBackend(backend, self.progress)
         inpainter = Inpainter(wrapped, replace(self.options.inpaint, inflight=inflight))
         self.inpainters[name] = inpainter

@@ -141,7 +141,7 @@ def run_request(models: ModelSet, name: str, form) -> object:
     photo_name, photo = form.file("image")
     mask_name, mask = form.file("mask")
     picture = decode_photo(photo, options.max_pixels, upload_name("photo", photo_name))
-    hole = decode_mask(mask, picture.pixels.shape[:2], options.max_pixels, upload_name("mask", mask_name))
+    hole = decode_mask(mask, picture.pixels.shape[:2], options.max_pixels, name=upload_name("mask", mask_name))
     return models.inpaint(name, picture, hole)
 
 

@@ -177,7 +177,7 @@ def decode_photo(data: bytes, max_pixels: int, name: str = "photo") -> Picture:
     return Picture(np.ascontiguousarray(arr), None, icc)
 
 
-def decode_mask(data: bytes, shape: tuple[int, int], max_pixels: int, name: str = "mask") -> np.ndarray:
+def decode_mask(data: bytes, shape: tuple[int, int], max_pixels: int, *, name: str = "mask") -> np.ndarray:
     """An uploaded mask as bool HxW, True = hole (white, opaque), checked against the photo's ``shape``."""
     with own_pixel_limit, reading(), open_upload(data, max_pixels, name) as im:
         im = load_pixels(im, name)

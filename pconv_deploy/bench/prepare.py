@@ -52,9 +52,9 @@ def prepare_models(settings: BenchSettings, work: Path, say: Callable[[str], Non
         wanted.add("ours_fp16")
     if settings.compare_size:
         wanted |= {"plain", "naive"}
-    files = export_files(checkpoint, wanted, work, say)
+    files = export_files(checkpoint, wanted, work, say=say)
     if "tensorrt" in settings.backends and backend_unavailable("tensorrt", {"engine": "?"}) is None:
-        files["engine"] = str(build_engine(settings, Path(files["ours_fp16"]), Path(files["ours"]).parent, say))
+        files["engine"] = str(build_engine(settings, Path(files["ours_fp16"]), Path(files["ours"]).parent, say=say))
     return files
 
 
@@ -63,10 +63,10 @@ def prepare_quality(settings: BenchSettings, work: Path, say: Callable[[str], No
     from pconv_deploy.model.checkpoint import default_checkpoint
 
     wanted = {"ours"} | {CONFIGS[b][1] for b in settings.backends if CONFIGS[b][1].startswith("ours")}
-    return export_files(default_checkpoint(), wanted, work, say)
+    return export_files(default_checkpoint(), wanted, work, say=say)
 
 
-def export_files(checkpoint: Path, wanted: set[str], work: Path, say: Callable[[str], None]) -> dict[str, str]:
+def export_files(checkpoint: Path, wanted: set[str], work: Path, *, say: Callable[[str], None]) -> dict[str, str]:
     """``checkpoint`` and its ``wanted`` exports in ``work/<export key>/`` (made when missing); key -> path."""
     from pconv_deploy.model import load_checkpoint
 
@@ -78,7 +78,7 @@ def export_files(checkpoint: Path, wanted: set[str], work: Path, say: Callable[[
         path = folder / f"{name}.onnx"
         if not path.is_file():
             model = model or load_checkpoint(checkpoint)
-            export(model, name, path, say, checkpoint=checkpoint, work=work)
+            export(model, name, path, say=say, checkpoint=checkpoint, work=work)
         files[name] = str(path)
     return files
 
@@ -118,7 +118,7 @@ def export_key(checkpoint: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def export(model: Any, name: str, path: Path, say: Callable[[str], None], *, checkpoint: Path, work: Path) -> None:
+def export(model: Any, name: str, path: Path, *, say: Callable[[str], None], checkpoint: Path, work: Path) -> None:
     """One of our exports ("ours", "ours_fp16", "ours_int8": calibrated on the calibration photos) or a
     comparison variant ("plain", "naive")."""
     import torch
@@ -161,7 +161,7 @@ def random_model(layers: int, width: float, seed: int = 0):  # -> PConvUNet
     return model.eval()
 
 
-def build_engine(settings: BenchSettings, onnx_fp16: Path, work: Path, say: Callable[[str], None]) -> Path:
+def build_engine(settings: BenchSettings, onnx_fp16: Path, work: Path, *, say: Callable[[str], None]) -> Path:
     from pconv_deploy.engines.build import build_engine as build
     from pconv_deploy.engines.build import plan_build
 

@@ -26,7 +26,7 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = print) -> Be
     report.prepare_seconds = round(time.perf_counter() - start, 1)
     report.conv_macs = conv_macs(files["ours"], settings.sizes)
     for backend in settings.backends:
-        report.rows.extend(backend_rows(settings, files, backend, say))
+        report.rows.extend(backend_rows(settings, files, backend, say=say))
     if settings.compare_size:
         say(f"comparing ours, plain and naive at {settings.compare_size}^2 with a {settings.gemm_size}^2 GEMM")
         report.compare = run_worker(WorkerSpec("compare", settings, files))
@@ -41,7 +41,9 @@ def run_bench(settings: BenchSettings, say: Callable[[str], None] = print) -> Be
     return report
 
 
-def backend_rows(settings: BenchSettings, files: dict[str, str], backend: str, say: Callable[[str], None]) -> list[Row]:
+def backend_rows(
+    settings: BenchSettings, files: dict[str, str], backend: str, *, say: Callable[[str], None]
+) -> list[Row]:
     """One row per size and batch for one configuration (one skipped row saying why, if it cannot run)."""
     reason = backend_unavailable(backend, files)
     if reason:

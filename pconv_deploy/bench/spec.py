@@ -143,15 +143,15 @@ class BenchReport:
                 "mask-path cost (ours / plain U-Net)",
                 f"<= {TARGET_MASK_COST}x",
                 cost,
-                cost is not None and cost <= TARGET_MASK_COST,
+                met=cost is not None and cost <= TARGET_MASK_COST,
             ),
             target(
                 "efficiency (conv GFLOP/s / best GEMM)",
                 f">= {TARGET_EFFICIENCY}",
                 eff,
-                eff is not None and eff >= TARGET_EFFICIENCY,
+                met=eff is not None and eff >= TARGET_EFFICIENCY,
             ),
-            target("whole run", f"< {TARGET_SECONDS:.0f} s", round(self.seconds, 1), self.seconds < TARGET_SECONDS),
+            target("whole run", f"< {TARGET_SECONDS:.0f} s", round(self.seconds, 1), met=self.seconds < TARGET_SECONDS),
         ]
 
     def speedup(self, row: Row) -> float | None:
@@ -176,7 +176,7 @@ class BenchReport:
         return data
 
 
-def target(name: str, goal: str, value: float | None, met: bool) -> dict[str, Any]:
+def target(name: str, goal: str, value: float | None, *, met: bool) -> dict[str, Any]:
     return {"target": name, "goal": goal, "measured": value, "met": bool(met) if value is not None else None}
 
 

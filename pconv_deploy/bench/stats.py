@@ -18,6 +18,7 @@ def interleave(
     calls: dict[str, Callable[[], Any]],
     warmup: int,
     repeats: int,
+    *,
     time_calls: Callable[[Callable[[], Any], int, int], list[float]],
 ) -> dict[str, list[float]]:
     """Round-robin timing; the order rotates every round so no call always follows the same one,

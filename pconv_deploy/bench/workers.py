@@ -106,7 +106,7 @@ def measure_backend(spec: WorkerSpec) -> dict[str, Any]:
     a, b = (np.random.default_rng(i).random((ROW_GEMM, ROW_GEMM), dtype=np.float32) for i in (0, 1))
     calls = {"model": lambda: backend.run(image, mask), "gemm_numpy": lambda: a @ b}
     with threadpool_limits(limits=settings.threads):  # the GEMM round by round with the model: the same load
-        times = interleave(calls, settings.warmup, settings.repeats, time_calls)
+        times = interleave(calls, settings.warmup, settings.repeats, time_calls=time_calls)
     median = statistics.median(times["model"])
     return {
         "latency_ms": round(median * 1000, 4),
@@ -140,7 +140,7 @@ def measure_compare(spec: WorkerSpec) -> dict[str, Any]:
     calls["gemm_torch"] = lambda: torch.mm(a, b)
     with threadpool_limits(limits=threads):
         calls["gemm_numpy"] = lambda: an @ bn
-        times = interleave(calls, settings.warmup, settings.compare_repeats, time_calls)
+        times = interleave(calls, settings.warmup, settings.compare_repeats, time_calls=time_calls)
         blas = [f"{i['internal_api']} {i.get('architecture') or ''}".strip() for i in threadpool_info()]
     macs = {k: conv_macs(onnx.load(files[k]), size, size).total for k in ("ours", "naive")}
     result = compare_result(times, macs, n)

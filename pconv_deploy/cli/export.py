@@ -74,7 +74,7 @@ def export_command(
         recipe=Int8Recipe(activations=int8_activations),
     )
     check_input_file(options.checkpoint, "--checkpoint", (CHECKPOINT_SUFFIX,))
-    check_output_file(output, "--output", [(options.checkpoint, "--checkpoint")], (ONNX_SUFFIX,))
+    check_output_file(output, "--output", [(options.checkpoint, "--checkpoint")], suffixes=(ONNX_SUFFIX,))
     if check:
         check_output_dir(parity_dir or default_parity_dir(output), "--parity-dir", files=PARITY_FILES)
     try:

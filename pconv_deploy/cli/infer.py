@@ -131,7 +131,7 @@ def check_infer_inputs(
     for path, name in ((images, "--images"), (masks, "--masks"), *([(model, "--model")] if model else [])):
         if not path.exists():
             exit_with_error(f"{name} {path}: no such file or folder", 2)
-    check_folder_job(images, masks, output, report)
+    check_folder_job(images, masks, output, report=report)
     if model is not None:
         check_input_file(model, "--model")
     if images.is_dir() and not visible_files(images):

@@ -94,7 +94,7 @@ def import_checkpoint_command(
 
     Reads xiefan-guo/PConv, naoto0804, mmagic or a bare state dict; loads no code.
     """
-    check_output_file(output, "--output", [(source, "SOURCE")], (CHECKPOINT_SUFFIX,))
+    check_output_file(output, "--output", [(source, "SOURCE")], suffixes=(CHECKPOINT_SUFFIX,))
     from pconv_deploy.model.importers import import_checkpoint
 
     result = import_checkpoint(source, output, format=format.value, layers=layers)

@@ -49,7 +49,7 @@ def triton_repo(
     """
     check_input_file(model, "MODEL", (ONNX_SUFFIX, *ENGINE_SUFFIXES))
     check_output_dir(repo, "--repo")
-    check_not_inside(model, repo / name, "MODEL", "triton-repo")
+    check_not_inside(model, repo / name, "MODEL", shown="triton-repo")
     from pconv_deploy.serving.repository import write_triton_repo
 
     kind = KIND_CPU if cpu else KIND_GPU

@@ -92,7 +92,7 @@ def train(
     )
     cfg.check()  # bad values: one line, exit 2
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the writing rank probes (it makes and removes dirs)
-        check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], RUN_FILES)
+        check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], files=RUN_FILES)
     for path, option in ((init, "--init"), (vgg_weights, "--vgg-weights")):
         if path is not None:
             check_input_file(path, option)
@@ -139,7 +139,9 @@ def evaluate(
         check_input_file(checkpoint, "--checkpoint", (CHECKPOINT_SUFFIX,))
     if model is not None:
         check_input_file(model, "--model", (ONNX_SUFFIX, *ENGINE_SUFFIXES))
-    check_output_dir(output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], EVALUATION_FILES)
+    check_output_dir(
+        output, "--output", [(Path(data), "--data")] if Path(data).is_dir() else [], files=EVALUATION_FILES
+    )
     report = run_evaluation(options)
     for why in report.skipped.values():
         typer.echo(f"skipped {why}")
