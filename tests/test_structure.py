@@ -5,6 +5,8 @@
   understood apart).
   Imports under ``if TYPE_CHECKING:`` run never and are not counted.
 - No function longer than 80 lines.
+- No function with more than three positional parameters (self/cls not counted): the rest are
+  keyword-only. Typer commands (``@app.command``) are exempt: their parameters are CLI options.
 - The runtime imports neither torch nor cv2 at module level (services embed it without them).
 """
 
@@ -312,3 +314,54 @@ def test_cli_choices_are_the_vocabulary():
             checked += 1
     assert checked >= len(CLI_VOCABULARY), sorted(choices)
     assert set(choices[("import-checkpoint", "--format")]) == {"auto", *words["IMPORT_FORMATS"]}
+
+
+# Keyword-only arguments past the third: a call `f(a, b, c, d)` cannot say which is which, and a later
+# parameter added in between would silently shift the rest (issue 23). Typer commands are exempt: their
+# parameters are CLI options, which typer always passes by name.
+MAX_POSITIONAL = 3
+
+
+def is_cli_command(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Decorated with ``@app.command`` or ``@app.command(...)``."""
+    for decorator in node.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if isinstance(target, ast.Attribute) and target.attr == "command" and ast.unparse(target.value) == "app":
+            return True
+    return False
+
+
+def too_many_positional(source: str, where: str, limit: int = MAX_POSITIONAL) -> list[str]:
+    """Functions in ``source`` with more than ``limit`` positional parameters (self/cls not counted)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not is_cli_command(node):
+            names = [a.arg for a in node.args.posonlyargs + node.args.args]
+            if names[:1] in (["self"], ["cls"]):
+                names = names[1:]
+            if len(names) > limit:
+                found.append(f"{where}.{node.name} line {node.lineno}: {', '.join(names)}")
+    return sorted(found)
+
+
+def test_keyword_only_past_the_third_parameter():
+    found = [f for name, path in modules().items() for f in too_many_positional(path.read_text(), name)]
+    assert found == [], "put `*` after the third parameter:\n" + "\n".join(found)
+
+
+def test_the_keyword_only_check_can_fail():
+    source = (
+        "class A:\n"
+        "    def ok(self, a, b, c, *, d): ...\n"
+        "    def bad(self, a, b, c, d): ...\n"
+        "@app.command()\n"
+        "def cmd(a, b, c, d): ...\n"
+        "@other.command\n"
+        "def not_cli(a, b, c, d): ...\n"
+        "def worse(a, b, /, c, d=1, *args): ...\n"
+    )
+    assert too_many_positional(source, "m") == [
+        "m.bad line 3: a, b, c, d",
+        "m.not_cli line 7: a, b, c, d",
+        "m.worse line 8: a, b, c, d",
+    ]
