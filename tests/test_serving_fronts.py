@@ -26,7 +26,7 @@ from helpers.serving import (
 )
 
 from pconv_deploy.contract import IMAGE, MASK
-from pconv_deploy.serving.fronts import ADMITTED_PER_SLOT, BODY_FLOOR_SECONDS, MIN_BODY_RATE
+from pconv_deploy.serving.fronts import ADMIT_SECONDS, ADMITTED_PER_SLOT, BODY_FLOOR_SECONDS, MIN_BODY_RATE
 
 MULTIPLE = 32  # the small test model's pconv.multiple
 BIG = 2**63
@@ -234,6 +234,32 @@ def test_a_trickler_below_the_minimum_rate_gets_408_in_time(attacked):
     assert_one_line_refusal(status, body, "request body too slow")
     assert status == 408 and headers.get("Connection") == "close", (status, headers)
     assert deadline - 0.5 < took < deadline + 3, took
+    assert_still_serving(server, local)
+
+
+def test_busy_503_when_every_admission_is_taken(attacked):
+    """Clients that keep up with MIN_BODY_RATE keep their admissions (bounded: 2 x inflight bodies); one more
+    request waits ADMIT_SECONDS, then gets a one-line 503 and its connection closed, rather than queueing."""
+    server, local = attacked
+    rate = 2 * MIN_BODY_RATE  # 1 MB each half second: kept up with, never cut
+    senders = [
+        Trickler(server.http, length=60_000_000, every=0.5, chunk=rate // 2, seconds=ADMIT_SECONDS + 8)
+        for _ in range(INFLIGHT * ADMITTED_PER_SLOT)
+    ]
+    try:
+        time.sleep(0.5)
+        image, mask = good_batch(4)
+        start = time.monotonic()
+        status, body, headers = post(server.http, *binary_request(image, mask), timeout=30)
+        took = time.monotonic() - start
+        assert all(s.answered_at is None for s in senders), "a sender was cut while it kept up"
+    finally:
+        for s in senders:
+            s.close()
+    message = json.loads(body)["error"]
+    assert status == 503 and "busy" in message and len(message.splitlines()) == 1, (status, body[:300])
+    assert headers.get("Connection") == "close", headers
+    assert ADMIT_SECONDS - 0.5 < took < ADMIT_SECONDS + 3, took
     assert_still_serving(server, local)
 
 

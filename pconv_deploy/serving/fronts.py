@@ -191,6 +191,8 @@ class HttpFront:
             due = start + min(BODY_FLOOR_SECONDS + len(body) / MIN_BODY_RATE, BODY_SECONDS)
             try:
                 chunk = await asyncio.wait_for(request.content.readany(), max(due - self.loop.time(), 0.0))
+            except ConnectionError:  # the client went away: nobody reads the answer, the server log stays quiet
+                raise BadRequest("the client closed the connection while sending the body") from None
             except asyncio.TimeoutError:
                 raise TooSlow(
                     f"request body too slow: {len(body)} of {length} bytes in {self.loop.time() - start:.1f} s "

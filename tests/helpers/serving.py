@@ -169,15 +169,15 @@ def post(
 
 
 class Trickler:
-    """A slowloris: the headers of an infer request declaring ``length`` bytes, then one byte each ``every`` s.
+    """A slowloris: the headers of an infer request declaring ``length`` bytes, then ``chunk`` bytes each ``every`` s.
 
     It stops trickling when the server answers or closes, or after ``seconds`` (bounded), and keeps the answer."""
 
-    def __init__(self, port: int, length: int, every: float = 0.2, seconds: float = 30) -> None:
+    def __init__(self, port: int, length: int, every: float = 0.2, seconds: float = 30, chunk: int = 1) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=seconds + 5)
         head = f"POST /v2/models/pconv/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n"
         self.sock.sendall(f"{head}Content-Type: application/json\r\n\r\n{{".encode())
-        self.every, self.left = every, min(length - 1, int(seconds / every))
+        self.every, self.chunk, self.left = every, b" " * chunk, min((length - 1) // chunk, int(seconds / every))
         self.answer = b""
         self.answered_at: float | None = None
         self.stopped = threading.Event()
@@ -190,7 +190,7 @@ class Trickler:
             for _ in range(self.left):
                 if select.select([self.sock], [], [], self.every)[0] or self.stopped.is_set():
                     break  # the server answered (or closed), or the test is done
-                self.sock.sendall(b" ")
+                self.sock.sendall(self.chunk)
             self.sock.settimeout(15)
             while not self.complete() and (chunk := self.sock.recv(65536)):
                 self.answer += chunk
