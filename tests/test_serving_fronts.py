@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 
 import numpy as np
@@ -26,6 +27,7 @@ from helpers.serving import (
 )
 
 from pconv_deploy.contract import IMAGE, MASK
+from pconv_deploy.serving.checks import Limits
 from pconv_deploy.serving.fronts import ADMIT_SECONDS, ADMITTED_PER_SLOT, BODY_FLOOR_SECONDS, MIN_BODY_RATE
 
 MULTIPLE = 32  # the small test model's pconv.multiple
@@ -298,3 +300,48 @@ def test_grpc_health_answers_while_inference_fills_the_server(attacked):
     finally:
         channel.close()
     assert_still_serving(server, local)
+
+
+def test_grpc_calls_whose_message_does_not_come_are_cut(serve_env, small_onnx, tmp_path):
+    """gRPC says how long a message is only once it came: a call that sends none holds its admission for the
+    HTTP deadline of the largest message allowed (small here: --max-pixels 65536), then is cancelled."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    pixels = 65536
+    max_body = Limits(multiple=MULTIPLE, max_batch=4, max_pixels=pixels).max_body_bytes
+    deadline = BODY_FLOOR_SECONDS + max_body / MIN_BODY_RATE
+    image, mask = good_batch(6)
+    good = service_pb2.ModelInferRequest(model_name="pconv", raw_input_contents=[image.tobytes(), mask.tobytes()])
+    for name, array in ((IMAGE, image), (MASK, mask)):
+        good.inputs.add(name=name, datatype="FP32", shape=array.shape)
+    done = threading.Event()
+
+    def no_message():
+        done.wait(60)  # the client sends nothing until the test ends
+        yield from ()
+
+    with serving(small_onnx, tmp_path, 1, "--max-pixels", str(pixels)) as (server,):
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc}")
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            silent = channel.stream_unary("/inference.GRPCInferenceService/ModelInfer")
+            held = [silent.future(no_message(), timeout=60) for _ in range(INFLIGHT * ADMITTED_PER_SLOT)]
+            start = time.monotonic()
+            time.sleep(0.5)
+            with pytest.raises(grpc.RpcError) as raised:  # every admission is held
+                stub.ModelInfer(good, timeout=10)
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, raised.value
+            for call in held:
+                assert call.exception(timeout=max(deadline + 5 - (time.monotonic() - start), 0.1)) is not None
+                assert call.code() == grpc.StatusCode.CANCELLED, call.exception()
+            assert deadline - 0.5 < time.monotonic() - start < deadline + 5
+            assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
+            out = np.frombuffer(stub.ModelInfer(good, timeout=60).raw_output_contents[0], "<f4")
+            from pconv_deploy.runtime.backends import load_backend
+
+            local = load_backend(small_onnx, "auto")
+            np.testing.assert_allclose(out.reshape(image.shape), local.run(image, mask), atol=1e-4)
+        finally:
+            done.set()
+            channel.close()

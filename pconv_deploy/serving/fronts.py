@@ -14,8 +14,9 @@ waiting for a slot, or at the model), each at most ``Limits.max_body_bytes``: th
 can make the server hold. HTTP: a request waits at most ``ADMIT_SECONDS`` to be admitted (then 503), and
 its body is read before it takes an inference slot, at ``MIN_BODY_RATE`` at least after a lag of
 ``BODY_FLOOR_SECONDS`` and within ``BODY_SECONDS`` (else 408, connection closed). gRPC: an inference call
-is admitted at once or refused (RESOURCE_EXHAUSTED), and health, readiness and metadata calls have
-threads of their own, so a busy server still answers its health checks.
+is admitted at once or refused (RESOURCE_EXHAUSTED), cancelled if its message is not in by the HTTP
+deadline of the largest one allowed, and health, readiness and metadata calls have threads of their
+own, so a busy server still answers its health checks.
 """
 
 from __future__ import annotations
@@ -295,6 +296,8 @@ class GrpcFront:
         self.server = None
         self.admitted = threading.BoundedSemaphore(inflight * ADMITTED_PER_SLOT)  # ModelInfer calls in this front
         self.gate = threading.BoundedSemaphore(inflight)  # ModelInfer calls at the model
+        # gRPC does not say how long a message is before it has come: the HTTP rule for the largest one allowed
+        self.message_seconds = min(BODY_FLOOR_SECONDS + limits.max_body_bytes / MIN_BODY_RATE, BODY_SECONDS)
 
     def start(self, host: str, port: int) -> None:
         import grpc
@@ -337,10 +340,14 @@ class GrpcFront:
             busy = f"busy: {self.inflight * ADMITTED_PER_SLOT} inference calls are already in this server; try again"
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
         try:
+            cut = threading.Timer(self.message_seconds, context.cancel)  # a message trickling in holds its admission
+            cut.start()
             try:
                 request = next(requests)
             except (StopIteration, grpc.RpcError):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no ModelInferRequest message arrived")
+            finally:
+                cut.cancel()
             with self.gate:
                 return self.call("ModelInfer", request, context)
         finally:
