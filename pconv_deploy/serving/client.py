@@ -5,8 +5,11 @@ batch to one server and returns its ``inpainted`` tensor, so the Inpainter and t
 run unchanged on top of it. Several threads may call ``run`` at once: each request goes to the
 server with the fewest requests in flight; a request that fails is retried on the next server,
 and a failing server rests for a while (doubling, up to a limit) before it gets traffic again.
-When a request has failed on every server, :class:`ServersUnavailable` (one line naming each server
-and its error) stops the job: nothing more is sent, nothing half-written is left.
+A server that answers busy (full: every admission taken, by this job or by other clients) is healthy:
+it neither rests nor counts as failed, and while every server that did not fail answered busy the
+batch waits (backing off) and tries them all again, for ``BUSY_SECONDS`` at most.
+When a request has failed on every server (or found them busy for that long), :class:`ServersUnavailable`
+(one line naming each server and its error) stops the job: nothing more is sent, nothing half-written is left.
 
 The model contract comes from the server: input/output names, dtypes and dims are checked against
 the model config, and ``pconv.multiple`` and the other ``pconv.*`` metadata are read from its
@@ -38,6 +41,16 @@ SCHEMES = ("http", "grpc")
 REQUEST_SECONDS = 300.0
 REST_SECONDS = (1.0, 30.0)  # a failed server rests this long first, doubling per failure up to the second value
 WAIT_POLL_SECONDS = 0.5
+# A busy server frees an admission when one of its requests ends (soon, for small batches; minutes for big ones
+# on a CPU): the batch tries again after BUSY_PAUSE_SECONDS[0], doubling up to [1] (few retries while it stays
+# full, none that waits long once it is not), and gives up after BUSY_SECONDS, as long as one request may take.
+BUSY_PAUSE_SECONDS = (0.25, 4.0)
+BUSY_SECONDS = REQUEST_SECONDS
+# How a full server refuses: pconv serve's HTTP 503 "busy: ...", its gRPC RESOURCE_EXHAUSTED "busy: ...", and
+# grpc's own "Concurrent RPC limit exceeded" (tritonserver, or a front past its queue). Not every 503 or
+# RESOURCE_EXHAUSTED is busy: "not ready", a model server that did not answer, a message over the size limit.
+BUSY_GRPC_STATUS = "StatusCode.RESOURCE_EXHAUSTED"
+BUSY_MESSAGES = re.compile(r"busy\b|.*Concurrent RPC limit exceeded", re.IGNORECASE)
 
 
 class ServersUnavailable(JobStopped):
@@ -67,6 +80,15 @@ def error_line(e: BaseException) -> str:
         if re.match(r"[\w.]+(Error|Exception): ", line) and "Traceback" not in line:
             return line
     return f"{type(e).__name__}: {first_line(e)}"
+
+
+def is_busy(e: BaseException) -> bool:
+    """Whether a request was refused only because the server is full (it is up, and will take it later)."""
+    from tritonclient.utils import InferenceServerException
+
+    if not isinstance(e, InferenceServerException) or e.status() not in ("503", BUSY_GRPC_STATUS):
+        return False
+    return BUSY_MESSAGES.match(e.message() or "") is not None
 
 
 @dataclass(frozen=True)
@@ -284,21 +306,40 @@ class TritonBackend:
 
     # -- the backend interface ---------------------------------------------------------------------------------
     def run(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Run one padded batch on the least busy server, retrying on the others; thread-safe."""
+        """Run one padded batch on the least busy server, retrying on the others; thread-safe. While every server
+        that did not fail answered busy, wait (backing off) and try again, for ``BUSY_SECONDS`` at most."""
         image = np.ascontiguousarray(image, dtype=np.float32)
         mask = np.ascontiguousarray(mask, dtype=np.float32)
         if image.shape[2] % self.multiple or image.shape[3] % self.multiple:
             raise PConvError(f"batch {list(image.shape)}: H and W must be multiples of {self.multiple}")
+        deadline, pause = time.monotonic() + BUSY_SECONDS, BUSY_PAUSE_SECONDS[0]
+        for _ in range(int(BUSY_SECONDS / BUSY_PAUSE_SECONDS[0]) + 2):  # bounded; the deadline normally ends it
+            out, busy = self.attempt(image, mask)
+            if out is not None:
+                return out
+            left = deadline - time.monotonic()
+            if not busy or left <= 0:
+                break
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, BUSY_PAUSE_SECONDS[1])
+        what = f"found the servers busy for {BUSY_SECONDS:g} s" if busy else "failed on every server"
+        raise ServersUnavailable(self.all_failed_message(f"a batch {list(image.shape)} {what}"))
+
+    def attempt(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray | None, bool]:
+        """The batch on each server in turn until one answers: (its output, or None and whether one was busy)."""
         tried: set[int] = set()
+        busy = False
         while (server := self.pick(tried)) is not None:
             try:
                 out = self.request(server, image, mask)
-            except Exception as e:  # down, overloaded, broken or a different model: the next server gets the batch
-                self.release(server, error_line(e))
+            except Exception as e:  # down, broken, a different model, or busy: the next server gets the batch
+                refused = is_busy(e)
+                busy = busy or refused
+                self.release(server, error_line(e), busy=refused)
                 continue
             self.release(server, None)
-            return out
-        raise ServersUnavailable(self.all_failed_message(f"a batch {list(image.shape)} failed on every server"))
+            return out, False
+        return None, busy
 
     def pick(self, tried: set[int]) -> Server | None:
         """The server for the next attempt: not tried yet for this batch, awake before resting, fewest in flight."""
@@ -317,11 +358,13 @@ class TritonBackend:
             server.inflight += 1
             return server
 
-    def release(self, server: Server, error: str | None) -> None:
+    def release(self, server: Server, error: str | None, *, busy: bool = False) -> None:
+        """A request ended: ``error`` rests the server, unless it was only ``busy`` (up and answering, just full)."""
         with self.lock:
             server.inflight -= 1
-            if error is None:
+            if error is None or busy:
                 server.failures, server.resting_until = 0, 0.0
+                server.last_error = error or server.last_error
             else:
                 server.rest(error)
 
