@@ -244,7 +244,8 @@ class HttpFront:
         )
         app = web.Application(client_max_size=self.limits.max_body_bytes)
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
+        # Compressed bodies are refused (415) unread: aiohttp must not try to decode them while it drains them.
+        self.runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await self.runner.setup()
         await web.TCPSite(self.runner, host, port, reuse_address=True).start()
 
