@@ -64,6 +64,22 @@ OUTPUT_FORMATS = ("png", "jpg", "webp", "same")  # what `pconv infer` writes ("s
 IMPORT_FORMATS = ("xiefan-guo", "naoto0804", "mmagic", "state-dict")  # checkpoints import-checkpoint reads
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # image files a folder job reads
 
+# The defaults of `pconv infer`'s settings (and the app's), spelled once: the options objects of the API
+# and the CLI flags both read them here (this module imports nothing heavy, so `pconv --help` stays fast).
+DEFAULT_BATCH_SIZE = 4  # tiles of equal padded size per backend call
+DEFAULT_STRATEGY = STRATEGIES[0]  # crop
+DEFAULT_MAX_SIDE = 1024  # the longest side the network sees (crop and resize)
+# Context pixels around each hole for crop: 64 px filled held-out 6-20 MP photos as well as 128 px and as
+# the whole image (hole L1 within 0.03-0.05 of full's; scripts/crop_context.py) for two thirds of the
+# pixels; the quarter-of-the-long-side rule (runtime/windows.py) gives large holes more.
+CROP_MARGIN = 64
+DEFAULT_WORKERS = 2  # decode and write threads of the folder job
+DEFAULT_MAX_PIXELS = 60_000_000  # an image is refused past this, checked on its header (decompression bombs)
+DEFAULT_QUALITY = 95  # JPEG / WebP
+DEFAULT_PNG_LEVEL = 2  # zlib level: ~3x faster than 6, files ~10 % larger
+DEFAULT_MODEL_NAME = "pconv"  # the model's name on a Triton server (`pconv serve`, `triton-repo`, `--server-model`)
+DEFAULT_SERVER_WAIT = 60.0  # seconds `pconv infer --server` waits for a server's model to be ready
+
 # The largest hole-to-image ratio the models are trained and evaluated on: the top of the paper's largest
 # bin (50-60 %). `pconv infer` warns past it: such a mask is more often one saved with the inverse convention.
 TRAINED_HOLE_RATIO = 0.6

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pconv_deploy.contract import DEFAULT_MODEL_NAME, DEFAULT_SERVER_WAIT
 from pconv_deploy.errors import UsageError
 from pconv_deploy.runtime.backends import Backend, load_backend
 from pconv_deploy.runtime.inpainter import Inpainter, InpaintOptions
@@ -42,8 +43,8 @@ class InferOptions:
     threads: int | None = None
     precision: str = "auto"  # what OpenVINO computes in (INFERENCE_PRECISIONS)
     servers: tuple[str, ...] = ()
-    server_model: str = "pconv"
-    server_wait: float = 60.0
+    server_model: str = DEFAULT_MODEL_NAME
+    server_wait: float = DEFAULT_SERVER_WAIT
     inpaint: InpaintOptions | None = None  # None: the defaults, inflight as above (set in __post_init__)
 
     def __post_init__(self) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pconv_deploy.contract import DEFAULT_MODEL_NAME
 from pconv_deploy.errors import PConvError
 from pconv_deploy.runtime import Inpainter, InpaintOptions, load_backend
 from pconv_deploy.runtime.images import DEFAULT_MAX_PIXELS, Picture
@@ -32,7 +33,7 @@ class AppOptions:
 
     models: tuple[Path, ...] = ()
     servers: tuple[str, ...] = ()
-    server_model: str = "pconv"
+    server_model: str = DEFAULT_MODEL_NAME
     host: str = "127.0.0.1"
     port: int = 8765
     backend: str = "auto"

@@ -18,6 +18,18 @@ from pconv_deploy.cli.base import (
     bundled_checkpoint,
     exit_with_error,
 )
+from pconv_deploy.contract import (
+    CROP_MARGIN,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_PNG_LEVEL,
+    DEFAULT_QUALITY,
+    DEFAULT_SERVER_WAIT,
+    DEFAULT_STRATEGY,
+    DEFAULT_WORKERS,
+)
 from pconv_deploy.paths import check_folder_job, check_input_file
 
 if TYPE_CHECKING:
@@ -44,32 +56,32 @@ def infer(
     output: Annotated[Path, typer.Option(help="Folder for OUTPUT/<stem>.<format> (same size as the input).")],
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     backend: Annotated[InferBackend, typer.Option(help=BACKEND_HELP)] = InferBackend["auto"],
-    batch_size: Annotated[int, typer.Option(min=1, help="Images (tiles) of equal padded size per run.")] = 4,
+    batch_size: Annotated[int, typer.Option(min=1, help="Tiles of equal padded size per run.")] = DEFAULT_BATCH_SIZE,
     mask_convention: Annotated[
         MaskConvention, typer.Option(help="hole-white: white (>= 128) marks the hole; hole-black: the inverse.")
     ] = MaskConvention["hole-white"],
-    strategy: Annotated[Strategy, typer.Option(help=STRATEGY_HELP)] = Strategy["crop"],
-    max_side: Annotated[int, typer.Option(min=32, help="Longest side the network sees (crop and resize).")] = 1024,
+    strategy: Annotated[Strategy, typer.Option(help=STRATEGY_HELP)] = Strategy[DEFAULT_STRATEGY],
+    max_side: Annotated[int, typer.Option(min=32, help="Longest side the network sees (not full).")] = DEFAULT_MAX_SIDE,
     margin: Annotated[
         int, typer.Option(min=0, help="crop: context px around each hole (at least a quarter of its long side).")
-    ] = 64,
-    workers: Annotated[int, typer.Option(min=1, help="Threads for decoding and for writing.")] = 2,
+    ] = CROP_MARGIN,
+    workers: Annotated[int, typer.Option(min=1, help="Threads for decoding and for writing.")] = DEFAULT_WORKERS,
     overwrite: Annotated[bool, typer.Option(help="Redo images whose output exists (default: skip them).")] = False,
     report: Annotated[Path | None, typer.Option(help="Write a JSON report with every file's status.")] = None,
-    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this.")] = 60_000_000,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images of more pixels.")] = DEFAULT_MAX_PIXELS,
     server: Annotated[
         list[str] | None, typer.Option(metavar="URL", help="Triton http://HOST:PORT or grpc://HOST:PORT; repeatable.")
     ] = None,
-    server_model: Annotated[str, typer.Option(help="Model name on the --server(s).")] = "pconv",
-    server_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the --server model.")] = 60.0,
+    server_model: Annotated[str, typer.Option(help="Model name on the --server(s).")] = DEFAULT_MODEL_NAME,
+    server_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the model.")] = DEFAULT_SERVER_WAIT,
     inflight: Annotated[int | None, typer.Option(min=1, help="Batches at once [default: 1, 2 per --server].")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (cuda: that GPU or an error).")] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="CPU engine threads [default: all cores].")] = None,
     inference_precision: Annotated[InferencePrecision, typer.Option(help=PRECISION_HELP)] = InferencePrecision["auto"],
     memory_limit: Annotated[str | None, typer.Option(help="Memory for the run, e.g. 6GiB [default: 80% free].")] = None,
     output_format: Annotated[OutputFormat, typer.Option(help=OUTPUT_FORMAT_HELP)] = OutputFormat["png"],
-    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG / WebP quality (100: lossless WebP).")] = 95,
-    png_level: Annotated[int, typer.Option(min=0, max=9, help="PNG zlib level (2: ~3x faster than 6).")] = 2,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG, WebP quality (100: lossless).")] = DEFAULT_QUALITY,
+    png_level: Annotated[int, typer.Option(min=0, max=9, help="PNG zlib level (2 fast, 9 small).")] = DEFAULT_PNG_LEVEL,
 ) -> None:
     """Inpaint a folder of images (or one image).
 

@@ -14,6 +14,11 @@ from pconv_deploy.cli.base import (
     bundled_checkpoint,
 )
 from pconv_deploy.contract import (
+    CROP_MARGIN,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_STRATEGY,
     ENGINE_SUFFIXES,
     ONNX_SUFFIX,
 )
@@ -119,19 +124,19 @@ def app_command(
         list[str] | None,
         typer.Option(metavar="URL", help="Triton http://HOST:PORT or grpc://HOST:PORT (one more model); repeatable."),
     ] = None,
-    server_model: Annotated[str, typer.Option(help="Model name on the --server(s).")] = "pconv",
+    server_model: Annotated[str, typer.Option(help="Model name on the --server(s).")] = DEFAULT_MODEL_NAME,
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes the app.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one, printed).")] = 8765,
     backend: Annotated[InferBackend, typer.Option(help="As for `pconv infer`.")] = InferBackend["auto"],
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime CPU threads [default: all cores].")] = None,
     strategy: Annotated[Strategy, typer.Option(help="As for `pconv infer`: crop keeps big photos fast.")] = (
-        Strategy["crop"]
+        Strategy[DEFAULT_STRATEGY]
     ),
-    max_side: Annotated[int, typer.Option(min=32, help="Longest side the network sees (crop and resize).")] = 1024,
-    margin: Annotated[int, typer.Option(min=0, help="crop: context px around each hole.")] = 64,
+    max_side: Annotated[int, typer.Option(min=32, help="Longest side the network sees (not full).")] = DEFAULT_MAX_SIDE,
+    margin: Annotated[int, typer.Option(min=0, help="crop: context px around each hole.")] = CROP_MARGIN,
     memory_limit: Annotated[str | None, typer.Option(help="Memory for the app, e.g. 6GiB [default: 80% free].")] = None,
-    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse photos with more pixels than this.")] = 60_000_000,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse photos of more pixels.")] = DEFAULT_MAX_PIXELS,
     max_upload: Annotated[str, typer.Option(help="Largest request body (photo + mask), e.g. 128MiB.")] = "128MiB",
 ) -> None:
     """Try models on your own photos in the browser.

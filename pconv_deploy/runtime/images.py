@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pconv_deploy.contract import IMAGE_SUFFIXES, MASK_CONVENTIONS
+from pconv_deploy.contract import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, MASK_CONVENTIONS
 from pconv_deploy.errors import PConvError
 
 FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "TIFF"}
-DEFAULT_MAX_PIXELS = 60_000_000
 
 
 class InputError(PConvError):

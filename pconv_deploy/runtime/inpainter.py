@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from pconv_deploy.contract import STRATEGIES
+from pconv_deploy.contract import CROP_MARGIN, DEFAULT_BATCH_SIZE, DEFAULT_MAX_SIDE, DEFAULT_STRATEGY, STRATEGIES
 from pconv_deploy.errors import PConvError, UsageError
 from pconv_deploy.runtime.backends import Backend, load_backend
 from pconv_deploy.runtime.batching import ShapeBatcher
@@ -41,7 +41,6 @@ from pconv_deploy.runtime.memory import (
     inference_budget,
 )
 from pconv_deploy.runtime.tiles import (
-    CROP_MARGIN,
     Job,
     Tile,
     align_window,
@@ -71,9 +70,9 @@ class InpaintOptions:
     ``memory_limit``: bytes for the whole process ("auto": from MemAvailable; None: no limit).
     """
 
-    batch_size: int = 4
-    strategy: str = "crop"
-    max_side: int = 1024
+    batch_size: int = DEFAULT_BATCH_SIZE
+    strategy: str = DEFAULT_STRATEGY
+    max_side: int = DEFAULT_MAX_SIDE
     margin: int = CROP_MARGIN
     inflight: int = 1
     memory_limit: int | None | Literal["auto"] = "auto"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pconv_deploy.contract import OUTPUT_FORMATS
+from pconv_deploy.contract import DEFAULT_PNG_LEVEL, DEFAULT_QUALITY, OUTPUT_FORMATS
 from pconv_deploy.errors import PConvError
 from pconv_deploy.files import atomic_write
 
@@ -36,8 +36,6 @@ SUFFIX_FORMATS = {
 }
 FORMAT_SUFFIXES = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
 ICC_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")
-DEFAULT_PNG_LEVEL = 2
-DEFAULT_QUALITY = 95
 
 
 @dataclass(frozen=True)

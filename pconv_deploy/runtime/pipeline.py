@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pconv_deploy.contract import MASK_CONVENTIONS, TRAINED_HOLE_RATIO
+from pconv_deploy.contract import DEFAULT_MAX_PIXELS, DEFAULT_WORKERS, MASK_CONVENTIONS, TRAINED_HOLE_RATIO
 from pconv_deploy.errors import JobStopped, PConvError, UsageError, first_line
 from pconv_deploy.files import clean_stale_temps, write_text_atomic
 from pconv_deploy.progress import ProgressBar
 from pconv_deploy.runtime.batching import Batch
-from pconv_deploy.runtime.images import DEFAULT_MAX_PIXELS, InputError, Picture, read_image, read_mask
+from pconv_deploy.runtime.images import InputError, Picture, read_image, read_mask
 from pconv_deploy.runtime.inpainter import Inpainter, Job
 from pconv_deploy.runtime.inputs import FileResult, orphan_masks, pair_files, visible_files
 from pconv_deploy.runtime.memory import peak_rss
@@ -99,7 +99,7 @@ class FolderOptions:
     masks: Path
     output: Path
     mask_convention: str = "hole-white"
-    workers: int = 2
+    workers: int = DEFAULT_WORKERS
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     encoding: OutputSettings = OutputSettings()

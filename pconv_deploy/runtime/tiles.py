@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pconv_deploy.contract import CROP_MARGIN
 from pconv_deploy.runtime.windows import (
-    CROP_MARGIN,
     Box,
     Components,
     align_window,

@@ -15,10 +15,6 @@ import numpy as np
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
 Runs = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows, starts, ends (exclusive) of runs of hole pixels
-# Context around each hole for crop. 64 px filled held-out 6-20 MP photos as well as 128 px and as
-# the whole image (hole L1 within 0.03-0.05 of full's; scripts/crop_context.py, README Inference) for
-# two thirds of the pixels; the quarter-of-the-long-side rule gives large holes more.
-CROP_MARGIN = 64
 MAX_PAIRWISE = 64  # more holes than this are first joined by overlapping context (union_of_boxes), not split
 MAX_PIECES = 256  # more pieces than this: the holes are planned whole (pairwise joining is quadratic)
 

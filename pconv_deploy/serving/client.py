@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from pconv_deploy.contract import CHANNELS, IMAGE, INPUT_NAMES, MASK, METADATA_KEYS, OUTPUT
+from pconv_deploy.contract import CHANNELS, DEFAULT_MODEL_NAME, IMAGE, INPUT_NAMES, MASK, METADATA_KEYS, OUTPUT
 from pconv_deploy.errors import JobStopped, PConvError, first_line
 from pconv_deploy.serving.options import DEFAULT_PORTS
 
@@ -154,7 +154,7 @@ class TritonBackend:
     def __init__(
         self,
         urls: Sequence[str],
-        model_name: str = "pconv",
+        model_name: str = DEFAULT_MODEL_NAME,
         *,
         timeout: float = REQUEST_SECONDS,
         wait: float = 0.0,

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pconv_deploy.contract import ENGINE_SUFFIXES, ONNX_SUFFIX
+from pconv_deploy.contract import DEFAULT_MODEL_NAME, ENGINE_SUFFIXES, ONNX_SUFFIX
 from pconv_deploy.errors import PConvError
 
 SAFE_NAME = r"[A-Za-z0-9_.-]+"  # model names and parameter keys: nothing to escape in a config, a path or a URL
@@ -73,7 +73,7 @@ class ServeOptions:
     """What `pconv serve` runs: the model, where it listens, how it batches, what one request may hold."""
 
     model: Path
-    name: str = "pconv"
+    name: str = DEFAULT_MODEL_NAME
     host: str = "127.0.0.1"
     http_port: int = DEFAULT_PORTS["http"]
     grpc_port: int = DEFAULT_PORTS["grpc"]
@@ -128,7 +128,7 @@ class RepositoryOptions:
 
     model: Path
     repo: Path
-    name: str = "pconv"
+    name: str = DEFAULT_MODEL_NAME
     version: int = 1
     max_batch_size: int = 8
     instances: int = 1
