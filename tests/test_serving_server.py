@@ -459,3 +459,19 @@ def test_a_dead_model_stub_ends_the_server_with_one_line(serve_env, small_onnx, 
         "error: the model stopped answering (Stub process 'pconv_0_0' is not healthy.); "
         "exiting so that it can be restarted"
     ], log[-2000:]
+
+
+def test_tritonserver_never_gets_a_public_port():
+    """The public fronts bind only after the warm-up; meanwhile the system may offer one of their ports as free
+    (a test run saw tritonserver take the public HTTP port and the front fail to listen)."""
+    from pconv_deploy.errors import PConvError
+    from pconv_deploy.serving.upstream import PORT_ATTEMPTS, private_ports
+
+    handed_out: set[int] = set()
+    for _ in range(20):  # ports handed out and closed are free again: they must never come back
+        ports = private_ports(2, public=handed_out)
+        assert len(set(ports)) == 2 and not set(ports) & handed_out, (ports, len(handed_out))
+        handed_out |= set(ports)
+    with pytest.raises(PConvError, match="no free loopback ports for tritonserver") as raised:
+        private_ports(1, public=range(1, 65536))  # every port is public: refused, never one of them
+    assert len(str(raised.value).splitlines()) == 1 and PORT_ATTEMPTS >= 10

@@ -157,7 +157,7 @@ def serve(options: ServeOptions, announce: Callable[[str], None] = print) -> Non
     filter_tritonserver_log()
     from pytriton.triton import Triton
 
-    http_port, grpc_port = private_ports(2)
+    http_port, grpc_port = private_ports(2, public=(options.http_port, options.grpc_port, options.metrics_port))
     triton = Triton(config=triton_config(options, http_port, grpc_port), workspace=fresh_workspace())
     limits = Limits(multiple=backend.multiple, max_batch=options.max_batch_size, max_pixels=options.max_pixels)
     readiness = Readiness(f"{LOOPBACK}:{http_port}", options.name)

@@ -10,6 +10,7 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Collection
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from pconv_deploy.errors import PConvError
 from pconv_deploy.serving.fronts import one_line
 
 LOOPBACK = "127.0.0.1"
+PORT_ATTEMPTS = 100  # draws of free ports before giving up (a draw hits a public port about once in 10^4)
 LOG_TAIL_CHARS = 64 * 1024  # what PyTriton keeps of tritonserver's log (it kept all of it, forever)
 # Lines a healthy tritonserver prints on a machine without a CUDA driver; hidden, and said once in plain words.
 NO_CUDA = re.compile(r"Unable to allocate pinned system memory|CudaDriverHelper has not been initialized")
@@ -26,16 +28,24 @@ HARMLESS = re.compile(r"Failed to set config modification time: model_config_con
 NO_CUDA_LINE = "pconv serve: no CUDA driver: tritonserver runs on the CPU (its CUDA / pinned-memory warnings hidden)"
 
 
-def private_ports(count: int) -> list[int]:
-    """Free loopback ports for tritonserver itself (never the public ones)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind((LOOPBACK, 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+def private_ports(count: int, *, public: Collection[int]) -> list[int]:
+    """Free loopback ports for tritonserver itself, none of them one of the ``public`` ports.
+
+    The public fronts bind their ports only once the model answers, so until then the system may hand one
+    of them out as a free port: tritonserver would take it and the front could not listen.
+    """
+    for _attempt in range(PORT_ATTEMPTS):
+        sockets = [socket.socket() for _ in range(count)]
+        try:
+            for s in sockets:
+                s.bind((LOOPBACK, 0))
+            ports = [s.getsockname()[1] for s in sockets]
+        finally:
+            for s in sockets:
+                s.close()
+        if not set(ports) & set(public):
+            return ports
+    raise PConvError(f"no free loopback ports for tritonserver outside {sorted(set(public))[:8]}")
 
 
 def filter_tritonserver_log() -> None:

@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import re
 import select
 import signal
@@ -25,14 +26,20 @@ START_SECONDS = 120  # a cold tritonserver start with model load takes 5-15 s he
 
 
 def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """``n`` free loopback ports below the system's ephemeral range, so that no process (a tritonserver of
+    another test server still starting, a client) is handed one of them as a free port meanwhile."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports: list[int] = []
+    for port in random.Random().sample(range(10_000, low), 2000):  # bounded: stops at the first n free ones
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free loopback ports between 10000 and {low}")
 
 
 class Served:
