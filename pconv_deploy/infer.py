@@ -11,7 +11,7 @@ a service or a script builds them itself and gets the same job.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +21,15 @@ from pconv_deploy.runtime.backends import Backend, load_backend
 from pconv_deploy.runtime.inpainter import Inpainter, InpaintOptions
 from pconv_deploy.runtime.pipeline import FolderOptions, Report, run_folder
 
-__all__ = ["FolderOptions", "InferOptions", "InpaintOptions", "infer", "open_backend"]  # every option a run takes
+# Every options object a run takes, and the functions that run it.
+__all__ = ["FolderOptions", "InferOptions", "InpaintOptions", "default_inflight", "infer", "open_backend"]
 
 INFLIGHT_PER_SERVER = 2  # batches in flight per Triton server: one computing while the next one travels
+
+
+def default_inflight(servers: Sequence[str]) -> int:
+    """Backend calls at once: 1 for a local model (it uses every core on one batch), INFLIGHT_PER_SERVER per server."""
+    return INFLIGHT_PER_SERVER * len(servers) if servers else 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,7 +39,7 @@ class InferOptions:
     Exactly one of ``model`` (an .onnx, engine or .safetensors file, opened with ``backend`` on
     ``device``) and ``servers`` (Triton URLs holding ``server_model``, waited for up to
     ``server_wait`` seconds). ``inpaint=None`` means the defaults, with ``inflight`` 1 for a local
-    model and ``INFLIGHT_PER_SERVER`` per server.
+    model and ``INFLIGHT_PER_SERVER`` per server (:func:`default_inflight`).
     """
 
     folder: FolderOptions
@@ -58,8 +64,7 @@ class InferOptions:
         if self.server_wait < 0:
             raise UsageError(f"server_wait must be >= 0 seconds, got {self.server_wait}")
         if self.inpaint is None:
-            inflight = INFLIGHT_PER_SERVER * len(self.servers) if self.servers else 1
-            object.__setattr__(self, "inpaint", InpaintOptions(inflight=inflight))
+            object.__setattr__(self, "inpaint", InpaintOptions(inflight=default_inflight(self.servers)))
 
     @property
     def source(self) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 
 from pconv_deploy.contract import DEFAULT_MODEL_NAME
 from pconv_deploy.errors import PConvError
+from pconv_deploy.infer import default_inflight
 from pconv_deploy.runtime import Inpainter, InpaintOptions, load_backend
 from pconv_deploy.runtime.images import DEFAULT_MAX_PIXELS, Picture
 from pconv_deploy.runtime.outputs import DEFAULT_PNG_LEVEL, encode_png
@@ -107,13 +108,13 @@ class ModelSet:
         for path in options.models:
             name = unique_name(Path(path).name, self.inpainters)
             backend = load_backend(path, options.backend, options.device, on_fallback=announce, threads=options.threads)
-            self.add(name, str(path), backend, inflight=1)
+            self.add(name, str(path), backend, inflight=default_inflight(()))
         if options.servers:
             from pconv_deploy.serving.client import TritonBackend
 
             name = unique_name(f"{options.server_model}@triton", self.inpainters)
             backend = TritonBackend(list(options.servers), options.server_model)
-            self.add(name, " ".join(options.servers), backend, inflight=2 * len(options.servers))
+            self.add(name, " ".join(options.servers), backend, inflight=default_inflight(options.servers))
         if not self.inpainters:
             raise PConvError("no model to serve: give --model FILE or --server URL")
 

@@ -89,7 +89,7 @@ def infer(
     """
     import signal
 
-    from pconv_deploy.infer import INFLIGHT_PER_SERVER, FolderOptions, InferOptions, InpaintOptions, infer
+    from pconv_deploy.infer import FolderOptions, InferOptions, InpaintOptions, default_inflight, infer
     from pconv_deploy.runtime.memory import parse_memory
     from pconv_deploy.runtime.outputs import OutputSettings
 
@@ -110,7 +110,7 @@ def infer(
         strategy=strategy.value,
         max_side=max_side,
         margin=margin,
-        inflight=inflight or (INFLIGHT_PER_SERVER * len(server) if server else 1),
+        inflight=inflight or default_inflight(server or ()),
         memory_limit=parse_memory(memory_limit) if memory_limit else "auto",
     )
     options = InferOptions(
