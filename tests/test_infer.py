@@ -3,20 +3,14 @@
 import hashlib
 import io
 import json
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import skimage.data
+from helpers.cli import infer_args, pconv
 from helpers.images import save, save_mask, strokes
 from PIL import Image
-
-
-def pconv(*args, timeout=300):
-    cmd = [sys.executable, "-m", "pconv_deploy.cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def tree_digest(folder):
@@ -51,21 +45,19 @@ def test_infer_real_photos(photos, small_onnx, small_checkpoint, tmp_path):
     before = tree_digest(photos / "images") | tree_digest(photos / "masks")
     out = tmp_path / "out"
     r = pconv(
-        "infer",
-        "--images",
-        photos / "images",
-        "--masks",
-        photos / "masks",
-        "--output",
-        out,
-        "--model",
-        small_onnx,
-        "--backend",
-        "onnxruntime",
-        "--batch-size",
-        "2",
-        "--report",
-        tmp_path / "r.json",
+        *infer_args(
+            photos / "images",
+            photos / "masks",
+            out,
+            "--model",
+            small_onnx,
+            "--backend",
+            "onnxruntime",
+            "--batch-size",
+            "2",
+            "--report",
+            tmp_path / "r.json",
+        )
     )
     assert r.returncode == 0, r.stderr
     assert "5 inpainted, 0 skipped (output exists), 0 failed" in r.stdout and "onnxruntime-cpu" in r.stdout
@@ -85,17 +77,9 @@ def test_infer_real_photos(photos, small_onnx, small_checkpoint, tmp_path):
     # The torch backend on the checkpoint gives the same pixels (within rounding).
     ref = tmp_path / "ref"
     r = pconv(
-        "infer",
-        "--images",
-        photos / "images" / "chelsea.png",
-        "--masks",
-        photos / "masks",
-        "--output",
-        ref,
-        "--model",
-        small_checkpoint,
-        "--backend",
-        "torch",
+        *infer_args(
+            photos / "images" / "chelsea.png", photos / "masks", ref, "--model", small_checkpoint, "--backend", "torch"
+        )
     )
     assert r.returncode == 0, r.stderr
     a = np.asarray(Image.open(ref / "chelsea.png")).astype(int)
@@ -113,19 +97,19 @@ def test_skip_overwrite_shared_mask_and_inputs_as_output(small_onnx, tmp_path):
     inputs = tree_digest(images)
 
     # --output is the images folder: outputs would become inputs (issue 16): a usage error, nothing written.
-    r = pconv("infer", "--images", images, "--masks", mask, "--output", images, "--model", small_onnx)
+    r = pconv(*infer_args(images, mask, images, "--model", small_onnx))
     assert r.returncode == 2
     assert r.stderr.strip() == f"error: --output {images}: is the same folder as --images {images}; choose another"
     assert tree_digest(images) == inputs
 
     out = tmp_path / "out"
-    r = pconv("infer", "--images", images, "--masks", mask, "--output", out, "--model", small_onnx)
+    r = pconv(*infer_args(images, mask, out, "--model", small_onnx))
     assert r.returncode == 0 and "2 inpainted, 0 skipped" in r.stdout, r.stderr
     first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    r = pconv("infer", "--images", images, "--masks", mask, "--output", out, "--model", small_onnx)
+    r = pconv(*infer_args(images, mask, out, "--model", small_onnx))
     assert r.returncode == 0 and "0 inpainted, 2 skipped" in r.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == first
-    r = pconv("infer", "--images", images, "--masks", mask, "--output", out, "--model", small_onnx, "--overwrite")
+    r = pconv(*infer_args(images, mask, out, "--model", small_onnx, "--overwrite"))
     assert r.returncode == 0 and "2 inpainted, 0 skipped" in r.stdout
     assert all(p.stat().st_mtime_ns != first[p.name] for p in out.iterdir())
 
@@ -164,21 +148,7 @@ def test_bad_inputs_reported_per_file(small_onnx, tmp_path):
     inputs = tree_digest(images) | tree_digest(masks)
 
     report_path = tmp_path / "report.json"
-    r = pconv(
-        "infer",
-        "--images",
-        images,
-        "--masks",
-        masks,
-        "--output",
-        out,
-        "--model",
-        small_onnx,
-        "--max-pixels",
-        500_000,
-        "--report",
-        report_path,
-    )
+    r = pconv(*infer_args(images, masks, out, "--model", small_onnx, "--max-pixels", 500_000, "--report", report_path))
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     report = json.loads(report_path.read_text())
@@ -304,19 +274,7 @@ def test_hole_larger_than_trained_warns_naming_the_convention(small_onnx, tmp_pa
     edge.flat[: int(TRAINED_HOLE_RATIO * edge.size)] = True  # exactly at the trained range: no warning
     save_mask(masks / "edge.png", edge)
     report = tmp_path / "report.json"
-    r = pconv(
-        "infer",
-        "--images",
-        images,
-        "--masks",
-        masks,
-        "--output",
-        tmp_path / "out",
-        "--model",
-        small_onnx,
-        "--report",
-        report,
-    )
+    r = pconv(*infer_args(images, masks, tmp_path / "out", "--model", small_onnx, "--report", report))
     assert r.returncode == 0, r.stderr
     lines = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("warning:")]
     assert len(lines) == 1 and "inverse.png" in lines[0] and f"{1 - hole.mean():.0%} of the image" in lines[0]
@@ -324,19 +282,7 @@ def test_hole_larger_than_trained_warns_naming_the_convention(small_onnx, tmp_pa
     data = json.loads(report.read_text())
     assert data["totals"]["warned"] == 1 and data["totals"]["ok"] == 3
     assert [f["warning"] is not None for f in data["files"]] == [False, True, False]  # edge, inverse, normal
-    r = pconv(
-        "infer",
-        "--images",
-        images,
-        "--masks",
-        masks,
-        "--output",
-        tmp_path / "out2",
-        "--model",
-        small_onnx,
-        "--mask-convention",
-        "hole-black",
-    )
+    r = pconv(*infer_args(images, masks, tmp_path / "out2", "--model", small_onnx, "--mask-convention", "hole-black"))
     lines = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("warning:")]
     assert r.returncode == 0 and len(lines) == 1 and "normal.png" in lines[0]  # edge: 40 % black
     assert "--mask-convention hole-white" in lines[0]
@@ -353,8 +299,10 @@ def test_the_api_writes_what_the_command_writes(photos, small_onnx, tmp_path, mo
     (photos / "masks" / "orphan.png").write_bytes((photos / "masks" / "chelsea.png").read_bytes())
     try:
         flags = ["--model", small_onnx, "--backend", "onnxruntime", "--batch-size", 3, "--margin", 40]
-        args = ["infer", "--images", photos / "images", "--masks", photos / "masks", "--output", tmp_path / "cli"]
-        code, err = run_cli([*map(str, args + flags), "--report", str(tmp_path / "cli.json")], monkeypatch, capsys)
+        args = infer_args(
+            photos / "images", photos / "masks", tmp_path / "cli", *flags, "--report", tmp_path / "cli.json"
+        )
+        code, err = run_cli(args, monkeypatch, capsys)
         assert code == 0, err
         folder = FolderOptions(images=photos / "images", masks=photos / "masks", output=tmp_path / "api")
         inpaint = InpaintOptions(batch_size=3, margin=40)

@@ -13,6 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers.cli import infer_args, pconv
 
 pytest.importorskip("openvino")
 
@@ -247,22 +248,7 @@ def test_pconv_infer_options(small_onnx, tmp_path):
     Image.fromarray(hole).save(masks / "a.png")
 
     def infer(*extra: str) -> subprocess.CompletedProcess:
-        args = [
-            "infer",
-            "--images",
-            images,
-            "--masks",
-            masks,
-            "--output",
-            tmp_path / "out",
-            "--model",
-            small_onnx,
-            "--overwrite",
-            *extra,
-        ]
-        return subprocess.run(
-            [sys.executable, "-m", "pconv_deploy.cli", *map(str, args)], capture_output=True, text=True
-        )
+        return pconv(*infer_args(images, masks, tmp_path / "out", "--model", small_onnx, "--overwrite", *extra))
 
     r = infer("--backend", "openvino", "--inference-precision", "bf16", "--threads", "1")
     assert r.returncode == 0 and "1 inpainted" in r.stdout and "openvino-cpu-bf16" in r.stdout, r.stderr

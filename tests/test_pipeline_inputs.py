@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import pytest
 import skimage.data
+from helpers.cli import infer_args as folder_args
 from helpers.images import neutral_cmyk_profile
 from PIL import Image
 
@@ -51,7 +52,7 @@ def save_pair(images, masks, stem, image=PHOTO, hole=HOLE, **save_args):
 
 
 def infer_args(images, masks, out, model, *extra):
-    return ["infer", "--images", images, "--masks", masks, "--output", out, "--model", model, *extra]
+    return folder_args(images, masks, out, "--model", model, *extra)
 
 
 def hidden(folder):

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import numpy as np
+from helpers.cli import infer_args
 from PIL import Image
 
 BLOCKED = """
@@ -43,23 +44,9 @@ def test_pconv_infer_without_torch_and_cv2(small_onnx, tmp_path):
         Image.fromarray(hole.astype(np.uint8) * 255).save(masks / f"{name}.png")
     for strategy in ("crop", "resize", "full"):
         out, report = tmp_path / f"out-{strategy}", tmp_path / f"{strategy}.json"
-        args = [
-            "infer",
-            "--images",
-            images,
-            "--masks",
-            masks,
-            "--output",
-            out,
-            "--model",
-            small_onnx,
-            "--strategy",
-            strategy,
-            "--max-side",
-            64,
-            "--report",
-            report,
-        ]
+        args = infer_args(
+            images, masks, out, "--model", small_onnx, "--strategy", strategy, "--max-side", 64, "--report", report
+        )
         r = run_blocked(
             f"""
             sys.argv = ["pconv", *{[str(a) for a in args]!r}]

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 from google.protobuf import text_format
+from helpers.cli import infer_args
 from helpers.engines_onnx import contract_metadata, write_contract_onnx
 from helpers.reference import sha256_of as file_sha256
 from tritonclient.grpc import model_config_pb2
@@ -181,17 +182,7 @@ def test_infer_server_without_the_client_extra_is_one_line(tmp_path):
         "import sys; sys.modules['tritonclient.http'] = None; sys.argv = ['pconv', *sys.argv[1:]]\n"
         "from pconv_deploy.cli import main; main()"
     )
-    args = [
-        "infer",
-        "--images",
-        str(tmp_path / "img"),
-        "--masks",
-        str(tmp_path / "masks"),
-        "--output",
-        str(tmp_path / "out"),
-        "--server",
-        "http://127.0.0.1:1",
-    ]
+    args = infer_args(tmp_path / "img", tmp_path / "masks", tmp_path / "out", "--server", "http://127.0.0.1:1")
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("error: --server needs the client extra") and len(r.stderr.splitlines()) == 1

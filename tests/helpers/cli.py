@@ -19,10 +19,14 @@ def pconv(
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=environment, timeout=timeout)
 
 
+def infer_args(images: Path, masks: Path, output: Path, *args: object) -> list[str]:
+    """The arguments of `pconv infer` on a folder job (after the program name), as strings."""
+    return ["infer", "--images", str(images), "--masks", str(masks), "--output", str(output), *map(str, args)]
+
+
 def infer_command(images: Path, masks: Path, output: Path, *args: object) -> list[str]:
     """The argv of `pconv infer` on a folder job, for tests that run it as a background process."""
-    command = [sys.executable, "-m", "pconv_deploy.cli", "infer", "--images", str(images), "--masks", str(masks)]
-    return [*command, "--output", str(output), *map(str, args)]
+    return [sys.executable, "-m", "pconv_deploy.cli", *infer_args(images, masks, output, *args)]
 
 
 def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
